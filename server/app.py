@@ -1,0 +1,176 @@
+"""The WebSocket edge: HTTP routes and `/v1/realtime`, a thin adapter around `Session`.
+
+Exceptions become `error` events here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from importlib.resources import files
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from server import protocol as p
+from server.config import Settings
+from server.engines import Engines
+from server.errors import ProtocolError
+from server.session import Session
+
+log = logging.getLogger(__name__)
+REALTIME_PATH = "/v1/realtime"
+CLOSE_TRY_AGAIN = 1013
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str,
+              cache: str = "no-store") -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", cache)])
+    return Response(status.value, status.phrase, headers, body)
+
+
+@dataclass
+class App:
+    settings: Settings
+    engines: Engines | None = None
+    sessions: set[Session] = field(default_factory=set)
+    load_error: str | None = None
+
+    async def load(self) -> None:
+        """Load the models in a thread, so /healthz answers (503) while they load."""
+        try:
+            self.engines = await asyncio.to_thread(Engines.load, self.settings)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model loading failed")
+            raise
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def process_request(self, connection: ServerConnection,
+                              request: Request) -> Response | None:
+        path = urlsplit(request.path).path.rstrip("/") or "/"
+        if path == REALTIME_PATH:
+            if self.engines is None:
+                reason = self.load_error or "models are still loading"
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, reason.encode(), "text/plain")
+            return None  # upgrade to a WebSocket
+        if path == "/healthz":
+            if self.engines is not None:
+                return _response(HTTPStatus.OK, b"ok\n", "text/plain")
+            body = (self.load_error or "loading") + "\n"
+            return _response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "text/plain")
+        if path == "/metrics":
+            text = self.engines.registry.render() if self.engines else ""
+            return _response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
+        if path in ("/", "/index.html"):
+            page = files("server").joinpath("static/index.html").read_bytes()
+            return _response(HTTPStatus.OK, page, "text/html; charset=utf-8", "no-cache")
+        return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def handle(self, ws: ServerConnection) -> None:
+        engines = self.engines
+        if engines is None:
+            await ws.close(CLOSE_TRY_AGAIN, "models are still loading")
+            return
+        if len(self.sessions) >= self.settings.max_sessions:
+            await ws.close(CLOSE_TRY_AGAIN, "server is at its session limit")
+            return
+        request = ws.request
+        headers = request.headers if request is not None else Headers()
+        dialect: p.Dialect = "beta" if "realtime=v1" in headers.get("OpenAI-Beta", "") else "ga"
+        query = parse_qs(urlsplit(request.path).query) if request is not None else {}
+        model = query.get("model", ["voxwire"])[0][:200]
+        session = Session(engines, self.settings, dialect=dialect, model=model)
+        self.sessions.add(session)
+        engines.registry.gauge("sessions_active", len(self.sessions))
+        engines.registry.inc("sessions_total")
+        log.info("session %s opened (%s dialect, %s)", session.id, dialect, ws.remote_address)
+        writer = asyncio.create_task(self._drain(ws, session, dialect))
+        try:
+            await session.start()
+            await self._read(ws, session)
+        finally:
+            await session.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            self.sessions.discard(session)
+            engines.registry.gauge("sessions_active", len(self.sessions))
+            log.info("session %s closed", session.id)
+
+    async def _read(self, ws: ServerConnection, session: Session) -> None:
+        try:
+            async for message in ws:
+                try:
+                    await session.handle(p.parse_client_event(message))
+                except ProtocolError as exc:
+                    await session.error(exc)
+                except Exception:
+                    log.exception("unexpected error handling an event")
+                    await session.emit(p.error_event("internal error handling this event",
+                                                     code="server_error", kind="server_error"))
+        except ConnectionClosed:
+            pass
+
+    @staticmethod
+    async def _drain(ws: ServerConnection, session: Session, dialect: p.Dialect) -> None:
+        try:
+            async for event, on_sent in session.outbox:
+                text = p.encode(event, dialect)
+                if text is None:
+                    continue
+                await ws.send(text)
+                if on_sent is not None:
+                    on_sent()
+        except ConnectionClosed:
+            pass
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(self, ready: asyncio.Event | None = None,
+                    stop: asyncio.Future[None] | None = None) -> None:
+        async with self.start_server() as server:
+            host, port = server.sockets[0].getsockname()[:2]
+            print(f"Voxwire listening on http://{host}:{port}/  (realtime: "
+                  f"ws://{host}:{port}{REALTIME_PATH})", flush=True)
+            await self.load()
+            log.info("ready")
+            if ready is not None:
+                ready.set()
+            stop = stop or _stop_on_signals()
+            await stop
+            server.close()
+            for session in list(self.sessions):
+                await session.close()
+        if self.engines is not None:
+            self.engines.close()
+
+    def start_server(self) -> contextlib.AbstractAsyncContextManager[Server]:
+        return serve(self.handle, self.settings.host, self.settings.port,
+                     process_request=self.process_request,
+                     max_size=self.settings.max_message_bytes, max_queue=16,
+                     ping_interval=20, ping_timeout=20)
+
+
+def _stop_on_signals() -> asyncio.Future[None]:
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def fire() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, fire)
+    return stop

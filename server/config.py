@@ -1,0 +1,121 @@
+"""One typed settings object for the whole server, filled from flags and VOXWIRE_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args, get_type_hints
+
+from server.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda"]
+AsrMode = Literal["short", "padded"]
+
+DEFAULT_INSTRUCTIONS = (
+    "You are Voxwire, a helpful voice assistant. Answer in one to three short spoken "
+    "sentences. Do not use lists, markdown or emoji."
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server. Field docs double as the CLI help."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    log_level: str = "INFO"
+    # Models: an embedded name from the manifest, or a path to a local model.
+    asr_model: str = "tiny.en"
+    asr_mode: AsrMode = "padded"
+    device: Device = "auto"
+    asr_threads: int = 2
+    llm_model: str = "smollm2-135m"
+    llm_threads: int = 1
+    llm_context: int = 2048
+    tts_voice: str = "joe"
+    tts_threads: int = 1
+    # Conversation defaults (a client may change them with session.update).
+    instructions: str = DEFAULT_INSTRUCTIONS
+    temperature: float = 0.6
+    max_output_tokens: int = 160
+    history_turns: int = 8
+    # Turn detection defaults (OpenAI server_vad semantics).
+    vad_threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    min_speech_ms: int = 96
+    barge_in_ms: int = 300
+    partial_interval_ms: int = 800
+    first_clause_words: int = 4
+    # Limits.
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_utterance_s: float = 30.0
+    max_buffer_s: float = 120.0
+    max_sessions: int = 64
+    input_queue: int = 256
+    send_queue: int = 512
+    first_token_timeout_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name, ok in (
+            ("port", 0 <= self.port < 65536),
+            ("asr_threads", self.asr_threads >= 1),
+            ("llm_threads", self.llm_threads >= 1),
+            ("tts_threads", self.tts_threads >= 1),
+            ("vad_threshold", 0.0 < self.vad_threshold < 1.0),
+            ("silence_duration_ms", 0 < self.silence_duration_ms <= 10_000),
+            ("max_output_tokens", self.max_output_tokens >= 1),
+            ("max_sessions", self.max_sessions >= 1),
+            ("input_queue", self.input_queue >= 1),
+            ("send_queue", self.send_queue >= 1),
+        ):
+            if not ok:
+                raise ConfigError(f"invalid setting {name}={getattr(self, name)!r}")
+        for name, hint in get_type_hints(Settings).items():
+            choices = get_args(hint)
+            if choices and getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, hint: Any, raw: str) -> Any:
+    try:
+        if hint is bool:
+            return raw.lower() in {"1", "true", "yes", "on"}
+        if hint in (int, float):
+            return hint(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot read {raw!r} as {hint.__name__}") from exc
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--kebab-case` flag per setting; the default comes from the environment."""
+    hints = get_type_hints(Settings)
+    for f in fields(Settings):
+        hint = hints[f.name]
+        choices = get_args(hint) or None
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=None, choices=choices,
+            metavar=None if choices else f.name.split("_")[-1].upper(),
+            help=f"(env VOXWIRE_{f.name.upper()}, default {f.default!r})",
+        )
+
+
+def from_sources(args: argparse.Namespace | None = None,
+                 env: dict[str, str] | None = None) -> Settings:
+    """Flags beat environment variables, which beat the defaults."""
+    env = dict(os.environ) if env is None else env
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None:
+            raw = env.get(f"VOXWIRE_{f.name.upper()}")
+        if raw is not None:
+            values[f.name] = _convert(f.name, hints[f.name], str(raw))
+    return Settings(**values)

@@ -1,0 +1,62 @@
+"""Load every model once per process and give each its own worker lane."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from models import locate
+from server.config import Settings
+from server.lanes import Lane
+from server.metrics import Registry
+from server.stages import LanguageModel, Synthesizer, Transcriber, VoiceActivityModel
+
+log = logging.getLogger(__name__)
+
+
+def resolve(name_or_path: str, stage: str) -> Path:
+    """An embedded model by manifest name, or any local path the user points at."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    return locate(name_or_path, stage)
+
+
+@dataclass
+class Engines:
+    vad: VoiceActivityModel
+    asr: Transcriber
+    llm: LanguageModel
+    tts: Synthesizer
+    registry: Registry
+    vad_lane: Lane
+    asr_lane: Lane
+    llm_lane: Lane
+    tts_lane: Lane
+
+    @classmethod
+    def load(cls, settings: Settings) -> Engines:
+        from server.stages.asr import WhisperTranscriber
+        from server.stages.llm import LlamaModel
+        from server.stages.tts import PiperSynthesizer
+        from server.stages.vad import SileroVad
+
+        t0 = time.monotonic()
+        vad = SileroVad(resolve("silero-vad", "vad"))
+        asr = WhisperTranscriber(resolve(settings.asr_model, "asr"), mode=settings.asr_mode,
+                                 device=settings.device, threads=settings.asr_threads,
+                                 name=settings.asr_model)
+        llm = LlamaModel(resolve(settings.llm_model, "llm"), threads=settings.llm_threads,
+                         context=settings.llm_context)
+        tts = PiperSynthesizer(resolve(settings.tts_voice, "tts"), threads=settings.tts_threads)
+        log.info("models loaded in %.1f s (asr %s on %s, mode %s; llm %s; tts %s)",
+                 time.monotonic() - t0, settings.asr_model, asr.device, settings.asr_mode,
+                 llm.name, tts.name)
+        return cls(vad, asr, llm, tts, Registry(), Lane("vad"), Lane("asr"), Lane("llm"),
+                   Lane("tts"))
+
+    def close(self) -> None:
+        for lane in (self.vad_lane, self.asr_lane, self.llm_lane, self.tts_lane):
+            lane.close()

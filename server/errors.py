@@ -1,0 +1,59 @@
+"""Voxwire's exception tree. Exceptions become `error` events only at the edge."""
+
+from models.errors import ModelError, VoxwireError
+
+__all__ = [
+    "AudioFormatError",
+    "ConfigError",
+    "LimitError",
+    "ModelError",
+    "ProtocolError",
+    "StageError",
+    "VoxwireError",
+]
+
+
+class ConfigError(VoxwireError):
+    """A setting has an invalid value."""
+
+    code = "invalid_config"
+
+
+class ProtocolError(VoxwireError):
+    """A client event is malformed or not allowed now. Carries the Realtime error fields."""
+
+    code = "invalid_request_error"
+
+    def __init__(
+        self, message: str, *, code: str = "invalid_event", param: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.param = param
+        self.event_id = event_id
+
+
+class AudioFormatError(ProtocolError):
+    """Audio bytes that cannot be decoded in the session's format."""
+
+    def __init__(self, message: str, *, event_id: str | None = None) -> None:
+        super().__init__(message, code="invalid_audio", event_id=event_id)
+
+
+class LimitError(ProtocolError):
+    """A configured limit was crossed."""
+
+    def __init__(self, message: str, *, code: str = "limit_exceeded",
+                 event_id: str | None = None) -> None:
+        super().__init__(message, code=code, event_id=event_id)
+
+
+class StageError(VoxwireError):
+    """A pipeline stage (vad, asr, llm, tts) failed while serving a turn."""
+
+    code = "stage_failed"
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage

@@ -1,0 +1,446 @@
+"""The OpenAI Realtime wire protocol: typed client events, session shapes, server events.
+
+Pure code: JSON text in, typed events out; typed builders in, JSON text out. Both the
+GA dialect and the beta one (``OpenAI-Beta: realtime=v1``) are spoken. Internally the
+server always uses GA names; ``encode`` renames for beta clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from server.errors import ProtocolError
+
+Dialect = Literal["ga", "beta"]
+Json = dict[str, Any]
+
+# GA name -> beta name; None means the beta protocol has no such event.
+_BETA_NAMES: dict[str, str | None] = {
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "response.output_text.delta": "response.text.delta",
+    "response.output_text.done": "response.text.done",
+    "conversation.item.added": "conversation.item.created",
+    "conversation.item.done": None,
+}
+_BETA_CONTENT = {"output_audio": "audio", "output_text": "text"}
+_GA_CONTENT = {v: k for k, v in _BETA_CONTENT.items()}
+
+SAMPLE_RATES = (8000, 16000, 24000, 44100, 48000)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+# ---------------------------------------------------------------- session state
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    create_response: bool = True
+    interrupt_response: bool = True
+    type: str = "server_vad"
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    type: str = "audio/pcm"
+    rate: int = 24000
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    model: str = "voxwire"
+    instructions: str = ""
+    output_modalities: tuple[str, ...] = ("audio",)
+    input_format: AudioFormat = AudioFormat()
+    output_format: AudioFormat = AudioFormat()
+    voice: str = "joe"
+    turn_detection: TurnDetection | None = TurnDetection()
+    transcription_model: str = "whisper"
+    temperature: float = 0.6
+    max_output_tokens: int | None = None
+    tools: tuple[Json, ...] = ()
+
+
+def _num(value: Any, param: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ProtocolError(f"{param} must be a number in [{lo}, {hi}]", code="invalid_value",
+                            param=param)
+    return float(value)
+
+
+def _bool(value: Any, param: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{param} must be a boolean", code="invalid_value", param=param)
+    return value
+
+
+def _str(value: Any, param: str, max_len: int = 100_000) -> str:
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ProtocolError(f"{param} must be a string of at most {max_len} characters",
+                            code="invalid_value", param=param)
+    return value
+
+
+def _obj(value: Any, param: str) -> Json:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{param} must be an object", code="invalid_value", param=param)
+    return value
+
+
+def _turn_detection(value: Any, current: TurnDetection | None, param: str) -> TurnDetection | None:
+    if value is None:
+        return None
+    td = _obj(value, param)
+    kind = td.get("type", "server_vad")
+    if kind not in ("server_vad", "semantic_vad"):
+        raise ProtocolError(f"{param}.type must be server_vad or semantic_vad",
+                            code="invalid_value", param=f"{param}.type")
+    base = current or TurnDetection()
+    return TurnDetection(
+        threshold=_num(td.get("threshold", base.threshold), f"{param}.threshold", 0.01, 0.99),
+        prefix_padding_ms=int(_num(td.get("prefix_padding_ms", base.prefix_padding_ms),
+                                   f"{param}.prefix_padding_ms", 0, 5000)),
+        silence_duration_ms=int(_num(td.get("silence_duration_ms", base.silence_duration_ms),
+                                     f"{param}.silence_duration_ms", 32, 10_000)),
+        create_response=_bool(td.get("create_response", base.create_response),
+                              f"{param}.create_response"),
+        interrupt_response=_bool(td.get("interrupt_response", base.interrupt_response),
+                                 f"{param}.interrupt_response"),
+        type=kind,
+    )
+
+
+_BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
+_GA_TO_BETA_FORMAT = {v: k for k, v in _BETA_FORMATS.items()}
+
+
+def _ga_format(value: Any, current: AudioFormat, param: str) -> AudioFormat:
+    fmt = _obj(value, param)
+    kind = fmt.get("type", current.type)
+    if kind not in _GA_TO_BETA_FORMAT:
+        raise ProtocolError(f"{param}.type must be one of {sorted(_GA_TO_BETA_FORMAT)}",
+                            code="invalid_value", param=f"{param}.type")
+    rate = fmt.get("rate", current.rate if kind == "audio/pcm" else 8000)
+    if kind != "audio/pcm":
+        rate = 8000
+    if rate not in SAMPLE_RATES:
+        raise ProtocolError(f"{param}.rate must be one of {SAMPLE_RATES}", code="invalid_value",
+                            param=f"{param}.rate")
+    return AudioFormat(kind, int(rate))
+
+
+def _beta_format(value: Any, param: str) -> AudioFormat:
+    if value not in _BETA_FORMATS:
+        raise ProtocolError(f"{param} must be one of {sorted(_BETA_FORMATS)}",
+                            code="invalid_value", param=param)
+    kind = _BETA_FORMATS[value]
+    return AudioFormat(kind, 24000 if kind == "audio/pcm" else 8000)
+
+
+def modalities_value(value: Any, param: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not set(value) <= {"text", "audio"}:
+        raise ProtocolError(f"{param} must be a non-empty list of 'text' and 'audio'",
+                            code="invalid_value", param=param)
+    return ("audio",) if "audio" in value else ("text",)
+
+
+def max_tokens_value(value: Any, param: str) -> int | None:
+    if value == "inf" or value is None:
+        return None
+    return int(_num(value, param, 1, 4096))
+
+
+def _tools(value: Any, param: str) -> tuple[Json, ...]:
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ProtocolError(f"{param} must be a list of objects", code="invalid_value",
+                            param=param)
+    return tuple(value)
+
+
+def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> SessionConfig:
+    """Validate a `session.update` payload and return the new configuration (all or nothing)."""
+    s = _obj(session, "session")
+    ch: dict[str, Any] = {}
+    if "instructions" in s:
+        ch["instructions"] = _str(s["instructions"], "session.instructions")
+    if "temperature" in s:
+        ch["temperature"] = _num(s["temperature"], "session.temperature", 0.0, 2.0)
+    if "tools" in s:
+        ch["tools"] = _tools(s["tools"], "session.tools")
+    if "model" in s:
+        ch["model"] = _str(s["model"], "session.model", 200)
+    for key in ("max_output_tokens", "max_response_output_tokens"):
+        if key in s:
+            ch["max_output_tokens"] = max_tokens_value(s[key], f"session.{key}")
+    for key in ("modalities", "output_modalities"):
+        if key in s:
+            ch["output_modalities"] = modalities_value(s[key], f"session.{key}")
+    if "voice" in s:
+        ch["voice"] = _str(s["voice"], "session.voice", 200)
+    if "turn_detection" in s:
+        ch["turn_detection"] = _turn_detection(s["turn_detection"], cfg.turn_detection,
+                                               "session.turn_detection")
+    if "input_audio_format" in s:
+        ch["input_format"] = _beta_format(s["input_audio_format"], "session.input_audio_format")
+    if "output_audio_format" in s:
+        ch["output_format"] = _beta_format(s["output_audio_format"], "session.output_audio_format")
+    if "input_audio_transcription" in s and s["input_audio_transcription"] is not None:
+        model = _obj(s["input_audio_transcription"], "session.input_audio_transcription")
+        ch["transcription_model"] = _str(model.get("model", "whisper"), "transcription.model")
+    audio = _obj(s.get("audio", {}), "session.audio")
+    inp = _obj(audio.get("input", {}), "session.audio.input")
+    out = _obj(audio.get("output", {}), "session.audio.output")
+    if "format" in inp:
+        ch["input_format"] = _ga_format(inp["format"], cfg.input_format,
+                                        "session.audio.input.format")
+    if "turn_detection" in inp:
+        ch["turn_detection"] = _turn_detection(inp["turn_detection"], cfg.turn_detection,
+                                               "session.audio.input.turn_detection")
+    if isinstance(inp.get("transcription"), dict):
+        ch["transcription_model"] = _str(inp["transcription"].get("model", "whisper"),
+                                         "session.audio.input.transcription.model")
+    if "format" in out:
+        ch["output_format"] = _ga_format(out["format"], cfg.output_format,
+                                         "session.audio.output.format")
+    if "voice" in out:
+        ch["voice"] = _str(out["voice"], "session.audio.output.voice", 200)
+    return _replace(cfg, ch)
+
+
+def _replace(cfg: SessionConfig, changes: dict[str, Any]) -> SessionConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **changes)
+
+
+def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Json:
+    td: Json | None = None
+    if cfg.turn_detection is not None:
+        t = cfg.turn_detection
+        td = {"type": t.type, "threshold": t.threshold, "prefix_padding_ms": t.prefix_padding_ms,
+              "silence_duration_ms": t.silence_duration_ms, "create_response": t.create_response,
+              "interrupt_response": t.interrupt_response}
+    max_tokens: int | str = cfg.max_output_tokens if cfg.max_output_tokens else "inf"
+    if dialect == "beta":
+        return {
+            "id": session_id, "object": "realtime.session", "model": cfg.model,
+            "modalities": ["text", "audio"] if "audio" in cfg.output_modalities else ["text"],
+            "instructions": cfg.instructions, "voice": cfg.voice,
+            "input_audio_format": _GA_TO_BETA_FORMAT[cfg.input_format.type],
+            "output_audio_format": _GA_TO_BETA_FORMAT[cfg.output_format.type],
+            "input_audio_transcription": {"model": cfg.transcription_model},
+            "turn_detection": td, "tools": list(cfg.tools), "tool_choice": "auto",
+            "temperature": cfg.temperature, "max_response_output_tokens": max_tokens,
+        }
+    return {
+        "type": "realtime", "object": "realtime.session", "id": session_id, "model": cfg.model,
+        "output_modalities": list(cfg.output_modalities), "instructions": cfg.instructions,
+        "audio": {
+            "input": {
+                "format": {"type": cfg.input_format.type, "rate": cfg.input_format.rate},
+                "transcription": {"model": cfg.transcription_model},
+                "noise_reduction": None, "turn_detection": td,
+            },
+            "output": {"format": {"type": cfg.output_format.type, "rate": cfg.output_format.rate},
+                       "voice": cfg.voice, "speed": 1.0},
+        },
+        "tools": list(cfg.tools), "tool_choice": "auto", "max_output_tokens": max_tokens,
+    }
+
+
+# ---------------------------------------------------------------- client events
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    event_id: str | None
+
+
+@dataclass(frozen=True)
+class SessionUpdate(ClientEvent):
+    session: Json
+
+
+@dataclass(frozen=True)
+class AudioAppend(ClientEvent):
+    audio: bytes
+
+
+@dataclass(frozen=True)
+class AudioCommit(ClientEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class AudioClear(ClientEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class ItemCreate(ClientEvent):
+    item: Json
+    previous_item_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemTruncate(ClientEvent):
+    item_id: str
+    content_index: int
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class ItemDelete(ClientEvent):
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ItemRetrieve(ClientEvent):
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ResponseCreate(ClientEvent):
+    response: Json = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResponseCancel(ClientEvent):
+    response_id: str | None = None
+
+
+def _field(ev: Json, name: str, kind: type, event_id: str | None) -> Any:
+    value = ev.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ProtocolError(f"missing or invalid '{name}' (expected {kind.__name__})",
+                            code="invalid_value", param=name, event_id=event_id)
+    return value
+
+
+def decode_base64(data: str, event_id: str | None) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError("audio is not valid base64", code="invalid_audio",
+                            param="audio", event_id=event_id) from exc
+
+
+def parse_client_event(message: str | bytes) -> ClientEvent:
+    """Decode one client WebSocket message; raise ProtocolError naming what is wrong."""
+    if isinstance(message, bytes):
+        raise ProtocolError("binary frames are not part of the protocol; send JSON text",
+                            code="invalid_message")
+    try:
+        ev = json.loads(message)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"message is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(ev, dict):
+        raise ProtocolError("event must be a JSON object", code="invalid_event")
+    raw_id = ev.get("event_id")
+    eid = raw_id if isinstance(raw_id, str) else None
+    kind = ev.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("event has no 'type'", code="invalid_event", param="type",
+                            event_id=eid)
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise ProtocolError(f"unknown event type {kind!r}", code="unknown_event", param="type",
+                            event_id=eid)
+    return parser(ev, eid)
+
+
+def _parse_item_create(ev: Json, eid: str | None) -> ItemCreate:
+    prev = ev.get("previous_item_id")
+    return ItemCreate(eid, _field(ev, "item", dict, eid), prev if isinstance(prev, str) else None)
+
+
+def _parse_truncate(ev: Json, eid: str | None) -> ItemTruncate:
+    end = _field(ev, "audio_end_ms", int, eid)
+    if end < 0:
+        raise ProtocolError("audio_end_ms must be >= 0", code="invalid_value",
+                            param="audio_end_ms", event_id=eid)
+    return ItemTruncate(eid, _field(ev, "item_id", str, eid),
+                        int(ev.get("content_index", 0) or 0), end)
+
+
+def _parse_response_create(ev: Json, eid: str | None) -> ResponseCreate:
+    resp = ev.get("response") or {}
+    if not isinstance(resp, dict):
+        raise ProtocolError("'response' must be an object", code="invalid_value",
+                            param="response", event_id=eid)
+    return ResponseCreate(eid, resp)
+
+
+_PARSERS: dict[str, Callable[[Json, str | None], ClientEvent]] = {
+    "session.update": lambda ev, eid: SessionUpdate(eid, _field(ev, "session", dict, eid)),
+    "input_audio_buffer.append": lambda ev, eid: AudioAppend(
+        eid, decode_base64(_field(ev, "audio", str, eid), eid)),
+    "input_audio_buffer.commit": lambda ev, eid: AudioCommit(eid),
+    "input_audio_buffer.clear": lambda ev, eid: AudioClear(eid),
+    "conversation.item.create": _parse_item_create,
+    "conversation.item.truncate": _parse_truncate,
+    "conversation.item.delete": lambda ev, eid: ItemDelete(eid, _field(ev, "item_id", str, eid)),
+    "conversation.item.retrieve": lambda ev, eid: ItemRetrieve(
+        eid, _field(ev, "item_id", str, eid)),
+    "response.create": _parse_response_create,
+    "response.cancel": lambda ev, eid: ResponseCancel(
+        eid, ev.get("response_id") if isinstance(ev.get("response_id"), str) else None),
+}
+
+
+# ---------------------------------------------------------------- server events
+
+
+def content_for(dialect: Dialect, part: Json) -> Json:
+    kind = part.get("type", "")
+    if dialect == "beta" and kind in _BETA_CONTENT:
+        return {**part, "type": _BETA_CONTENT[kind]}
+    if dialect == "ga" and kind in _GA_CONTENT:
+        return {**part, "type": _GA_CONTENT[kind]}
+    return part
+
+
+def _item_for(dialect: Dialect, item: Json) -> Json:
+    if "content" not in item:
+        return item
+    return {**item, "content": [content_for(dialect, p) for p in item["content"]]}
+
+
+def encode(event: Json, dialect: Dialect) -> str | None:
+    """Serialize a server event (GA names) for the client's dialect; None if it has none."""
+    kind: str = event["type"]
+    out = dict(event)
+    if dialect == "beta":
+        beta = _BETA_NAMES.get(kind, kind)
+        if beta is None:
+            return None
+        out["type"] = beta
+    for key in ("item", "part"):
+        if isinstance(out.get(key), dict):
+            out[key] = _item_for(dialect, out[key]) if key == "item" else content_for(
+                dialect, out[key])
+    if isinstance(out.get("response"), dict) and "output" in out["response"]:
+        out["response"] = {**out["response"],
+                           "output": [_item_for(dialect, i) for i in out["response"]["output"]]}
+    out["event_id"] = new_id("event")
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_event(message: str, *, code: str, kind: str = "invalid_request_error",
+                param: str | None = None, event_id: str | None = None) -> Json:
+    return {"type": "error", "error": {"type": kind, "code": code, "message": message,
+                                       "param": param, "event_id": event_id}}

@@ -1,0 +1,636 @@
+"""One Realtime session: typed client events in, server events out through a bounded outbox.
+
+The session knows no sockets. The WebSocket edge feeds it parsed events and drains
+its outbox; tests can do the same with no network. CPU-bound work (decoding, VAD,
+Whisper, llama.cpp, piper) runs in the engines' worker lanes, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from server import audio as audio_codec
+from server import protocol as p
+from server.config import Settings
+from server.conversation import Conversation, Spoken, client_item
+from server.engines import Engines
+from server.errors import LimitError, ProtocolError, StageError, VoxwireError
+from server.metrics import TurnClock
+from server.protocol import Json, SessionConfig, TurnDetection
+from server.stages import ChatMessage, Float32, VadStream
+from server.text import SentenceSplitter
+from server.turns import InputBuffer, SpeechConfirmed, SpeechStarted, SpeechStopped, TurnDetector
+
+log = logging.getLogger(__name__)
+turn_log = logging.getLogger("voxwire.turns")
+
+ASR_TAIL_MS = 200  # trailing silence handed to Whisper with an utterance
+DELTA_MS = 200  # audio per output delta
+MIN_COMMIT_MS = 100
+
+OnSent = Callable[[], None]
+
+
+class Outbox:
+    """Bounded queue of server events; the edge drains it. A full outbox slows the producer."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: asyncio.Queue[tuple[Json, OnSent | None]] = asyncio.Queue(maxsize)
+
+    async def put(self, event: Json, on_sent: OnSent | None = None) -> None:
+        await self._queue.put((event, on_sent))
+
+    async def get(self) -> tuple[Json, OnSent | None]:
+        return await self._queue.get()
+
+    def __aiter__(self) -> AsyncIterator[tuple[Json, OnSent | None]]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[tuple[Json, OnSent | None]]:
+        while True:
+            yield await self._queue.get()
+
+
+@dataclass
+class TranscribeJob:
+    item_id: str
+    audio: Float32
+    clock: TurnClock
+    respond: bool
+
+
+@dataclass
+class RespondJob:
+    params: Json
+    event_id: str | None
+    clock: TurnClock | None
+
+
+@dataclass
+class Response:
+    id: str
+    item_id: str
+    modalities: tuple[str, ...]
+    clock: TurnClock
+    user_item_id: str | None
+    in_conversation: bool
+    stop: threading.Event = field(default_factory=threading.Event)
+    text: str = ""
+    spoken: Spoken = field(default_factory=Spoken)
+    audio_ms: float = 0.0
+    cancel_reason: str | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class Session:
+    def __init__(self, engines: Engines, settings: Settings, *, dialect: p.Dialect = "ga",
+                 model: str = "voxwire") -> None:
+        self.engines = engines
+        self.settings = settings
+        self.dialect = dialect
+        self.id = p.new_id("sess")
+        self.outbox = Outbox(settings.send_queue)
+        self.cfg = SessionConfig(
+            model=model, instructions=settings.instructions, voice=engines.tts.name,
+            temperature=settings.temperature,
+            turn_detection=TurnDetection(
+                threshold=settings.vad_threshold, prefix_padding_ms=settings.prefix_padding_ms,
+                silence_duration_ms=settings.silence_duration_ms),
+        )
+        self.conv = Conversation()
+        self.buffer = InputBuffer(settings.max_buffer_s)
+        self._vad: VadStream = engines.vad.new_stream()
+        self._detector = self._new_detector()
+        self._resampler = audio_codec.StreamResampler(self.cfg.input_format.rate, 16000)
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
+        self._speech_item: str | None = None
+        self._utt_start_ms = 0
+        self._partial: asyncio.Task[None] | None = None
+        self._partial_at_ms = 0
+        self._partial_words: list[str] = []
+        self._partial_sent = 0
+        self._jobs: asyncio.Queue[TranscribeJob | RespondJob] = asyncio.Queue(8)
+        self._worker: asyncio.Task[None] | None = None
+        self.response: Response | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name=f"{self.id}-turns")
+        await self.emit({"type": "session.created", "session": self._session_wire()})
+
+    async def close(self) -> None:
+        self._closed = True
+        if self.response is not None:
+            await self._cancel_response("client_disconnected", wait=True)
+        for task in (self._partial, self._worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def emit(self, event: Json, on_sent: OnSent | None = None) -> None:
+        await self.outbox.put(event, on_sent)
+
+    async def error(self, exc: VoxwireError) -> None:
+        if isinstance(exc, ProtocolError):
+            event = p.error_event(str(exc), code=exc.code, param=exc.param,
+                                  event_id=exc.event_id)
+        else:
+            event = p.error_event(str(exc), code=exc.code, kind="server_error")
+        self.engines.registry.inc("errors_total")
+        await self.emit(event)
+
+    # ------------------------------------------------------------------ client events
+
+    async def handle(self, event: p.ClientEvent) -> None:
+        """Apply one client event. Errors become `error` events; the session goes on."""
+        try:
+            await self._dispatch(event)
+        except ProtocolError as exc:
+            exc.event_id = exc.event_id or event.event_id
+            await self.error(exc)
+        except VoxwireError as exc:
+            await self.error(exc)
+
+    async def _dispatch(self, ev: p.ClientEvent) -> None:
+        match ev:
+            case p.AudioAppend():
+                await self._append(ev)
+            case p.SessionUpdate():
+                await self._update_session(ev)
+            case p.AudioCommit():
+                await self._commit_manual(ev)
+            case p.AudioClear():
+                self.buffer.clear()
+                self._detector.reset()
+                self._speech_item = None
+                await self.emit({"type": "input_audio_buffer.cleared"})
+            case p.ItemCreate():
+                item = client_item(ev.item, ev.event_id)
+                prev = self.conv.add(item, ev.previous_item_id)
+                await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
+                                 "item": item})
+                await self.emit({"type": "conversation.item.done", "previous_item_id": prev,
+                                 "item": item})
+            case p.ItemTruncate():
+                self.conv.truncate(ev.item_id, ev.audio_end_ms, ev.event_id)
+                await self.emit({"type": "conversation.item.truncated", "item_id": ev.item_id,
+                                 "content_index": ev.content_index,
+                                 "audio_end_ms": ev.audio_end_ms})
+            case p.ItemDelete():
+                self.conv.delete(ev.item_id, ev.event_id)
+                await self.emit({"type": "conversation.item.deleted", "item_id": ev.item_id})
+            case p.ItemRetrieve():
+                await self.emit({"type": "conversation.item.retrieved",
+                                 "item": self.conv.get(ev.item_id, ev.event_id)})
+            case p.ResponseCreate():
+                await self._enqueue(RespondJob(ev.response, ev.event_id, None), ev.event_id)
+            case p.ResponseCancel():
+                if self.response is None or (ev.response_id not in (None, self.response.id)):
+                    raise ProtocolError("no active response to cancel",
+                                        code="response_cancel_not_active")
+                await self._cancel_response("client_cancelled")
+
+    async def _update_session(self, ev: p.SessionUpdate) -> None:
+        new = p.apply_session_update(self.cfg, ev.session, self.dialect)
+        if new.input_format != self.cfg.input_format:
+            self._resampler = audio_codec.StreamResampler(new.input_format.rate, 16000)
+        changed_td = new.turn_detection != self.cfg.turn_detection
+        self.cfg = new
+        if changed_td:
+            self._detector = self._new_detector()
+            self._speech_item = None
+        await self.emit({"type": "session.updated", "session": self._session_wire()})
+
+    def _session_wire(self) -> Json:
+        return p.session_to_wire(self.cfg, self.id, self.dialect)
+
+    def _new_detector(self) -> TurnDetector:
+        td = self.cfg.turn_detection or TurnDetection()
+        s = self.settings
+        return TurnDetector(window_ms=self._vad.window_ms, threshold=td.threshold,
+                            silence_ms=td.silence_duration_ms,
+                            prefix_padding_ms=td.prefix_padding_ms,
+                            min_speech_ms=s.min_speech_ms, confirm_ms=s.barge_in_ms)
+
+    # ------------------------------------------------------------------ audio in
+
+    async def _append(self, ev: p.AudioAppend) -> None:
+        fmt = self.cfg.input_format
+        vad = self._vad if self.cfg.turn_detection is not None else None
+        resampler = self._resampler
+
+        def ingest() -> tuple[Float32, list[float]]:
+            samples = resampler(audio_codec.decode(ev.audio, fmt.type))
+            return samples, (vad.probabilities(samples) if vad is not None else [])
+
+        samples, probs = await self.engines.vad_lane.run(ingest)
+        self.buffer.append(samples)
+        self._arrivals.append((self.buffer.total_ms, time.monotonic()))
+        for turn_event in self._detector.feed(probs):
+            await self._on_turn_event(turn_event)
+        await self._maybe_partial()
+        await self._enforce_utterance_limit()
+
+    def _wall_time_of(self, ms: int) -> float:
+        for end_ms, t in self._arrivals:
+            if end_ms >= ms:
+                return t
+        return time.monotonic()
+
+    async def _on_turn_event(self, event: object) -> None:
+        td = self.cfg.turn_detection
+        if td is None:
+            return
+        if isinstance(event, SpeechStarted):
+            self._speech_item = p.new_id("item")
+            self._utt_start_ms = max(event.audio_start_ms, self.buffer.base_ms)
+            self._partial_at_ms, self._partial_words, self._partial_sent = event.onset_ms, [], 0
+            await self.emit({"type": "input_audio_buffer.speech_started",
+                             "audio_start_ms": event.audio_start_ms, "item_id": self._speech_item})
+        elif isinstance(event, SpeechConfirmed):
+            if self.response is not None and td.interrupt_response:
+                await self._cancel_response("turn_detected")
+        elif isinstance(event, SpeechStopped) and self._speech_item is not None:
+            await self._end_of_speech(event.audio_end_ms, td.create_response)
+
+    async def _end_of_speech(self, audio_end_ms: int, respond: bool) -> None:
+        item_id, self._speech_item = self._speech_item or p.new_id("item"), None
+        clock = TurnClock()
+        clock.mark("speech_end", self._wall_time_of(audio_end_ms))
+        clock.mark("speech_stopped")
+        await self.emit({"type": "input_audio_buffer.speech_stopped",
+                         "audio_end_ms": audio_end_ms, "item_id": item_id})
+        if self._partial is not None:
+            self._partial.cancel()
+        utterance = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
+        self.buffer.drop_before_ms(audio_end_ms)
+        await self._commit(item_id, utterance, clock, respond, None)
+
+    async def _enforce_utterance_limit(self) -> None:
+        if self._speech_item is None:
+            return
+        if self.buffer.total_ms - self._utt_start_ms >= self.settings.max_utterance_s * 1000:
+            self._detector.reset()
+            await self.error(LimitError(
+                f"utterance longer than {self.settings.max_utterance_s:g} s; ending the turn here",
+                code="utterance_too_long"))
+            td = self.cfg.turn_detection
+            await self._end_of_speech(self.buffer.total_ms, td is not None and td.create_response)
+
+    async def _commit_manual(self, ev: p.AudioCommit) -> None:
+        if self.buffer.held_ms < MIN_COMMIT_MS:
+            raise ProtocolError(
+                f"buffer too small: {self.buffer.held_ms} ms held, at least {MIN_COMMIT_MS} ms "
+                "needed", code="input_audio_buffer_commit_empty")
+        clock = TurnClock()
+        clock.mark("speech_end")
+        clock.mark("speech_stopped")
+        utterance = self.buffer.slice_ms(self.buffer.base_ms)
+        self.buffer.clear()
+        self._detector.reset()
+        item_id, self._speech_item = self._speech_item or p.new_id("item"), None
+        await self._commit(item_id, utterance, clock, False, ev.event_id)
+
+    async def _commit(self, item_id: str, utterance: Float32, clock: TurnClock, respond: bool,
+                      event_id: str | None) -> None:
+        item: Json = {"id": item_id, "object": "realtime.item", "type": "message",
+                      "role": "user", "status": "completed",
+                      "content": [{"type": "input_audio", "transcript": None}]}
+        prev = self.conv.add(item)
+        await self.emit({"type": "input_audio_buffer.committed", "previous_item_id": prev,
+                         "item_id": item_id})
+        await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
+                         "item": item})
+        await self._enqueue(TranscribeJob(item_id, utterance, clock, respond), event_id)
+
+    async def _enqueue(self, job: TranscribeJob | RespondJob, event_id: str | None) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except asyncio.QueueFull:
+            raise LimitError("too many turns waiting; this one was dropped",
+                             code="turn_queue_full", event_id=event_id) from None
+
+    # ------------------------------------------------------------------ partial transcripts
+
+    async def _maybe_partial(self) -> None:
+        if self._speech_item is None or (self._partial is not None and not self._partial.done()):
+            return
+        if self.buffer.total_ms - self._partial_at_ms < self.settings.partial_interval_ms:
+            return
+        self._partial_at_ms = self.buffer.total_ms
+        audio = self.buffer.slice_ms(self._utt_start_ms)
+        self._partial = asyncio.create_task(self._run_partial(self._speech_item, audio))
+
+    async def _run_partial(self, item_id: str, audio: Float32) -> None:
+        asr = self.engines.asr
+        try:
+            result = await self.engines.asr_lane.run(lambda: asr.transcribe(audio, partial=True))
+        except Exception:  # a failed preview costs nothing: the final transcript decides
+            log.debug("partial transcription failed", exc_info=True)
+            return
+        words = result.text.split()
+        # Local agreement: send only the words two consecutive hypotheses agree on.
+        agreed = 0
+        while (agreed < min(len(words), len(self._partial_words))
+               and words[agreed] == self._partial_words[agreed]):
+            agreed += 1
+        self._partial_words = words
+        if agreed > self._partial_sent and item_id == self._speech_item:
+            new = words[self._partial_sent:agreed]
+            delta = (" " if self._partial_sent else "") + " ".join(new)
+            self._partial_sent = agreed
+            await self.emit({"type": "conversation.item.input_audio_transcription.delta",
+                             "item_id": item_id, "content_index": 0, "delta": delta})
+
+    # ------------------------------------------------------------------ turns
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                if isinstance(job, TranscribeJob):
+                    await self._transcribe(job)
+                else:
+                    await self._respond(job.params, job.clock, job.event_id)
+            except VoxwireError as exc:
+                await self.error(exc)
+            except Exception:
+                log.exception("turn failed")
+                await self.emit(p.error_event("internal error while handling a turn",
+                                              code="server_error", kind="server_error"))
+
+    async def _transcribe(self, job: TranscribeJob) -> None:
+        asr = self.engines.asr
+        started = time.monotonic()
+        try:
+            result = await self.engines.asr_lane.run(lambda: asr.transcribe(job.audio))
+        except Exception as exc:
+            log.exception("transcription failed")
+            await self.emit({"type": "conversation.item.input_audio_transcription.failed",
+                             "item_id": job.item_id, "content_index": 0,
+                             "error": {"type": "transcription_error", "code": "asr_failed",
+                                       "message": str(exc)}})
+            return
+        job.clock.compute_ms["asr"] = round((time.monotonic() - started) * 1000, 1)
+        job.clock.mark("asr_done")
+        job.clock.compute_ms["asr_path_short"] = float(result.path == "short")
+        try:
+            item = self.conv.get(job.item_id)
+        except ProtocolError:
+            return  # the client deleted the item meanwhile
+        item["content"][0]["transcript"] = result.text
+        await self.emit({"type": "conversation.item.input_audio_transcription.completed",
+                         "item_id": job.item_id, "content_index": 0,
+                         "transcript": result.text})
+        await self.emit({"type": "conversation.item.done", "item": item})
+        if job.respond and result.text.strip():
+            await self._respond({}, job.clock, None, user_item_id=job.item_id)
+
+    async def _respond(self, params: Json, clock: TurnClock | None, event_id: str | None,
+                       user_item_id: str | None = None) -> None:
+        if self.response is not None:
+            if clock is None:  # an explicit response.create
+                raise ProtocolError("a response is already in progress",
+                                    code="conversation_already_has_active_response",
+                                    event_id=event_id)
+            td = self.cfg.turn_detection
+            if td is not None and td.interrupt_response:
+                await self._cancel_response("turn_detected", wait=True)
+            elif self.response.task is not None:
+                await asyncio.wait({self.response.task})
+        if clock is None:
+            clock = TurnClock()
+            clock.mark("speech_end")
+        modalities = self.cfg.output_modalities
+        for key in ("output_modalities", "modalities"):
+            if key in params:
+                modalities = p.modalities_value(params[key], f"response.{key}")
+        instructions = params.get("instructions", self.cfg.instructions)
+        if not isinstance(instructions, str):
+            raise ProtocolError("response.instructions must be a string", code="invalid_value",
+                                event_id=event_id)
+        resp = Response(p.new_id("resp"), p.new_id("item"), modalities, clock, user_item_id,
+                        params.get("conversation", "auto") != "none")
+        history = self.conv.history(instructions, self.settings.history_turns)
+        temperature = float(params.get("temperature", self.cfg.temperature))
+        limit = self.settings.max_output_tokens
+        if "max_output_tokens" in params:
+            asked = p.max_tokens_value(params["max_output_tokens"], "response.max_output_tokens")
+        else:
+            asked = self.cfg.max_output_tokens
+        max_tokens = min(asked or limit, limit)
+        self.response = resp
+        resp.task = asyncio.create_task(
+            self._run_response(resp, history, temperature, max_tokens, params.get("metadata")),
+            name=resp.id)
+
+    async def _cancel_response(self, reason: str, *, wait: bool = False) -> None:
+        resp = self.response
+        if resp is None or resp.task is None:
+            return
+        resp.cancel_reason = reason
+        resp.stop.set()
+        resp.task.cancel()
+        if wait:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({resp.task}, timeout=5)
+
+    # ------------------------------------------------------------------ responses
+
+    def _assistant_item(self, resp: Response, status: str) -> Json:
+        if "audio" in resp.modalities:
+            part: Json = {"type": "output_audio", "transcript": resp.spoken.text_until(10**12)}
+        else:
+            part = {"type": "output_text", "text": resp.text}
+        return {"id": resp.item_id, "object": "realtime.item", "type": "message",
+                "role": "assistant", "status": status, "content": [part]}
+
+    async def _run_response(self, resp: Response, history: list[ChatMessage],
+                            temperature: float, max_tokens: int, metadata: Any) -> None:
+        base = {"object": "realtime.response", "id": resp.id, "metadata": metadata,
+                "output_modalities": list(resp.modalities)}
+        await self.emit({"type": "response.created",
+                         "response": {**base, "status": "in_progress", "output": []}})
+        item = self._assistant_item(resp, "in_progress")
+        ids = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0,
+               "content_index": 0}
+        if resp.in_conversation:
+            prev = self.conv.add(item)
+            await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
+                             "item": item})
+        await self.emit({"type": "response.output_item.added", "response_id": resp.id,
+                         "output_index": 0, "item": item})
+        part = item["content"][0]
+        await self.emit({"type": "response.content_part.added", **ids, "part": part})
+        status, details = "completed", cast(Json | None, None)
+        try:
+            if "audio" in resp.modalities:
+                await self._speak(resp, history, temperature, max_tokens, ids)
+            else:
+                await self._write(resp, history, temperature, max_tokens, ids)
+        except asyncio.CancelledError:
+            status = "cancelled"
+            details = {"type": "cancelled", "reason": resp.cancel_reason or "client_cancelled"}
+            if resp.cancel_reason is None:
+                raise
+        except Exception as raised:
+            exc = raised.exceptions[0] if isinstance(raised, ExceptionGroup) else raised
+            status = "failed"
+            stage = exc.stage if isinstance(exc, StageError) else "response"
+            log.warning("response %s failed in %s: %s", resp.id, stage, exc)
+            error: Json = {"type": "server_error", "code": f"{stage}_failed", "message": str(exc)}
+            details = {"type": "failed", "error": error}
+            await self.emit(p.error_event(f"response failed: {exc}", code=f"{stage}_failed",
+                                          kind="server_error"))
+        finally:
+            resp.stop.set()
+            if self.response is resp:
+                self.response = None
+        await self._finish(resp, base, ids, status, details)
+
+    async def _finish(self, resp: Response, base: Json, ids: Json, status: str,
+                      details: Json | None) -> None:
+        item = self._assistant_item(resp, "completed" if status == "completed" else "incomplete")
+        if resp.in_conversation:
+            with contextlib.suppress(ProtocolError):
+                stored = self.conv.get(resp.item_id)
+                stored.update(item)
+                self.conv.spoken[resp.item_id] = resp.spoken
+        part = item["content"][0]
+        if "audio" in resp.modalities:
+            await self.emit({"type": "response.output_audio.done", **ids})
+            await self.emit({"type": "response.output_audio_transcript.done", **ids,
+                             "transcript": part["transcript"]})
+        else:
+            await self.emit({"type": "response.output_text.done", **ids, "text": part["text"]})
+        await self.emit({"type": "response.content_part.done", **ids, "part": part})
+        await self.emit({"type": "response.output_item.done", "response_id": resp.id,
+                         "output_index": 0, "item": item})
+        if resp.in_conversation:
+            await self.emit({"type": "conversation.item.done", "item": item})
+        resp.clock.mark("response_done")
+        await self.emit({"type": "response.done", "response": {
+            **base, "status": status, "status_details": details, "output": [item],
+            "usage": None}})
+        await self._report(resp, status)
+
+    async def _report(self, resp: Response, status: str) -> None:
+        stages = resp.clock.stages_ms()
+        record = {"response_id": resp.id, "item_id": resp.user_item_id, "status": status,
+                  "stages_ms": stages, "marks_ms": resp.clock.marks_ms(),
+                  "compute_ms": resp.clock.compute_ms, "audio_ms": round(resp.audio_ms, 1)}
+        registry = self.engines.registry
+        registry.inc("turns_total")
+        registry.inc(f"responses_{status}_total")
+        if status == "completed":
+            registry.observe_turn(stages)
+        turn_log.info(json.dumps({"session": self.id, **record}))
+        await self.emit({"type": "voxwire.turn.metrics", **record})
+
+    async def _llm_deltas(self, resp: Response, history: list[ChatMessage], temperature: float,
+                          max_tokens: int) -> AsyncIterator[str]:
+        llm = self.engines.llm
+        resp.clock.mark("llm_request")
+        stream = self.engines.llm_lane.stream(
+            lambda: llm.stream(history, temperature=temperature, max_tokens=max_tokens,
+                               stop=resp.stop), resp.stop)
+        first = True
+        try:
+            while True:
+                try:
+                    if first:
+                        delta = await asyncio.wait_for(
+                            anext(stream), self.settings.first_token_timeout_s)
+                    else:
+                        delta = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise StageError("llm", "no first token within "
+                                     f"{self.settings.first_token_timeout_s:g} s") from None
+                except (StageError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    raise StageError("llm", str(exc)) from exc
+                if first:
+                    resp.clock.mark("llm_first_token")
+                    first = False
+                resp.text += delta
+                yield delta
+        finally:
+            await stream.aclose()
+
+    async def _write(self, resp: Response, history: list[ChatMessage], temperature: float,
+                     max_tokens: int, ids: Json) -> None:
+        async for delta in self._llm_deltas(resp, history, temperature, max_tokens):
+            resp.clock.mark("first_sentence")
+            await self.emit({"type": "response.output_text.delta", **ids, "delta": delta},
+                            lambda: resp.clock.mark("first_audio_sent"))
+
+    async def _speak(self, resp: Response, history: list[ChatMessage], temperature: float,
+                     max_tokens: int, ids: Json) -> None:
+        pieces: asyncio.Queue[str | None] = asyncio.Queue(8)
+        splitter = SentenceSplitter(first_clause_words=self.settings.first_clause_words)
+
+        async def produce() -> None:
+            async for delta in self._llm_deltas(resp, history, temperature, max_tokens):
+                for piece in splitter.feed(delta):
+                    resp.clock.mark("first_sentence")
+                    await pieces.put(piece)
+            for piece in splitter.flush():
+                resp.clock.mark("first_sentence")
+                await pieces.put(piece)
+            await pieces.put(None)
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(produce())
+            group.create_task(self._voice(resp, pieces, ids))
+
+    async def _voice(self, resp: Response, pieces: asyncio.Queue[str | None], ids: Json) -> None:
+        tts = self.engines.tts
+        fmt = self.cfg.output_format
+        resampler = audio_codec.StreamResampler(tts.sample_rate, fmt.rate)
+        per_delta = int(fmt.rate * DELTA_MS / 1000)
+
+        def encoded(text: str) -> Iterator[tuple[str, float]]:
+            for chunk in tts.synthesize(text, resp.stop):
+                samples = resampler(chunk)
+                for i in range(0, len(samples), per_delta):
+                    piece = samples[i:i + per_delta]
+                    data = base64.b64encode(audio_codec.encode(piece, fmt.type)).decode()
+                    yield data, len(piece) * 1000 / fmt.rate
+
+        def sent() -> None:
+            resp.clock.mark("first_audio_sent")
+
+        spacer = ""
+        while (piece := await pieces.get()) is not None:
+            await self.emit({"type": "response.output_audio_transcript.delta", **ids,
+                             "delta": spacer + piece})
+            spacer = " "
+            try:
+                async for data, ms in self.engines.tts_lane.stream(
+                        lambda text=piece: encoded(text), resp.stop):  # type: ignore[misc]
+                    resp.clock.mark("tts_first_audio")
+                    resp.audio_ms += ms
+                    await self.emit({"type": "response.output_audio.delta", **ids,
+                                     "delta": data}, sent)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise StageError("tts", str(exc)) from exc
+            resp.spoken.pieces.append((int(resp.audio_ms), piece))
+

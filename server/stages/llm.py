@@ -1,0 +1,45 @@
+"""The embedded language model: a GGUF through llama.cpp (llama-cpp-python)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from llama_cpp import Llama
+
+from server.errors import ConfigError
+from server.stages import ChatMessage
+
+
+class LlamaModel:
+    """Keeps the system prompt and history in llama.cpp's KV cache between turns
+    (it reuses the longest common prefix of consecutive prompts), with pinned threads:
+    its batch threads default to all cores, which collapses under contention."""
+
+    def __init__(self, path: Path, *, threads: int = 1, context: int = 2048) -> None:
+        if not path.is_file():
+            raise ConfigError(f"no GGUF model at {path}")
+        self.name = path.stem
+        self.llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)
+        self.context = context
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode(), add_bos=False, special=True))
+
+    def stream(
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+        stop: threading.Event,
+    ) -> Iterator[str]:
+        chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(  # type: ignore[assignment]
+            messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
+            temperature=temperature, max_tokens=max_tokens, stream=True,
+        )
+        for chunk in chunks:
+            if stop.is_set():
+                return
+            delta = chunk["choices"][0].get("delta", {}).get("content")
+            if delta:
+                yield delta

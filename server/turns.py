@@ -1,0 +1,146 @@
+"""Turn detection and the input audio buffer. Pure: probabilities and samples in, events out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.stages import Float32
+
+RATE = 16000
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    audio_start_ms: int  # includes the prefix padding
+    onset_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechConfirmed:
+    """Speech has lasted long enough to be a turn, not a cough: barge-in may act on it."""
+
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    audio_end_ms: int  # where speech ended, before the trailing silence
+
+
+TurnEvent = SpeechStarted | SpeechConfirmed | SpeechStopped
+
+
+class TurnDetector:
+    """OpenAI-style server VAD over silero probabilities (one per window).
+
+    Speech starts after ``min_speech_ms`` above ``threshold``; it stops after
+    ``silence_ms`` below ``threshold - 0.15`` (hysteresis keeps soft syllables in).
+    """
+
+    def __init__(self, *, window_ms: int, threshold: float, silence_ms: int,
+                 prefix_padding_ms: int, min_speech_ms: int, confirm_ms: int) -> None:
+        self.window_ms = window_ms
+        self.threshold = threshold
+        self.neg_threshold = max(threshold - 0.15, 0.01)
+        self.silence_ms = silence_ms
+        self.prefix_padding_ms = prefix_padding_ms
+        self.min_speech_ms = min_speech_ms
+        self.confirm_ms = confirm_ms
+        self.position_ms = 0
+        self.in_speech = False
+        self._run_start: int | None = None  # first window of a candidate speech run
+        self._onset = 0
+        self._silence_start: int | None = None
+        self._confirmed = False
+
+    def feed(self, probs: list[float]) -> list[TurnEvent]:
+        events: list[TurnEvent] = []
+        for p in probs:
+            start, self.position_ms = self.position_ms, self.position_ms + self.window_ms
+            if self.in_speech:
+                self._in_speech(p, start, events)
+            else:
+                self._idle(p, start, events)
+        return events
+
+    def _idle(self, p: float, start: int, events: list[TurnEvent]) -> None:
+        if p < self.threshold:
+            self._run_start = None
+            return
+        if self._run_start is None:
+            self._run_start = start
+        if self.position_ms - self._run_start >= self.min_speech_ms:
+            self.in_speech, self._onset, self._confirmed = True, self._run_start, False
+            self._silence_start = None
+            events.append(SpeechStarted(max(0, self._onset - self.prefix_padding_ms), self._onset))
+
+    def _in_speech(self, p: float, start: int, events: list[TurnEvent]) -> None:
+        if p >= self.neg_threshold:
+            if p >= self.threshold:
+                self._silence_start = None
+            if not self._confirmed and self.position_ms - self._onset >= self.confirm_ms:
+                self._confirmed = True
+                events.append(SpeechConfirmed(self.position_ms))
+            return
+        if self._silence_start is None:
+            self._silence_start = start
+        if self.position_ms - self._silence_start >= self.silence_ms:
+            self.in_speech, self._run_start = False, None
+            events.append(SpeechStopped(self._silence_start))
+
+    def reset(self) -> None:
+        self.in_speech, self._run_start, self._silence_start = False, None, None
+
+
+class InputBuffer:
+    """The session's 16 kHz input timeline, holding only what a turn may still need."""
+
+    def __init__(self, max_seconds: float) -> None:
+        self.max_samples = int(max_seconds * RATE)
+        self._chunks: list[Float32] = []
+        self._base = 0  # timeline sample index of the first held sample
+        self.total = 0  # samples appended since the session started
+
+    def append(self, samples: Float32) -> None:
+        self._chunks.append(samples)
+        self.total += len(samples)
+        held = self.total - self._base
+        if held > self.max_samples:
+            self.drop_before(self.total - self.max_samples)
+
+    def slice_ms(self, start_ms: int, end_ms: int | None = None) -> Float32:
+        start = max(start_ms * RATE // 1000, self._base)
+        end = self.total if end_ms is None else min(end_ms * RATE // 1000, self.total)
+        if end <= start:
+            return np.zeros(0, dtype=np.float32)
+        data = np.concatenate(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        self._chunks = [data]
+        return data[start - self._base:end - self._base]
+
+    def drop_before_ms(self, ms: int) -> None:
+        self.drop_before(ms * RATE // 1000)
+
+    def drop_before(self, sample: int) -> None:
+        sample = min(max(sample, self._base), self.total)
+        if sample == self._base or not self._chunks:
+            return
+        data = np.concatenate(self._chunks)
+        self._chunks = [data[sample - self._base:]]
+        self._base = sample
+
+    def clear(self) -> None:
+        self._chunks, self._base = [], self.total
+
+    @property
+    def held_ms(self) -> int:
+        return (self.total - self._base) * 1000 // RATE
+
+    @property
+    def base_ms(self) -> int:
+        return self._base * 1000 // RATE
+
+    @property
+    def total_ms(self) -> int:
+        return self.total * 1000 // RATE
