@@ -144,7 +144,8 @@ class App:
             host, port = server.sockets[0].getsockname()[:2]
             print(f"Voxwire listening on http://{host}:{port}/  (realtime: "
                   f"ws://{host}:{port}{REALTIME_PATH})", flush=True)
-            await self.load()
+            if self.engines is None:
+                await self.load()
             log.info("ready")
             if ready is not None:
                 ready.set()

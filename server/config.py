@@ -14,8 +14,8 @@ Device = Literal["auto", "cpu", "cuda"]
 AsrMode = Literal["short", "padded"]
 
 DEFAULT_INSTRUCTIONS = (
-    "You are Voxwire, a helpful voice assistant. Answer in one to three short spoken "
-    "sentences. Do not use lists, markdown or emoji."
+    "You are Voxwire, a helpful voice assistant. Always answer in English, in one to three short "
+    "spoken sentences. Do not use lists, markdown or emoji."
 )
 
 
@@ -38,7 +38,7 @@ class Settings:
     tts_threads: int = 1
     # Conversation defaults (a client may change them with session.update).
     instructions: str = DEFAULT_INSTRUCTIONS
-    temperature: float = 0.6
+    temperature: float = 0.2
     max_output_tokens: int = 160
     history_turns: int = 8
     # Turn detection defaults (OpenAI server_vad semantics).

