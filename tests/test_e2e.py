@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import urllib.request
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,7 +24,7 @@ Speak = Callable[..., Float32]
 RATE = 24000
 
 
-async def events_until(conn: Any, stop: Callable[[Any], bool], timeout: float = 60
+async def events_until(conn: Any, stop: Callable[[Any], bool], seconds: float = 60
                        ) -> list[Any]:
     got: list[Any] = []
 
@@ -34,7 +34,7 @@ async def events_until(conn: Any, stop: Callable[[Any], bool], timeout: float = 
             if stop(ev):
                 return
 
-    await asyncio.wait_for(read(), timeout)
+    await asyncio.wait_for(read(), seconds)
     return got
 
 
@@ -236,7 +236,7 @@ async def test_bad_input_gets_errors_and_the_session_goes_on(
     async with ga(server_url) as conn:
         for raw, event_id, code in bad:
             await conn.send_raw(raw)
-            errs = await events_until(conn, lambda e: e.type == "error", timeout=10)
+            errs = await events_until(conn, lambda e: e.type == "error", seconds=10)
             assert errs[-1].error.code == code, raw
             assert errs[-1].error.event_id == event_id
             assert errs[-1].error.message

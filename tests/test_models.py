@@ -32,5 +32,5 @@ def test_a_wrong_checksum_is_reported(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_unknown_model_names_are_clear_errors() -> None:
-    with pytest.raises(ModelError, match="known: tiny.en, base"):
+    with pytest.raises(ModelError, match=r"known: tiny\.en, base"):
         registry.get_spec("large-v9", "asr")
