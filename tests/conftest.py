@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import cast
 
 import numpy as np
 import pytest
 import pytest_asyncio
+from piper.config import SynthesisConfig
 
 from client.realtime import Float32, read_wav, resample, silence
 from server.app import App
 from server.config import Settings
 from server.engines import Engines
+from server.stages.tts import PiperSynthesizer
 
 TEST_SETTINGS = Settings(port=0, log_level="DEBUG")
+EXACT = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +42,9 @@ def speak(engines: Engines, tmp_path_factory: pytest.TempPathFactory
         key = (text, voice, rate)
         if key not in cache:
             if voice == "piper":
-                chunks = list(engines.tts.synthesize(text, threading.Event()))
+                # No sampling noise: the same text gives the same audio on every run.
+                voice_model = cast(PiperSynthesizer, engines.tts).voice
+                chunks = [c.audio_float_array for c in voice_model.synthesize(text, EXACT)]
                 cache[key] = resample(np.concatenate(chunks), engines.tts.sample_rate, rate)
             else:
                 if shutil.which("espeak-ng") is None:
@@ -70,3 +76,30 @@ async def server_url(engines: Engines) -> AsyncIterator[str]:
     async with app.start_server() as server:
         host, port = server.sockets[0].getsockname()[:2]
         yield f"http://{host}:{port}"
+
+
+class _SlowCallbacks(logging.Handler):
+    """Collects asyncio debug-mode reports of a callback that blocked the loop."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reports: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        # Test bodies may block their own steps (making fixtures); the server may not.
+        if "took" in message and "/tests/" not in message:
+            self.reports.append(message)
+
+
+@pytest.fixture(autouse=True)
+def event_loop_never_blocks() -> Iterator[None]:
+    """With PYTHONASYNCIODEBUG=1, fail any test during which server code blocked the loop."""
+    handler = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.reports, "event loop blocked:\n" + "\n".join(handler.reports)

@@ -94,7 +94,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(
     assert len(answer) > RATE // 2
     heard = engines.asr.transcribe(resample(answer, RATE, 16000)).text
     overlap = len(set(words(heard)) & set(words(said))) / max(len(set(words(said))), 1)
-    assert overlap > 0.6, (heard, said)
+    assert overlap >= 0.5, (heard, said)
     metrics = events[-1].model_dump()
     for stage in ("endpoint", "asr", "llm_first_token", "first_sentence", "tts_first_audio",
                   "send", "voice_to_voice"):
