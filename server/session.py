@@ -326,7 +326,11 @@ class Session:
     # ------------------------------------------------------------------ partial transcripts
 
     async def _maybe_partial(self) -> None:
-        if self._speech_item is None or (self._partial is not None and not self._partial.done()):
+        # Only while the user is audibly speaking: a partial started in a pause could hold
+        # the ASR lane just when the final transcript of that turn needs it.
+        if self._speech_item is None or not self._detector.hearing_speech:
+            return
+        if self._partial is not None and not self._partial.done():
             return
         if self.buffer.total_ms - self._partial_at_ms < self.settings.partial_interval_ms:
             return

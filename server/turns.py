@@ -90,6 +90,11 @@ class TurnDetector:
             self.in_speech, self._run_start = False, None
             events.append(SpeechStopped(self._silence_start))
 
+    @property
+    def hearing_speech(self) -> bool:
+        """In a turn and the last window was voiced (not a pause that may end the turn)."""
+        return self.in_speech and self._silence_start is None
+
     def reset(self) -> None:
         self.in_speech, self._run_start, self._silence_start = False, None, None
 

@@ -1,0 +1,1 @@
+"""Voxwire benchmarks: `python -m bench` (or `make bench`)."""

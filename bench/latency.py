@@ -1,0 +1,268 @@
+"""Voice-to-voice latency through the real server, driven by the `openai` SDK.
+
+For each Whisper model: start `voxwire serve` in its own process, stream spoken
+questions at real-time pace (one fresh session each, so every prompt is the same as
+in the direct run), and collect the server's per-turn metrics plus the client's own
+clock. Then call the same models directly, without the server, on the same audio and
+prompts: the difference between the two is the server's own overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata as md
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.realtime import Float32, resample, send_audio, silence
+
+RATE = 24000
+QUESTIONS = [
+    "What is the capital of France?",
+    "Could you tell me what the weather is like in London today?",
+    "How many days are there in a week?",
+    "Set a timer for ten minutes.",
+    "What is your favourite colour?",
+    "Tell me something interesting about the moon.",
+    "Turn on the kitchen lights please.",
+    "How do I make a cup of tea?",
+]
+LEAD_MS, TAIL_MS = 400, 1500
+
+
+@dataclass
+class Fixture:
+    text: str
+    audio: Float32  # 24 kHz, lead-in silence + speech + trailing silence
+    speech_end_s: float  # where speech really ends, seconds from the start of `audio`
+
+
+def speech_end(samples: Float32, rate: int, floor_db: float = -40.0) -> float:
+    """The last 10 ms frame louder than `floor_db` below the peak."""
+    frame = rate // 100
+    n = len(samples) // frame
+    energy = np.sqrt((samples[: n * frame].reshape(n, frame) ** 2).mean(axis=1) + 1e-12)
+    loud = np.nonzero(20 * np.log10(energy / energy.max()) > floor_db)[0]
+    return float((loud[-1] + 1) * frame / rate)
+
+
+def make_fixtures(questions: list[str]) -> list[Fixture]:
+    from piper.config import SynthesisConfig
+
+    from models import locate
+    from server.stages.tts import PiperSynthesizer
+
+    voice = PiperSynthesizer(locate("joe", "tts")).voice
+    exact = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    out = []
+    for text in questions:
+        speech = np.concatenate([c.audio_float_array for c in voice.synthesize(text, exact)])
+        speech = resample(speech, voice.config.sample_rate, RATE)
+        audio = np.concatenate([silence(LEAD_MS, RATE), speech, silence(TAIL_MS, RATE)])
+        out.append(Fixture(text, audio, LEAD_MS / 1000 + speech_end(speech, RATE)))
+    return out
+
+
+# ---------------------------------------------------------------------- through the server
+
+
+async def one_turn(url: str, fx: Fixture) -> dict[str, Any]:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(api_key="bench", base_url=f"{url}/v1")
+    async with client.realtime.connect(model="voxwire") as conn:
+        await conn.session.update(session={"type": "realtime", "temperature": 0.0})
+        start = time.monotonic()
+        sender = asyncio.create_task(send_audio(conn, fx.audio, RATE))
+        first_audio: float | None = None
+        metrics: dict[str, Any] = {}
+        transcript = ""
+        async for ev in conn:
+            if ev.type == "response.output_audio.delta" and first_audio is None:
+                first_audio = time.monotonic()
+            elif ev.type == "conversation.item.input_audio_transcription.completed":
+                transcript = ev.transcript
+            elif ev.type == "voxwire.turn.metrics":
+                metrics = ev.model_dump()
+                break
+        await sender
+    # Pacing is anchored at `start`, so the speech end left the client at this moment.
+    spoken_end = start + fx.speech_end_s
+    return {"question": fx.text, "transcript": transcript, "status": metrics.get("status"),
+            "client_v2v_ms": round((first_audio - spoken_end) * 1000, 1) if first_audio else None,
+            "stages_ms": metrics.get("stages_ms", {}), "compute_ms": metrics.get("compute_ms", {})}
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"{url}/healthz", timeout=2) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.3)
+    raise RuntimeError("server did not become healthy")
+
+
+@contextlib.contextmanager
+def server(port: int, args: list[str]) -> Iterator[str]:
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def through_server(url: str, fixtures: list[Fixture], warmup: int = 1
+                         ) -> list[dict[str, Any]]:
+    for fx in fixtures[:warmup]:
+        await one_turn(url, fx)
+    return [await one_turn(url, fx) for fx in fixtures]
+
+
+# ---------------------------------------------------------------------- models alone
+
+
+def direct(fixtures: list[Fixture], asr_model: str, asr_mode: str, device: str
+           ) -> list[dict[str, float]]:
+    """The same models, the same audio and prompts, no server: compute time only."""
+    from server.config import Settings
+    from server.engines import Engines
+    from server.stages import ChatMessage
+    from server.text import SentenceSplitter
+
+    settings = Settings(asr_model=asr_model, asr_mode=asr_mode, device=device)
+    eng = Engines.load(settings)
+    out = []
+    try:
+        for n, fx in enumerate([fixtures[0], *fixtures]):  # the first one warms up
+            cut = int((fx.speech_end_s + 0.2) * RATE)
+            utterance = resample(fx.audio[int((LEAD_MS - 300) / 1000 * RATE):cut], RATE, 16000)
+            t0 = time.perf_counter()
+            text = eng.asr.transcribe(utterance).text
+            t1 = time.perf_counter()
+            messages = [ChatMessage("system", settings.instructions), ChatMessage("user", text)]
+            splitter = SentenceSplitter(first_clause_words=settings.first_clause_words)
+            first_token = first_piece = None
+            piece = ""
+            stop = threading.Event()
+            for delta in eng.llm.stream(messages, temperature=0.0,
+                                        max_tokens=settings.max_output_tokens, stop=stop):
+                first_token = first_token or time.perf_counter()
+                pieces = splitter.feed(delta)
+                if pieces:
+                    first_piece, piece = time.perf_counter(), pieces[0]
+                    break
+            if first_piece is None:
+                first_piece, piece = time.perf_counter(), " ".join(splitter.flush())
+            t3 = time.perf_counter()
+            next(iter(eng.tts.synthesize(piece, threading.Event())))
+            t4 = time.perf_counter()
+            if n:
+                out.append({"asr": (t1 - t0) * 1000,
+                            "llm_first_token": ((first_token or t3) - t1) * 1000,
+                            "first_sentence": (first_piece - (first_token or t3)) * 1000,
+                            "tts_first_audio": (t4 - t3) * 1000})
+    finally:
+        eng.close()
+    return out
+
+
+# ---------------------------------------------------------------------- report
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summarize(turns: list[dict[str, Any]], alone: list[dict[str, float]]) -> dict[str, Any]:
+    stages = ["endpoint", "asr", "llm_first_token", "first_sentence", "tts_first_audio", "send",
+              "voice_to_voice"]
+    table: dict[str, Any] = {}
+    for stage in stages:
+        vals = [t["stages_ms"][stage] for t in turns if stage in t["stages_ms"]]
+        table[stage] = {"p50": pct(vals, 50), "p95": pct(vals, 95), "max": max(vals, default=0)}
+    client = [t["client_v2v_ms"] for t in turns if t["client_v2v_ms"] is not None]
+    table["client_voice_to_voice"] = {"p50": pct(client, 50), "p95": pct(client, 95),
+                                      "max": max(client, default=0)}
+    compute = {k: statistics.median(a[k] for a in alone) for k in alone[0]} if alone else {}
+    # What the server adds: its end-of-turn-to-first-audio time minus the same models' compute.
+    after_turn = [t["stages_ms"]["voice_to_voice"] - t["stages_ms"]["endpoint"] for t in turns
+                  if "voice_to_voice" in t["stages_ms"]]
+    overhead = statistics.median(after_turn) - sum(compute.values()) if compute else None
+    return {"stages_ms": table, "direct_compute_ms": compute,
+            "server_overhead_ms": overhead, "turns": len(turns),
+            "completed": sum(t["status"] == "completed" for t in turns)}
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {p: md.version(p) for p in ("ctranslate2", "faster-whisper", "llama-cpp-python",
+                                           "piper-tts", "onnxruntime", "openai")}
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "versions": versions}
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = []
+    for name, res in results["runs"].items():
+        lines.append(f"\n## {name}: {res['completed']}/{res['turns']} turns completed")
+        lines.append(f"{'stage':24} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'alone ms':>9}")
+        for stage, v in res["stages_ms"].items():
+            alone = res["direct_compute_ms"].get(stage)
+            alone_s = f"{alone:9.0f}" if alone is not None else f"{'':9}"
+            lines.append(f"{stage:24} {v['p50']:8.0f} {v['p95']:8.0f} {v['max']:8.0f} {alone_s}")
+        if res["server_overhead_ms"] is not None:
+            lines.append(f"server overhead per turn (median): {res['server_overhead_ms']:.0f} ms")
+    return "\n".join(lines)
+
+
+def run(asr_models: list[str], asr_mode: str, device: str, questions: int, port: int,
+        url: str | None, out: Path) -> dict[str, Any]:
+    fixtures = make_fixtures(QUESTIONS[:questions])
+    results: dict[str, Any] = {"machine": machine(), "settings": {
+        "asr_mode": asr_mode, "device": device, "questions": len(fixtures),
+        "pacing": "real time, 40 ms chunks, one fresh session per question"}, "runs": {}}
+    for model in asr_models:
+        args = ["--asr-model", model, "--asr-mode", asr_mode, "--device", device,
+                "--log-level", "WARNING"]
+        if url:
+            turns = asyncio.run(through_server(url, fixtures))
+        else:
+            with server(port, args) as live:
+                turns = asyncio.run(through_server(live, fixtures))
+        alone = direct(fixtures, model, asr_mode, device)
+        summary = summarize(turns, alone)
+        summary["raw"] = turns
+        results["runs"][f"{model} ({asr_mode}, {device})"] = summary
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return results
