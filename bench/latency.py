@@ -104,7 +104,8 @@ async def one_turn(url: str, fx: Fixture) -> dict[str, Any]:
     spoken_end = start + fx.speech_end_s
     return {"question": fx.text, "transcript": transcript, "status": metrics.get("status"),
             "client_v2v_ms": round((first_audio - spoken_end) * 1000, 1) if first_audio else None,
-            "stages_ms": metrics.get("stages_ms", {}), "compute_ms": metrics.get("compute_ms", {})}
+            "stages_ms": metrics.get("stages_ms", {}), "compute_ms": metrics.get("compute_ms", {}),
+            "overhead_ms": metrics.get("overhead_ms")}
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:
@@ -209,13 +210,17 @@ def summarize(turns: list[dict[str, Any]], alone: list[dict[str, float]]) -> dic
     table["client_voice_to_voice"] = {"p50": pct(client, 50), "p95": pct(client, 95),
                                       "max": max(client, default=0)}
     compute = {k: statistics.median(a[k] for a in alone) for k in alone[0]} if alone else {}
-    # What the server adds: its end-of-turn-to-first-audio time minus the same models' compute.
+    # Time after the end of turn that the server spends beyond the models called alone:
     after_turn = [t["stages_ms"]["voice_to_voice"] - t["stages_ms"]["endpoint"] for t in turns
                   if "voice_to_voice" in t["stages_ms"]]
-    overhead = statistics.median(after_turn) - sum(compute.values()) if compute else None
+    beyond_alone = statistics.median(after_turn) - sum(compute.values()) if compute else None
+    # ... of which the server's own software (hand-offs, queues, encoding, socket) is:
+    own = [t["overhead_ms"] for t in turns if t.get("overhead_ms") is not None]
     return {"stages_ms": table, "direct_compute_ms": compute,
-            "server_overhead_ms": overhead, "turns": len(turns),
-            "completed": sum(t["status"] == "completed" for t in turns)}
+            "beyond_alone_ms": beyond_alone,
+            "server_overhead_ms": statistics.median(own) if own else None,
+            "server_overhead_p95_ms": pct(own, 95) if own else None,
+            "turns": len(turns), "completed": sum(t["status"] == "completed" for t in turns)}
 
 
 def machine() -> dict[str, Any]:
@@ -240,8 +245,13 @@ def render(results: dict[str, Any]) -> str:
             alone = res["direct_compute_ms"].get(stage)
             alone_s = f"{alone:9.0f}" if alone is not None else f"{'':9}"
             lines.append(f"{stage:24} {v['p50']:8.0f} {v['p95']:8.0f} {v['max']:8.0f} {alone_s}")
+        if res["beyond_alone_ms"] is not None:
+            lines.append(f"end of turn to first audio, beyond the models alone (median): "
+                         f"{res['beyond_alone_ms']:.0f} ms")
         if res["server_overhead_ms"] is not None:
-            lines.append(f"server overhead per turn (median): {res['server_overhead_ms']:.0f} ms")
+            lines.append(f"of which outside any model call (hand-offs, queues, encoding, socket):"
+                         f" p50 {res['server_overhead_ms']:.1f} ms,"
+                         f" p95 {res['server_overhead_p95_ms']:.1f} ms")
     return "\n".join(lines)
 
 

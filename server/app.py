@@ -160,7 +160,8 @@ class App:
     def start_server(self) -> contextlib.AbstractAsyncContextManager[Server]:
         return serve(self.handle, self.settings.host, self.settings.port,
                      process_request=self.process_request,
-                     max_size=self.settings.max_message_bytes, max_queue=16,
+                     max_size=self.settings.max_message_bytes,
+                     max_queue=self.settings.input_queue,
                      ping_interval=20, ping_timeout=20)
 
 

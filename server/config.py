@@ -54,7 +54,7 @@ class Settings:
     max_utterance_s: float = 30.0
     max_buffer_s: float = 120.0
     max_sessions: int = 64
-    input_queue: int = 256
+    input_queue: int = 32
     send_queue: int = 512
     first_token_timeout_s: float = 20.0
 

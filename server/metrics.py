@@ -33,6 +33,23 @@ class TurnClock:
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, time.monotonic() if at is None else at)
 
+    def compute_once(self, name: str, started: float) -> None:
+        """Record a model call's own duration, measured in its worker thread (first call)."""
+        self.compute_ms.setdefault(name, round((time.monotonic() - started) * 1000, 1))
+
+    def overhead_ms(self) -> float | None:
+        """Time on the path to first audio spent outside the models: thread hand-offs,
+        queueing, encoding, the socket. Voice-to-voice minus the end-of-turn wait and
+        minus model compute (ASR, LLM to first token and on to the first clause, TTS)."""
+        stages = self.stages_ms()
+        needed = ("voice_to_voice", "endpoint", "first_sentence")
+        if not all(k in stages for k in needed) or not all(
+                k in self.compute_ms for k in ("asr", "llm_first_token", "tts_first_audio")):
+            return None
+        models = (self.compute_ms["asr"] + self.compute_ms["llm_first_token"]
+                  + stages["first_sentence"] + self.compute_ms["tts_first_audio"])
+        return round(stages["voice_to_voice"] - stages["endpoint"] - models, 1)
+
     def stages_ms(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for stage, (a, b) in STAGES.items():

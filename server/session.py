@@ -388,7 +388,7 @@ class Session:
                              "error": {"type": "transcription_error", "code": "asr_failed",
                                        "message": str(exc)}})
             return
-        job.clock.compute_ms["asr"] = round((time.monotonic() - started) * 1000, 1)
+        job.clock.compute_once("asr", started)
         job.clock.mark("asr_done")
         job.clock.compute_ms["asr_path_short"] = float(result.path == "short")
         try:
@@ -534,7 +534,8 @@ class Session:
     async def _report(self, resp: Response, status: str) -> None:
         stages = resp.clock.stages_ms()
         record = {"response_id": resp.id, "item_id": resp.user_item_id, "status": status,
-                  "stages_ms": stages, "marks_ms": resp.clock.marks_ms(),
+                  "stages_ms": stages, "overhead_ms": resp.clock.overhead_ms(),
+                  "marks_ms": resp.clock.marks_ms(),
                   "compute_ms": resp.clock.compute_ms, "audio_ms": round(resp.audio_ms, 1)}
         registry = self.engines.registry
         registry.inc("turns_total")
@@ -548,9 +549,14 @@ class Session:
                           max_tokens: int) -> AsyncIterator[str]:
         llm = self.engines.llm
         resp.clock.mark("llm_request")
-        stream = self.engines.llm_lane.stream(
-            lambda: llm.stream(history, temperature=temperature, max_tokens=max_tokens,
-                               stop=resp.stop), resp.stop)
+        def generate() -> Iterator[str]:
+            started = time.monotonic()
+            for delta in llm.stream(history, temperature=temperature, max_tokens=max_tokens,
+                                    stop=resp.stop):
+                resp.clock.compute_once("llm_first_token", started)
+                yield delta
+
+        stream = self.engines.llm_lane.stream(generate, resp.stop)
         first = True
         try:
             while True:
@@ -610,7 +616,9 @@ class Session:
         per_delta = int(fmt.rate * DELTA_MS / 1000)
 
         def encoded(text: str) -> Iterator[tuple[str, float]]:
+            started = time.monotonic()
             for chunk in tts.synthesize(text, resp.stop):
+                resp.clock.compute_once("tts_first_audio", started)
                 samples = resampler(chunk)
                 for i in range(0, len(samples), per_delta):
                     piece = samples[i:i + per_delta]

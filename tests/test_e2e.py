@@ -284,3 +284,35 @@ async def test_http_routes(server_url: str) -> None:
     assert info.value.code == 404
 
 
+
+
+class BrokenVoice:
+    """A synthesizer whose engine fails, as a broken voice file would."""
+
+    def __init__(self, inner: Any) -> None:
+        self.name, self.sample_rate = inner.name, inner.sample_rate
+
+    def synthesize(self, text: str, stop: Any) -> Iterator[Float32]:
+        raise RuntimeError("voice model crashed")
+        yield  # pragma: no cover
+
+
+async def test_a_failing_stage_fails_the_response_not_the_session(engines: Engines) -> None:
+    app = App(TEST_SETTINGS, engines=dataclasses.replace(engines, tts=BrokenVoice(engines.tts)))
+    async with app.start_server() as server:
+        host, port = server.sockets[0].getsockname()[:2]
+        async with ga(f"http://{host}:{port}") as conn:
+            await conn.conversation.item.create(item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Hello there."}]})
+            await conn.response.create()
+            failed = await events_until(conn, lambda e: e.type == "response.done")
+            # The same session still answers in text.
+            await conn.response.create(response={"output_modalities": ["text"]})
+            after = await events_until(conn, lambda e: e.type == "response.done")
+    assert failed[-1].response.status == "failed"
+    details = failed[-1].response.status_details
+    assert details.error.code == "tts_failed" and "voice model crashed" in details.error.message
+    assert any(e.type == "error" and e.error.code == "tts_failed" for e in failed)
+    assert after[-1].response.status == "completed"
+    assert after[-1].response.output[0].content[0].text

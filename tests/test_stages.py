@@ -104,3 +104,19 @@ def test_tts_speaks_at_a_plausible_length(engines: Engines) -> None:
     heard = words(engines.asr.transcribe(resample(audio, 22050, 16000)).text)
     # Piper samples its prosody, so one word may come out differently from run to run.
     assert len(set(heard) & set(words("Paris is the capital of France."))) >= 5, heard
+
+
+def test_llm_history_is_trimmed_to_the_context_window(engines: Engines) -> None:
+    from server.stages.llm import LlamaModel
+
+    llm = engines.llm
+    assert isinstance(llm, LlamaModel)
+    long_turn = "word " * 400
+    history = [ChatMessage("system", "Be brief.")]
+    for _ in range(6):
+        history += [ChatMessage("user", long_turn), ChatMessage("assistant", long_turn)]
+    history.append(ChatMessage("user", "Hello?"))
+    kept = llm.fit(history, max_tokens=160)
+    assert kept[0].role == "system" and kept[-1].content == "Hello?"
+    assert 1 < len(kept) < len(history)
+    assert sum(llm.count_tokens(m.content) + 8 for m in kept) <= llm.context - 160

@@ -9,8 +9,10 @@ from typing import Any, cast
 
 from llama_cpp import Llama
 
-from server.errors import ConfigError
+from server.errors import ConfigError, StageError
 from server.stages import ChatMessage
+
+_PER_MESSAGE = 8  # chat-template tokens around each message
 
 
 class LlamaModel:
@@ -29,10 +31,24 @@ class LlamaModel:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=True))
 
+    def fit(self, messages: Sequence[ChatMessage], max_tokens: int) -> list[ChatMessage]:
+        """Drop the oldest turns until the prompt and the answer fit in the context window."""
+        kept = list(messages)
+        budget = self.context - max_tokens
+        cost = [self.count_tokens(m.content) + _PER_MESSAGE for m in kept]
+        first = 1 if kept and kept[0].role == "system" else 0
+        while sum(cost) > budget and len(kept) > first + 1:
+            del kept[first], cost[first]
+        if sum(cost) > budget:
+            raise StageError("llm", f"the prompt needs {sum(cost)} tokens; the context window "
+                             f"({self.context}) leaves {budget} after the answer's budget")
+        return kept
+
     def stream(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
         stop: threading.Event,
     ) -> Iterator[str]:
+        messages = self.fit(messages, max_tokens)
         chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(  # type: ignore[assignment]
             messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
             temperature=temperature, max_tokens=max_tokens, stream=True, repeat_penalty=1.1,
