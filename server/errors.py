@@ -4,6 +4,7 @@ from models.errors import ModelError, VoxwireError
 
 __all__ = [
     "AudioFormatError",
+    "BackendError",
     "ConfigError",
     "LimitError",
     "ModelError",
@@ -55,5 +56,14 @@ class StageError(VoxwireError):
     code = "stage_failed"
 
     def __init__(self, stage: str, message: str) -> None:
-        super().__init__(f"{stage}: {message}")
+        super().__init__(message)
         self.stage = stage
+        self.code = f"{stage}_failed"
+
+
+class BackendError(StageError):
+    """The language model backend failed: a refused key, a rate limit, a timeout, ..."""
+
+    def __init__(self, message: str, *, code: str = "llm_failed") -> None:
+        super().__init__("llm", message)
+        self.code = code

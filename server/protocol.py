@@ -73,6 +73,8 @@ class SessionConfig:
     temperature: float = 0.6
     max_output_tokens: int | None = None
     tools: tuple[Json, ...] = ()
+    tool_choice: str = "auto"  # "auto", "none" or "required"
+    attach_latest_frame: bool = False  # extension: session.voxwire.attach_latest_frame
 
 
 def _num(value: Any, param: str, lo: float, hi: float) -> float:
@@ -165,9 +167,15 @@ def max_tokens_value(value: Any, param: str) -> int | None:
 
 
 def _tools(value: Any, param: str) -> tuple[Json, ...]:
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise ProtocolError(f"{param} must be a list of objects", code="invalid_value",
-                            param=param)
+    if not isinstance(value, list):
+        raise ProtocolError(f"{param} must be a list", code="invalid_value", param=param)
+    for i, tool in enumerate(value):
+        ok = (isinstance(tool, dict) and tool.get("type", "function") == "function"
+              and isinstance(tool.get("name"), str) and tool["name"]
+              and isinstance(tool.get("parameters", {}), dict))
+        if not ok:
+            raise ProtocolError(f"{param}[{i}] must be a function tool with a name and JSON "
+                                "schema parameters", code="invalid_value", param=f"{param}[{i}]")
     return tuple(value)
 
 
@@ -181,6 +189,15 @@ def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> 
         ch["temperature"] = _num(s["temperature"], "session.temperature", 0.0, 2.0)
     if "tools" in s:
         ch["tools"] = _tools(s["tools"], "session.tools")
+    if "tool_choice" in s:
+        if s["tool_choice"] not in ("auto", "none", "required"):
+            raise ProtocolError("session.tool_choice must be auto, none or required",
+                                code="invalid_value", param="session.tool_choice")
+        ch["tool_choice"] = s["tool_choice"]
+    ext = _obj(s.get("voxwire", {}), "session.voxwire")
+    if "attach_latest_frame" in ext:
+        ch["attach_latest_frame"] = _bool(ext["attach_latest_frame"],
+                                          "session.voxwire.attach_latest_frame")
     if "model" in s:
         ch["model"] = _str(s["model"], "session.model", 200)
     for key in ("max_output_tokens", "max_response_output_tokens"):
@@ -243,8 +260,9 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
             "input_audio_format": _GA_TO_BETA_FORMAT[cfg.input_format.type],
             "output_audio_format": _GA_TO_BETA_FORMAT[cfg.output_format.type],
             "input_audio_transcription": {"model": cfg.transcription_model},
-            "turn_detection": td, "tools": list(cfg.tools), "tool_choice": "auto",
+            "turn_detection": td, "tools": list(cfg.tools), "tool_choice": cfg.tool_choice,
             "temperature": cfg.temperature, "max_response_output_tokens": max_tokens,
+            "voxwire": {"attach_latest_frame": cfg.attach_latest_frame},
         }
     return {
         "type": "realtime", "object": "realtime.session", "id": session_id, "model": cfg.model,
@@ -258,7 +276,8 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
             "output": {"format": {"type": cfg.output_format.type, "rate": cfg.output_format.rate},
                        "voice": cfg.voice, "speed": 1.0},
         },
-        "tools": list(cfg.tools), "tool_choice": "auto", "max_output_tokens": max_tokens,
+        "tools": list(cfg.tools), "tool_choice": cfg.tool_choice, "max_output_tokens": max_tokens,
+        "voxwire": {"attach_latest_frame": cfg.attach_latest_frame},
     }
 
 
@@ -321,6 +340,13 @@ class ResponseCreate(ClientEvent):
 @dataclass(frozen=True)
 class ResponseCancel(ClientEvent):
     response_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FrameAppend(ClientEvent):
+    """Extension `voxwire.input_image.append`: the latest camera frame (a data URI)."""
+
+    image_url: str
 
 
 def _field(ev: Json, name: str, kind: type, event_id: str | None) -> Any:
@@ -397,6 +423,8 @@ _PARSERS: dict[str, Callable[[Json, str | None], ClientEvent]] = {
     "conversation.item.retrieve": lambda ev, eid: ItemRetrieve(
         eid, _field(ev, "item_id", str, eid)),
     "response.create": _parse_response_create,
+    "voxwire.input_image.append": lambda ev, eid: FrameAppend(
+        eid, _field(ev, "image_url", str, eid)),
     "response.cancel": lambda ev, eid: ResponseCancel(
         eid, ev.get("response_id") if isinstance(ev.get("response_id"), str) else None),
 }

@@ -8,34 +8,29 @@ Whisper, llama.cpp, piper) runs in the engines' worker lanes, never on the loop.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
-import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from server import audio as audio_codec
+from server import images
 from server import protocol as p
 from server.config import Settings
-from server.conversation import Conversation, Spoken, client_item
+from server.conversation import Conversation, client_item
 from server.engines import Engines
-from server.errors import LimitError, ProtocolError, StageError, VoxwireError
+from server.errors import LimitError, ProtocolError, VoxwireError
 from server.metrics import TurnClock
 from server.protocol import Json, SessionConfig, TurnDetection
-from server.stages import ChatMessage, Float32, VadStream
-from server.text import SentenceSplitter
+from server.response import CANNOT_SEE, Response, ResponseContext, ResponseRun
+from server.stages import ChatRequest, Float32, ImageData, ToolSpec, VadStream
 from server.turns import InputBuffer, SpeechConfirmed, SpeechStarted, SpeechStopped, TurnDetector
 
 log = logging.getLogger(__name__)
-turn_log = logging.getLogger("voxwire.turns")
 
 ASR_TAIL_MS = 200  # trailing silence handed to Whisper with an utterance
-DELTA_MS = 200  # audio per output delta
 MIN_COMMIT_MS = 100
 
 OnSent = Callable[[], None]
@@ -76,22 +71,6 @@ class RespondJob:
     clock: TurnClock | None
 
 
-@dataclass
-class Response:
-    id: str
-    item_id: str
-    modalities: tuple[str, ...]
-    clock: TurnClock
-    user_item_id: str | None
-    in_conversation: bool
-    stop: threading.Event = field(default_factory=threading.Event)
-    text: str = ""
-    spoken: Spoken = field(default_factory=Spoken)
-    audio_ms: float = 0.0
-    cancel_reason: str | None = None
-    task: asyncio.Task[None] | None = None
-
-
 class Session:
     def __init__(self, engines: Engines, settings: Settings, *, dialect: p.Dialect = "ga",
                  model: str = "voxwire") -> None:
@@ -122,6 +101,7 @@ class Session:
         self._jobs: asyncio.Queue[TranscribeJob | RespondJob] = asyncio.Queue(8)
         self._worker: asyncio.Task[None] | None = None
         self.response: Response | None = None
+        self._latest_frame: tuple[ImageData, float] | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -178,12 +158,9 @@ class Session:
                 self._speech_item = None
                 await self.emit({"type": "input_audio_buffer.cleared"})
             case p.ItemCreate():
-                item = client_item(ev.item, ev.event_id)
-                prev = self.conv.add(item, ev.previous_item_id)
-                await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
-                                 "item": item})
-                await self.emit({"type": "conversation.item.done", "previous_item_id": prev,
-                                 "item": item})
+                await self._create_item(ev)
+            case p.FrameAppend():
+                await self._frame(ev)
             case p.ItemTruncate():
                 self.conv.truncate(ev.item_id, ev.audio_end_ms, ev.event_id)
                 await self.emit({"type": "conversation.item.truncated", "item_id": ev.item_id,
@@ -309,6 +286,10 @@ class Session:
         item: Json = {"id": item_id, "object": "realtime.item", "type": "message",
                       "role": "user", "status": "completed",
                       "content": [{"type": "input_audio", "transcript": None}]}
+        frame = self._take_frame()
+        if frame is not None:
+            item["content"].append({"type": "input_image", "image_url": frame.data_uri()})
+            self.conv.images[item_id] = (frame,)
         prev = self.conv.add(item)
         await self.emit({"type": "input_audio_buffer.committed", "previous_item_id": prev,
                          "item_id": item_id})
@@ -426,20 +407,43 @@ class Session:
         if not isinstance(instructions, str):
             raise ProtocolError("response.instructions must be a string", code="invalid_value",
                                 event_id=event_id)
-        resp = Response(p.new_id("resp"), p.new_id("item"), modalities, clock, user_item_id,
-                        params.get("conversation", "auto") != "none")
-        history = self.conv.history(instructions, self.settings.history_turns)
-        temperature = float(params.get("temperature", self.cfg.temperature))
+        temperature = params.get("temperature", self.cfg.temperature)
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise ProtocolError("response.temperature must be a number", code="invalid_value",
+                                event_id=event_id)
         limit = self.settings.max_output_tokens
         if "max_output_tokens" in params:
             asked = p.max_tokens_value(params["max_output_tokens"], "response.max_output_tokens")
         else:
             asked = self.cfg.max_output_tokens
-        max_tokens = min(asked or limit, limit)
+        responder = self.engines.responder
+        history = self.conv.history(instructions, self.settings.history_turns)
+        tools = self._tool_specs() if responder.can_use_tools else ()
+        request = ChatRequest(tuple(history), float(temperature), min(asked or limit, limit),
+                              tools)
+        sees_images = any(m.images for m in history)
+        notice = CANNOT_SEE if sees_images and not responder.can_see else None
+        resp = Response(p.new_id("resp"), modalities, clock, user_item_id,
+                        params.get("conversation", "auto") != "none", params.get("metadata"))
+        ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
+                              self.cfg.output_format)
         self.response = resp
-        resp.task = asyncio.create_task(
-            self._run_response(resp, history, temperature, max_tokens, params.get("metadata")),
-            name=resp.id)
+        resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
+                                        name=resp.id)
+
+    async def _run(self, resp: Response, run: ResponseRun) -> None:
+        try:
+            await run.run()
+        finally:
+            if self.response is resp:
+                self.response = None
+
+    def _tool_specs(self) -> tuple[ToolSpec, ...]:
+        if self.cfg.tool_choice == "none":
+            return ()
+        return tuple(ToolSpec(t["name"], str(t.get("description", "")),
+                              t.get("parameters") or {"type": "object", "properties": {}})
+                     for t in self.cfg.tools)
 
     async def _cancel_response(self, reason: str, *, wait: bool = False) -> None:
         resp = self.response
@@ -452,197 +456,46 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({resp.task}, timeout=5)
 
-    # ------------------------------------------------------------------ responses
+    # ------------------------------------------------------------------ images
 
-    def _assistant_item(self, resp: Response, status: str) -> Json:
-        if "audio" in resp.modalities:
-            part: Json = {"type": "output_audio", "transcript": resp.spoken.text_until(10**12)}
-        else:
-            part = {"type": "output_text", "text": resp.text}
-        return {"id": resp.item_id, "object": "realtime.item", "type": "message",
-                "role": "assistant", "status": status, "content": [part]}
+    async def _image(self, image_url: str, event_id: str | None) -> ImageData:
+        """Decode, check and downscale an image in a worker thread."""
+        st = self.settings
 
-    async def _run_response(self, resp: Response, history: list[ChatMessage],
-                            temperature: float, max_tokens: int, metadata: Any) -> None:
-        base = {"object": "realtime.response", "id": resp.id, "metadata": metadata,
-                "output_modalities": list(resp.modalities)}
-        await self.emit({"type": "response.created",
-                         "response": {**base, "status": "in_progress", "output": []}})
-        item = self._assistant_item(resp, "in_progress")
-        ids = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0,
-               "content_index": 0}
-        if resp.in_conversation:
-            prev = self.conv.add(item)
-            await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
-                             "item": item})
-        await self.emit({"type": "response.output_item.added", "response_id": resp.id,
-                         "output_index": 0, "item": item})
-        part = item["content"][0]
-        await self.emit({"type": "response.content_part.added", **ids, "part": part})
-        status, details = "completed", cast(Json | None, None)
+        def work() -> ImageData:
+            data = images.parse_data_uri(image_url, max_bytes=st.max_image_bytes)
+            return images.prepare(data, max_bytes=st.max_image_bytes,
+                                  max_pixels=st.max_image_pixels, max_side=st.image_max_side)
+
         try:
-            if "audio" in resp.modalities:
-                await self._speak(resp, history, temperature, max_tokens, ids)
-            else:
-                await self._write(resp, history, temperature, max_tokens, ids)
-        except asyncio.CancelledError:
-            status = "cancelled"
-            details = {"type": "cancelled", "reason": resp.cancel_reason or "client_cancelled"}
-            if resp.cancel_reason is None:
-                raise
-        except Exception as raised:
-            exc = raised.exceptions[0] if isinstance(raised, ExceptionGroup) else raised
-            status = "failed"
-            stage = exc.stage if isinstance(exc, StageError) else "response"
-            log.warning("response %s failed in %s: %s", resp.id, stage, exc)
-            error: Json = {"type": "server_error", "code": f"{stage}_failed", "message": str(exc)}
-            details = {"type": "failed", "error": error}
-            await self.emit(p.error_event(f"response failed: {exc}", code=f"{stage}_failed",
-                                          kind="server_error"))
-        finally:
-            resp.stop.set()
-            if self.response is resp:
-                self.response = None
-        await self._finish(resp, base, ids, status, details)
+            return await asyncio.to_thread(work)
+        except ProtocolError as exc:
+            exc.event_id = exc.event_id or event_id
+            raise
 
-    async def _finish(self, resp: Response, base: Json, ids: Json, status: str,
-                      details: Json | None) -> None:
-        item = self._assistant_item(resp, "completed" if status == "completed" else "incomplete")
-        if resp.in_conversation:
-            with contextlib.suppress(ProtocolError):
-                stored = self.conv.get(resp.item_id)
-                stored.update(item)
-                self.conv.spoken[resp.item_id] = resp.spoken
-        part = item["content"][0]
-        if "audio" in resp.modalities:
-            await self.emit({"type": "response.output_audio.done", **ids})
-            await self.emit({"type": "response.output_audio_transcript.done", **ids,
-                             "transcript": part["transcript"]})
-        else:
-            await self.emit({"type": "response.output_text.done", **ids, "text": part["text"]})
-        await self.emit({"type": "response.content_part.done", **ids, "part": part})
-        await self.emit({"type": "response.output_item.done", "response_id": resp.id,
-                         "output_index": 0, "item": item})
-        if resp.in_conversation:
-            await self.emit({"type": "conversation.item.done", "item": item})
-        resp.clock.mark("response_done")
-        await self.emit({"type": "response.done", "response": {
-            **base, "status": status, "status_details": details, "output": [item],
-            "usage": None}})
-        await self._report(resp, status)
+    async def _create_item(self, ev: p.ItemCreate) -> None:
+        item = client_item(ev.item, ev.event_id)
+        checked: list[ImageData] = []
+        for part in item.get("content", []):
+            if part.get("type") == "input_image":
+                image = await self._image(part["image_url"], ev.event_id)
+                part["image_url"] = image.data_uri()  # keep the checked, smaller copy
+                checked.append(image)
+        prev = self.conv.add(item, ev.previous_item_id)
+        if checked:
+            self.conv.images[item["id"]] = tuple(checked)
+        await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
+                         "item": item})
+        await self.emit({"type": "conversation.item.done", "previous_item_id": prev,
+                         "item": item})
 
-    async def _report(self, resp: Response, status: str) -> None:
-        stages = resp.clock.stages_ms()
-        record = {"response_id": resp.id, "item_id": resp.user_item_id, "status": status,
-                  "stages_ms": stages, "overhead_ms": resp.clock.overhead_ms(),
-                  "marks_ms": resp.clock.marks_ms(),
-                  "compute_ms": resp.clock.compute_ms, "audio_ms": round(resp.audio_ms, 1)}
-        registry = self.engines.registry
-        registry.inc("turns_total")
-        registry.inc(f"responses_{status}_total")
-        if status == "completed":
-            registry.observe_turn(stages)
-        turn_log.info(json.dumps({"session": self.id, **record}))
-        await self.emit({"type": "voxwire.turn.metrics", **record})
+    async def _frame(self, ev: p.FrameAppend) -> None:
+        self._latest_frame = (await self._image(ev.image_url, ev.event_id), time.monotonic())
 
-    async def _llm_deltas(self, resp: Response, history: list[ChatMessage], temperature: float,
-                          max_tokens: int) -> AsyncIterator[str]:
-        llm = self.engines.llm
-        resp.clock.mark("llm_request")
-        def generate() -> Iterator[str]:
-            started = time.monotonic()
-            for delta in llm.stream(history, temperature=temperature, max_tokens=max_tokens,
-                                    stop=resp.stop):
-                resp.clock.compute_once("llm_first_token", started)
-                yield delta
-
-        stream = self.engines.llm_lane.stream(generate, resp.stop)
-        first = True
-        try:
-            while True:
-                try:
-                    if first:
-                        delta = await asyncio.wait_for(
-                            anext(stream), self.settings.first_token_timeout_s)
-                    else:
-                        delta = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise StageError("llm", "no first token within "
-                                     f"{self.settings.first_token_timeout_s:g} s") from None
-                except (StageError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    raise StageError("llm", str(exc)) from exc
-                if first:
-                    resp.clock.mark("llm_first_token")
-                    first = False
-                resp.text += delta
-                yield delta
-        finally:
-            await stream.aclose()
-
-    async def _write(self, resp: Response, history: list[ChatMessage], temperature: float,
-                     max_tokens: int, ids: Json) -> None:
-        async for delta in self._llm_deltas(resp, history, temperature, max_tokens):
-            resp.clock.mark("first_sentence")
-            await self.emit({"type": "response.output_text.delta", **ids, "delta": delta},
-                            lambda: resp.clock.mark("first_audio_sent"))
-
-    async def _speak(self, resp: Response, history: list[ChatMessage], temperature: float,
-                     max_tokens: int, ids: Json) -> None:
-        pieces: asyncio.Queue[str | None] = asyncio.Queue(8)
-        splitter = SentenceSplitter(first_clause_words=self.settings.first_clause_words)
-
-        async def produce() -> None:
-            async for delta in self._llm_deltas(resp, history, temperature, max_tokens):
-                for piece in splitter.feed(delta):
-                    resp.clock.mark("first_sentence")
-                    await pieces.put(piece)
-            for piece in splitter.flush():
-                resp.clock.mark("first_sentence")
-                await pieces.put(piece)
-            await pieces.put(None)
-
-        async with asyncio.TaskGroup() as group:
-            group.create_task(produce())
-            group.create_task(self._voice(resp, pieces, ids))
-
-    async def _voice(self, resp: Response, pieces: asyncio.Queue[str | None], ids: Json) -> None:
-        tts = self.engines.tts
-        fmt = self.cfg.output_format
-        resampler = audio_codec.StreamResampler(tts.sample_rate, fmt.rate)
-        per_delta = int(fmt.rate * DELTA_MS / 1000)
-
-        def encoded(text: str) -> Iterator[tuple[str, float]]:
-            started = time.monotonic()
-            for chunk in tts.synthesize(text, resp.stop):
-                resp.clock.compute_once("tts_first_audio", started)
-                samples = resampler(chunk)
-                for i in range(0, len(samples), per_delta):
-                    piece = samples[i:i + per_delta]
-                    data = base64.b64encode(audio_codec.encode(piece, fmt.type)).decode()
-                    yield data, len(piece) * 1000 / fmt.rate
-
-        def sent() -> None:
-            resp.clock.mark("first_audio_sent")
-
-        spacer = ""
-        while (piece := await pieces.get()) is not None:
-            await self.emit({"type": "response.output_audio_transcript.delta", **ids,
-                             "delta": spacer + piece})
-            spacer = " "
-            try:
-                async for data, ms in self.engines.tts_lane.stream(
-                        lambda text=piece: encoded(text), resp.stop):  # type: ignore[misc]
-                    resp.clock.mark("tts_first_audio")
-                    resp.audio_ms += ms
-                    await self.emit({"type": "response.output_audio.delta", **ids,
-                                     "delta": data}, sent)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise StageError("tts", str(exc)) from exc
-            resp.spoken.pieces.append((int(resp.audio_ms), piece))
-
+    def _take_frame(self) -> ImageData | None:
+        """The latest camera frame for a spoken turn, if the session asked and it is fresh."""
+        frame, self._latest_frame = self._latest_frame, None
+        if frame is None or not self.cfg.attach_latest_frame:
+            return None
+        image, at = frame
+        return image if time.monotonic() - at <= self.settings.frame_max_age_s else None

@@ -7,7 +7,7 @@ import base64
 import dataclasses
 import json
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from openai import AsyncOpenAI
 from client.realtime import Float32, from_pcm16, resample, send_audio
 from server.app import App
 from server.engines import Engines
-from server.stages import ChatMessage, LanguageModel
+from server.stages import ChatMessage, ChatRequest, Responder, ResponderEvent
 from tests.conftest import TEST_SETTINGS, padded, words
 
 Speak = Callable[..., Float32]
@@ -105,21 +105,22 @@ async def test_a_spoken_question_gets_a_spoken_answer(
     assert 'voxwire_stage_seconds_count{stage="voice_to_voice"}' in text
 
 
-class RecordingLLM:
-    """The real model, with a record of every prompt it was given."""
+class RecordingResponder:
+    """The real embedded model, with a record of every prompt it was given."""
 
-    def __init__(self, inner: LanguageModel) -> None:
+    def __init__(self, inner: Responder) -> None:
         self.inner, self.name = inner, inner.name
+        self.can_see, self.can_use_tools = inner.can_see, inner.can_use_tools
         self.prompts: list[list[ChatMessage]] = []
 
-    def stream(self, messages: Sequence[ChatMessage], **kw: Any) -> Iterator[str]:
-        self.prompts.append(list(messages))
-        return self.inner.stream(messages, **kw)
+    def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]:
+        self.prompts.append(list(request.messages))
+        return self.inner.stream(request)
 
 
 async def test_the_second_turn_sees_the_first(engines: Engines, speak: Speak) -> None:
-    llm = RecordingLLM(engines.llm)
-    app = App(TEST_SETTINGS, engines=dataclasses.replace(engines, llm=llm))
+    llm = RecordingResponder(engines.responder)
+    app = App(TEST_SETTINGS, engines=dataclasses.replace(engines, responder=llm))
     async with app.start_server() as server:
         host, port = server.sockets[0].getsockname()[:2]
         async with ga(f"http://{host}:{port}") as conn:

@@ -6,10 +6,11 @@ All methods are blocking and CPU-bound: callers run them in a worker lane.
 
 from __future__ import annotations
 
+import base64
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,18 +44,96 @@ class Transcriber(Protocol):
 
 
 @dataclass(frozen=True)
+class ImageData:
+    """A checked, downscaled image, ready for any backend."""
+
+    media_type: str  # "image/jpeg" or "image/png"
+    data: bytes
+    width: int
+    height: int
+
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode()
+
+    def data_uri(self) -> str:
+        return f"data:{self.media_type};base64,{self.base64()}"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    call_id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    role: str  # "system", "user" or "assistant"
+    role: str  # "system", "user", "assistant" or "tool"
     content: str
+    images: tuple[ImageData, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None  # for role "tool": the call this answers
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[ChatMessage, ...]  # a leading "system" message carries the instructions
+    temperature: float
+    max_tokens: int
+    tools: tuple[ToolSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallStart:
+    index: int
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallArguments:
+    index: int
+    delta: str
+
+
+ResponderEvent = TextDelta | ToolCallStart | ToolCallArguments
 
 
 class LanguageModel(Protocol):
+    """A blocking, in-process text model (llama.cpp): run it in a worker lane."""
+
     name: str
 
     def stream(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+        self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
         stop: threading.Event,
     ) -> Iterator[str]: ...
+
+
+class Responder(Protocol):
+    """Whatever answers a turn: the embedded model, OpenAI, Anthropic, a compatible server.
+
+    ``stream`` is an async generator; closing it (``aclose``) must stop the work at once,
+    closing the HTTP stream for remote backends. Failures raise ``BackendError``.
+    """
+
+    name: str
+    can_see: bool
+    can_use_tools: bool
+
+    def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]: ...
 
 
 class Synthesizer(Protocol):

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from llama_cpp import Llama
 
-from server.errors import ConfigError, StageError
-from server.stages import ChatMessage
+from server.errors import BackendError, ConfigError
+from server.lanes import Lane
+from server.stages import (
+    ChatMessage,
+    ChatRequest,
+    LanguageModel,
+    ResponderEvent,
+    TextDelta,
+)
 
 _PER_MESSAGE = 8  # chat-template tokens around each message
 
@@ -40,8 +47,9 @@ class LlamaModel:
         while sum(cost) > budget and len(kept) > first + 1:
             del kept[first], cost[first]
         if sum(cost) > budget:
-            raise StageError("llm", f"the prompt needs {sum(cost)} tokens; the context window "
-                             f"({self.context}) leaves {budget} after the answer's budget")
+            raise BackendError(f"the prompt needs {sum(cost)} tokens; the context window "
+                             f"({self.context}) leaves {budget} after the answer's budget",
+                               code="llm_context_exceeded")
         return kept
 
     def stream(
@@ -59,3 +67,37 @@ class LlamaModel:
             delta = chunk["choices"][0].get("delta", {}).get("content")
             if delta:
                 yield delta
+
+
+def as_text(message: ChatMessage) -> ChatMessage:
+    """What a text-only model can read of a message: tool traffic written out as text."""
+    parts = [message.content] if message.content else []
+    if message.images:
+        parts.append("(The user shared an image, which you cannot see.)")
+    parts += [f"(I called the tool {c.name} with {c.arguments})" for c in message.tool_calls]
+    if message.role == "tool":
+        return ChatMessage("user", f"(The tool answered: {message.content})")
+    return ChatMessage(message.role, " ".join(parts))
+
+
+class LocalResponder:
+    """The embedded model as a Responder: llama.cpp runs in its own worker lane."""
+
+    can_see = False
+    can_use_tools = False
+
+    def __init__(self, model: LanguageModel, lane: Lane) -> None:
+        self.model, self.lane, self.name = model, lane, model.name
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]:
+        stop = threading.Event()
+        messages = [as_text(m) for m in request.messages]
+        deltas = self.lane.stream(
+            lambda: self.model.stream(messages, temperature=request.temperature,
+                                      max_tokens=request.max_tokens, stop=stop), stop)
+        try:
+            async for delta in deltas:
+                yield TextDelta(delta)
+        finally:
+            stop.set()
+            await deltas.aclose()

@@ -1,0 +1,340 @@
+"""One assistant response: responder events in, Realtime server events out.
+
+Text deltas become a message item (spoken sentence by sentence through TTS, or written);
+tool calls become `function_call` items. Cancellation (barge-in, `response.cancel`)
+stops the responder and TTS at once and keeps only what the client was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from server import audio as audio_codec
+from server import protocol as p
+from server.config import Settings
+from server.conversation import Conversation, Spoken
+from server.engines import Engines
+from server.errors import BackendError, StageError
+from server.metrics import TurnClock
+from server.protocol import AudioFormat, Json
+from server.stages import ChatRequest, ResponderEvent, TextDelta, ToolCallArguments, ToolCallStart
+from server.text import SentenceSplitter
+
+log = logging.getLogger(__name__)
+turn_log = logging.getLogger("voxwire.turns")
+
+DELTA_MS = 200  # audio per output delta
+APOLOGY = "Sorry, I couldn't get an answer just now."
+CANNOT_SEE = "I can't see images with the current model, so I'll answer from your words."
+
+Emit = Callable[..., Awaitable[None]]
+
+
+@dataclass
+class Response:
+    id: str
+    modalities: tuple[str, ...]
+    clock: TurnClock
+    user_item_id: str | None
+    in_conversation: bool
+    metadata: Any = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    text: str = ""
+    spoken: Spoken = field(default_factory=Spoken)
+    audio_ms: float = 0.0
+    cancel_reason: str | None = None
+    task: asyncio.Task[None] | None = None
+    message: Json | None = None  # the assistant message item, once there is text
+    outputs: list[Json] = field(default_factory=list)
+    calls: dict[int, Json] = field(default_factory=dict)
+
+    @property
+    def audio(self) -> bool:
+        return "audio" in self.modalities
+
+    def ids(self, item: Json) -> Json:
+        return {"response_id": self.id, "item_id": item["id"],
+                "output_index": self.outputs.index(item), "content_index": 0}
+
+
+@dataclass
+class ResponseContext:
+    """What a response needs from its session."""
+
+    session_id: str
+    emit: Emit
+    conv: Conversation
+    engines: Engines
+    settings: Settings
+    output_format: AudioFormat
+
+
+class ResponseRun:
+    def __init__(self, ctx: ResponseContext, resp: Response, request: ChatRequest,
+                 notice: str | None) -> None:
+        self.ctx, self.resp, self.request, self.notice = ctx, resp, request, notice
+        self.base: Json = {"object": "realtime.response", "id": resp.id,
+                           "metadata": resp.metadata, "output_modalities": list(resp.modalities)}
+
+    async def run(self) -> None:
+        resp = self.resp
+        await self.ctx.emit({"type": "response.created",
+                             "response": {**self.base, "status": "in_progress", "output": []}})
+        status, details = "completed", cast(Json | None, None)
+        try:
+            if resp.audio:
+                await self._speak()
+            else:
+                await self._write()
+        except asyncio.CancelledError:
+            status = "cancelled"
+            details = {"type": "cancelled", "reason": resp.cancel_reason or "client_cancelled"}
+            if resp.cancel_reason is None:
+                raise
+        except Exception as raised:
+            exc = raised.exceptions[0] if isinstance(raised, ExceptionGroup) else raised
+            status, details = "failed", await self._failed(exc)
+        finally:
+            resp.stop.set()
+        await self._finish(status, details)
+
+    async def _failed(self, exc: BaseException) -> Json:
+        if isinstance(exc, StageError):
+            code, message = exc.code, str(exc)
+        else:
+            code, message = "response_failed", f"{type(exc).__name__}: {exc}"
+            log.exception("response %s failed", self.resp.id, exc_info=exc)
+        log.warning("response %s failed: %s (%s)", self.resp.id, message, code)
+        await self.ctx.emit(p.error_event(f"response failed: {message}", code=code,
+                                          kind="server_error"))
+        stage = exc.stage if isinstance(exc, StageError) else ""
+        if self.resp.audio and stage != "tts":
+            # The listener hears that something went wrong, not silence.
+            with contextlib.suppress(Exception):
+                await self._voice_pieces([APOLOGY])
+        return {"type": "failed", "error": {"type": "server_error", "code": code,
+                                            "message": message}}
+
+    # ------------------------------------------------------------------ responder events
+
+    async def _events(self) -> AsyncIterator[ResponderEvent]:
+        """The responder's events, with the notice first, a first-token timeout and marks."""
+        resp, settings = self.resp, self.ctx.settings
+        if self.notice:
+            yield TextDelta(self.notice + " ")
+        resp.clock.mark("llm_request")
+        started = time.monotonic()
+        stream = self.ctx.engines.responder.stream(self.request)
+        first = True
+        try:
+            while True:
+                try:
+                    if first:
+                        event = await asyncio.wait_for(anext(stream),
+                                                       settings.first_token_timeout_s)
+                    else:
+                        event = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise BackendError(f"no first token within "
+                                       f"{settings.first_token_timeout_s:g} s",
+                                       code="llm_timeout") from None
+                except (StageError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    raise StageError("llm", f"{type(exc).__name__}: {exc}") from exc
+                if first:
+                    resp.clock.mark("llm_first_token")
+                    resp.clock.compute_once("llm_first_token", started)
+                    first = False
+                yield event
+        finally:
+            await stream.aclose()  # closes the HTTP stream, or stops the local model
+
+    async def _consume(self, on_text: Callable[[str], Awaitable[None]]) -> None:
+        async for event in self._events():
+            if isinstance(event, TextDelta):
+                if event.text:
+                    self.resp.text += event.text
+                    await on_text(event.text)
+            elif isinstance(event, ToolCallStart):
+                await self._tool_start(event)
+            elif isinstance(event, ToolCallArguments):
+                await self._tool_arguments(event)
+
+    async def _write(self) -> None:
+        async def on_text(delta: str) -> None:
+            item = await self._message()
+            self.resp.clock.mark("first_sentence")
+            await self.ctx.emit({"type": "response.output_text.delta", **self.resp.ids(item),
+                                 "delta": delta}, lambda: self.resp.clock.mark("first_audio_sent"))
+
+        await self._consume(on_text)
+
+    async def _speak(self) -> None:
+        pieces: asyncio.Queue[str | None] = asyncio.Queue(8)
+        splitter = SentenceSplitter(first_clause_words=self.ctx.settings.first_clause_words)
+
+        async def on_text(delta: str) -> None:
+            for piece in splitter.feed(delta):
+                self.resp.clock.mark("first_sentence")
+                await pieces.put(piece)
+
+        async def produce() -> None:
+            await self._consume(on_text)
+            for piece in splitter.flush():
+                self.resp.clock.mark("first_sentence")
+                await pieces.put(piece)
+            await pieces.put(None)
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(produce())
+            group.create_task(self._voice(pieces))
+
+    # ------------------------------------------------------------------ output items
+
+    async def _add_output(self, item: Json) -> None:
+        resp = self.resp
+        resp.outputs.append(item)
+        if resp.in_conversation:
+            prev = self.ctx.conv.add(item)
+            await self.ctx.emit({"type": "conversation.item.added", "previous_item_id": prev,
+                                 "item": item})
+        await self.ctx.emit({"type": "response.output_item.added", "response_id": resp.id,
+                             "output_index": len(resp.outputs) - 1, "item": item})
+
+    async def _message(self) -> Json:
+        resp = self.resp
+        if resp.message is None:
+            part: Json = ({"type": "output_audio", "transcript": ""} if resp.audio
+                          else {"type": "output_text", "text": ""})
+            resp.message = {"id": p.new_id("item"), "object": "realtime.item",
+                            "type": "message", "role": "assistant", "status": "in_progress",
+                            "content": [part]}
+            await self._add_output(resp.message)
+            await self.ctx.emit({"type": "response.content_part.added",
+                                 **resp.ids(resp.message), "part": dict(part)})
+        return resp.message
+
+    async def _tool_start(self, event: ToolCallStart) -> None:
+        item: Json = {"id": p.new_id("item"), "object": "realtime.item",
+                      "type": "function_call", "status": "in_progress",
+                      "call_id": event.call_id, "name": event.name, "arguments": ""}
+        self.resp.calls[event.index] = item
+        await self._add_output(item)
+
+    async def _tool_arguments(self, event: ToolCallArguments) -> None:
+        item = self.resp.calls.get(event.index)
+        if item is None:
+            return
+        item["arguments"] += event.delta
+        await self.ctx.emit({"type": "response.function_call_arguments.delta",
+                             **self.resp.ids(item), "call_id": item["call_id"],
+                             "delta": event.delta})
+
+    # ------------------------------------------------------------------ audio
+
+    async def _voice(self, pieces: asyncio.Queue[str | None]) -> None:
+        batch: list[str] = []
+        while (piece := await pieces.get()) is not None:
+            batch.append(piece)
+            await self._voice_pieces(batch)
+            batch.clear()
+
+    async def _voice_pieces(self, pieces: list[str]) -> None:
+        resp, engines, fmt = self.resp, self.ctx.engines, self.ctx.output_format
+        tts = engines.tts
+        per_delta = int(fmt.rate * DELTA_MS / 1000)
+        resampler = audio_codec.StreamResampler(tts.sample_rate, fmt.rate)
+
+        def encoded(text: str) -> Iterator[tuple[str, float]]:
+            started = time.monotonic()
+            for chunk in tts.synthesize(text, resp.stop):
+                resp.clock.compute_once("tts_first_audio", started)
+                samples = resampler(chunk)
+                for i in range(0, len(samples), per_delta):
+                    piece = samples[i:i + per_delta]
+                    data = base64.b64encode(audio_codec.encode(piece, fmt.type)).decode()
+                    yield data, len(piece) * 1000 / fmt.rate
+
+        def sent() -> None:
+            resp.clock.mark("first_audio_sent")
+
+        item = await self._message()
+        ids = resp.ids(item)
+        for text in pieces:
+            spacer = " " if resp.spoken.pieces else ""
+            await self.ctx.emit({"type": "response.output_audio_transcript.delta", **ids,
+                                 "delta": spacer + text})
+            try:
+                async for data, ms in engines.tts_lane.stream(
+                        lambda text=text: encoded(text), resp.stop):  # type: ignore[misc]
+                    resp.clock.mark("tts_first_audio")
+                    resp.audio_ms += ms
+                    await self.ctx.emit({"type": "response.output_audio.delta", **ids,
+                                         "delta": data}, sent)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise StageError("tts", f"{type(exc).__name__}: {exc}") from exc
+            resp.spoken.pieces.append((int(resp.audio_ms), text))
+
+    # ------------------------------------------------------------------ the end
+
+    async def _finish(self, status: str, details: Json | None) -> None:
+        resp, emit = self.resp, self.ctx.emit
+        done = "completed" if status == "completed" else "incomplete"
+        for item in resp.outputs:
+            item["status"] = done
+            ids = resp.ids(item)
+            if item["type"] == "message":
+                part = item["content"][0]
+                if resp.audio:
+                    part["transcript"] = resp.spoken.text_until(10**12)
+                    await emit({"type": "response.output_audio.done", **ids})
+                    await emit({"type": "response.output_audio_transcript.done", **ids,
+                                "transcript": part["transcript"]})
+                else:
+                    part["text"] = resp.text
+                    await emit({"type": "response.output_text.done", **ids, "text": resp.text})
+                await emit({"type": "response.content_part.done", **ids, "part": part})
+                self.ctx.conv.spoken[item["id"]] = resp.spoken
+            else:
+                await emit({"type": "response.function_call_arguments.done", **ids,
+                            "call_id": item["call_id"], "name": item["name"],
+                            "arguments": item["arguments"]})
+            await emit({"type": "response.output_item.done", "response_id": resp.id,
+                        "output_index": ids["output_index"], "item": item})
+            if resp.in_conversation:
+                await emit({"type": "conversation.item.done", "item": item})
+        resp.clock.mark("response_done")
+        await emit({"type": "response.done", "response": {
+            **self.base, "status": status, "status_details": details,
+            "output": resp.outputs, "usage": None}})
+        await self._report(status)
+
+    async def _report(self, status: str) -> None:
+        resp = self.resp
+        stages = resp.clock.stages_ms()
+        record = {"response_id": resp.id, "item_id": resp.user_item_id, "status": status,
+                  "stages_ms": stages, "overhead_ms": resp.clock.overhead_ms(),
+                  "marks_ms": resp.clock.marks_ms(), "compute_ms": resp.clock.compute_ms,
+                  "audio_ms": round(resp.audio_ms, 1),
+                  "backend": self.ctx.settings.llm_backend}
+        registry = self.ctx.engines.registry
+        registry.inc("turns_total")
+        registry.inc(f"responses_{status}_total")
+        if status == "completed":
+            registry.observe_turn(stages)
+        turn_log.info(json.dumps({"session": self.ctx.session_id, **record}))
+        await self.ctx.emit({"type": "voxwire.turn.metrics", **record})
