@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Iterable
 from typing import Any, cast
 
 import anthropic
+import httpx2
 import openai
 from anthropic import AsyncStream
 from anthropic.types import (
@@ -60,9 +61,12 @@ def _redact(text: str, secret: str) -> str:
 def backend_error(provider: str, exc: Exception, secret: str) -> BackendError:
     """One clear, key-free error for everything an SDK can raise."""
     status = getattr(exc, "status_code", None)
-    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError):
+    # A read that times out mid-stream reaches us as the HTTP client's own error.
+    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError
+                  | httpx2.TimeoutException):
         return BackendError(f"{provider} did not answer in time", code="llm_timeout")
-    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
+    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError
+                  | httpx2.TransportError):
         return BackendError(f"cannot reach {provider}: {_redact(str(exc), secret)}",
                             code="llm_unreachable")
     if isinstance(status, int):
@@ -147,7 +151,7 @@ class OpenAIResponder:
                             yield ToolCallStart(call.index, calls[call.index], name or "")
                         if call.function and call.function.arguments:
                             yield ToolCallArguments(call.index, call.function.arguments)
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise backend_error(self.provider, exc, self._key) from exc
         finally:
             await stream.close()
@@ -213,7 +217,8 @@ class AnthropicResponder:
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]:
         system, messages = anthropic_messages(request.messages, self.can_see)
-        args: Json = {"temperature": min(request.temperature, 1.0)}
+        # The Messages API of this SDK generation takes no temperature: it is not sent.
+        args: Json = {}
         if system:
             args["system"] = system
         if request.tools:
@@ -236,7 +241,7 @@ class AnthropicResponder:
                         yield TextDelta(event.delta.text)
                     elif isinstance(event.delta, InputJSONDelta):
                         yield ToolCallArguments(event.index, event.delta.partial_json)
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
             raise backend_error("Anthropic", exc, self._key) from exc
         finally:
             await stream.close()
