@@ -420,7 +420,7 @@ class Session:
         history = self.conv.history(instructions, self.settings.history_turns)
         tools = self._tool_specs() if responder.can_use_tools else ()
         request = ChatRequest(tuple(history), float(temperature), min(asked or limit, limit),
-                              tools)
+                              tools, self.cfg.tool_choice)
         sees_images = any(m.images for m in history)
         notice = CANNOT_SEE if sees_images and not responder.can_see else None
         resp = Response(p.new_id("resp"), modalities, clock, user_item_id,

@@ -189,6 +189,7 @@ async def test_tool_call_round_trip(engines: Engines, fake: FakeProvider) -> Non
     assert tools == [{"type": "function", "function": {
         "name": "set_lights", "description": LIGHTS["description"],
         "parameters": LIGHTS["parameters"]}}]
+    assert fake.requests[0].body["tool_choice"] == "auto"
     history = fake.requests[1].body["messages"]
     assert history[-2]["tool_calls"][0]["id"] == "call_42"
     assert history[-1] == {"role": "tool", "tool_call_id": "call_42", "content": '{"ok": true}'}
@@ -214,6 +215,7 @@ async def test_anthropic_gets_system_image_blocks_and_tools(
     assert fake.requests[0].path == "/v1/messages"
     assert body["system"] == "Be brief."
     assert body["tools"][0]["input_schema"] == LIGHTS["parameters"]
+    assert body["tool_choice"] == {"type": "auto"}
     image, text = body["messages"][0]["content"]
     assert image["type"] == "image" and image["source"]["media_type"] == "image/jpeg"
     assert image_size(base64.b64decode(image["source"]["data"])) == (384, 768)

@@ -88,6 +88,7 @@ class ChatRequest:
     temperature: float
     max_tokens: int
     tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"  # "auto" or "required" (with no tools, nothing is sent)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ class OpenAIResponder:
         args["max_tokens" if self.compatible else "max_completion_tokens"] = request.max_tokens
         if request.tools:
             args["tools"] = openai_tools(request.tools)
+            args["tool_choice"] = request.tool_choice
         try:
             stream = await self.client.chat.completions.create(
                 model=self.name, messages=openai_messages(request.messages, self.can_see),
@@ -224,6 +225,8 @@ class AnthropicResponder:
         if request.tools:
             args["tools"] = [{"name": t.name, "description": t.description,
                               "input_schema": t.parameters} for t in request.tools]
+            args["tool_choice"] = {"type": "any" if request.tool_choice == "required"
+                                   else "auto"}
         try:
             stream: AsyncStream[RawMessageStreamEvent] = await self.client.messages.create(
                 model=self.name, max_tokens=request.max_tokens, messages=cast(Any, messages),
