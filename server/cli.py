@@ -18,8 +18,23 @@ def main(argv: list[str] | None = None) -> int:
     config.add_arguments(serve)
     models = sub.add_parser("models", help="list the embedded models and verify their checksums")
     models.add_argument("--force", action="store_true", help="re-hash every file")
+    talk = sub.add_parser("talk", help="talk to a server with this machine's microphone")
+    talk.add_argument("--url", default="ws://127.0.0.1:8765/v1/realtime")
+    talk.add_argument("--device", type=int, default=None, help="input device number")
+    talk.add_argument("--output-device", type=int, default=None, help="output device number")
+    talk.add_argument("--camera", type=int, default=None,
+                      help="send frames from /dev/videoN with each turn")
+    talk.add_argument("--duplex", choices=["half", "full"], default="half",
+                      help="half: the mic is muted while the answer plays (no echo); "
+                           "full: always on, for headsets, allows interrupting by voice")
+    talk.add_argument("--key", default=None, help="API key (default: $VOXWIRE_API_KEY)")
+    talk.add_argument("--list-devices", action="store_true")
     args = parser.parse_args(argv)
     try:
+        if args.command == "talk":
+            from client.talk import main as talk_main
+
+            return talk_main(args)
         if args.command == "models":
             from models.__main__ import main as models_main
 
