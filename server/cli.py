@@ -29,8 +29,15 @@ def main(argv: list[str] | None = None) -> int:
                            "full: always on, for headsets, allows interrupting by voice")
     talk.add_argument("--key", default=None, help="API key (default: $VOXWIRE_API_KEY)")
     talk.add_argument("--list-devices", action="store_true")
+    history = sub.add_parser("history", help="list or export stored conversations (JSON)")
+    history.add_argument("--store", default=None, help="default: the serve default, or "
+                         "$VOXWIRE_STORE")
+    history.add_argument("--session", default=None, help="export this session's turns")
+    history.add_argument("--all", action="store_true", help="export every session's turns")
     args = parser.parse_args(argv)
     try:
+        if args.command == "history":
+            return show_history(args)
         if args.command == "talk":
             from client.talk import main as talk_main
 
@@ -51,6 +58,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def show_history(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from server.store import SQLiteStore, open_store
+
+    url = args.store or os.environ.get("VOXWIRE_STORE") or config.Settings.store
+    store = open_store(url)
+    if not isinstance(store, SQLiteStore):
+        print("voxwire history: no store configured (--store none)", file=sys.stderr)
+        return 2
+    if not store.path.is_file():
+        print(f"voxwire history: no history at {store.path}", file=sys.stderr)
+        return 2
+    try:
+        sessions = store.sessions()
+        if args.session or args.all:
+            wanted = [s for s in sessions if args.all or s["id"] == args.session]
+            if not wanted:
+                print(f"voxwire history: no session {args.session!r}", file=sys.stderr)
+                return 2
+            out = [{**s, "turns": store.turns(s["id"])} for s in wanted]
+        else:
+            out = sessions
+        print(json.dumps(out, indent=2))
+        return 0
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ from typing import Any, cast
 from server import audio as audio_codec
 from server import protocol as p
 from server.config import Settings
-from server.conversation import Conversation, Spoken
+from server.conversation import Conversation, Spoken, item_text
 from server.engines import Engines
-from server.errors import BackendError, StageError
+from server.errors import BackendError, ProtocolError, StageError
 from server.metrics import TurnClock
 from server.protocol import AudioFormat, Json
 from server.stages import ChatRequest, ResponderEvent, TextDelta, ToolCallArguments, ToolCallStart
+from server.store import NullStore, Store, Turn
 from server.text import SentenceSplitter
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,14 @@ class ResponseContext:
     engines: Engines
     settings: Settings
     output_format: AudioFormat
+    store: Store = field(default_factory=NullStore)
 
 
 class ResponseRun:
     def __init__(self, ctx: ResponseContext, resp: Response, request: ChatRequest,
                  notice: str | None) -> None:
         self.ctx, self.resp, self.request, self.notice = ctx, resp, request, notice
+        self.started_at = time.time()
         self.base: Json = {"object": "realtime.response", "id": resp.id,
                            "metadata": resp.metadata, "output_modalities": list(resp.modalities)}
 
@@ -318,10 +321,30 @@ class ResponseRun:
             if resp.in_conversation:
                 await emit({"type": "conversation.item.done", "item": item})
         resp.clock.mark("response_done")
+        await self._store(status)  # before response.done: an announced turn is never lost
         await emit({"type": "response.done", "response": {
             **self.base, "status": status, "status_details": details,
             "output": resp.outputs, "usage": None}})
         await self._report(status)
+
+    async def _store(self, status: str) -> None:
+        resp, ctx = self.resp, self.ctx
+        user = ""
+        if resp.user_item_id is not None:
+            with contextlib.suppress(ProtocolError):
+                user = item_text(ctx.conv.get(resp.user_item_id))
+        said = resp.spoken.text_until(10**12) if resp.audio else resp.text
+        turn = Turn(resp.id, ctx.session_id, resp.user_item_id, user, said, status,
+                    status == "cancelled", ctx.settings.llm_backend,
+                    {"stages_ms": resp.clock.stages_ms(),
+                     "tools": [i["name"] for i in resp.outputs if i["type"] == "function_call"]},
+                    self.started_at, time.time())
+        try:
+            await ctx.store.record(turn)
+        except Exception as exc:
+            log.exception("could not store turn %s", resp.id)
+            await ctx.emit(p.error_event(f"the turn could not be saved: {exc}",
+                                         code="store_failed", kind="server_error"))
 
     async def _report(self, status: str) -> None:
         resp = self.resp

@@ -26,6 +26,7 @@ from server.metrics import TurnClock
 from server.protocol import Json, SessionConfig, TurnDetection
 from server.response import CANNOT_SEE, Response, ResponseContext, ResponseRun
 from server.stages import ChatRequest, Float32, ImageData, ToolSpec, VadStream
+from server.store import NullStore, Store
 from server.turns import InputBuffer, SpeechConfirmed, SpeechStarted, SpeechStopped, TurnDetector
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,9 @@ class RespondJob:
 
 class Session:
     def __init__(self, engines: Engines, settings: Settings, *, dialect: p.Dialect = "ga",
-                 model: str = "voxwire") -> None:
+                 model: str = "voxwire", store: Store | None = None) -> None:
         self.engines = engines
+        self.store: Store = store or NullStore()
         self.settings = settings
         self.dialect = dialect
         self.id = p.new_id("sess")
@@ -107,6 +109,7 @@ class Session:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        await self.store.open_session(self.id, self.cfg.model, self.dialect)
         self._worker = asyncio.create_task(self._work(), name=f"{self.id}-turns")
         await self.emit({"type": "session.created", "session": self._session_wire()})
 
@@ -119,6 +122,8 @@ class Session:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        with contextlib.suppress(Exception):
+            await self.store.close_session(self.id)
 
     async def emit(self, event: Json, on_sent: OnSent | None = None) -> None:
         await self.outbox.put(event, on_sent)
@@ -426,7 +431,7 @@ class Session:
         resp = Response(p.new_id("resp"), modalities, clock, user_item_id,
                         params.get("conversation", "auto") != "none", params.get("metadata"))
         ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
-                              self.cfg.output_format)
+                              self.cfg.output_format, self.store)
         self.response = resp
         resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
                                         name=resp.id)
