@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from bench.fixtures import RATE, VOICES, speech_end
 from client.realtime import Float32, resample, send_audio, silence
 
-RATE = 24000
 QUESTIONS = [
     "What is the capital of France?",
     "Could you tell me what the weather is like in London today?",
@@ -51,27 +51,11 @@ class Fixture:
     speech_end_s: float  # where speech really ends, seconds from the start of `audio`
 
 
-def speech_end(samples: Float32, rate: int, floor_db: float = -40.0) -> float:
-    """The last 10 ms frame louder than `floor_db` below the peak."""
-    frame = rate // 100
-    n = len(samples) // frame
-    energy = np.sqrt((samples[: n * frame].reshape(n, frame) ** 2).mean(axis=1) + 1e-12)
-    loud = np.nonzero(20 * np.log10(energy / energy.max()) > floor_db)[0]
-    return float((loud[-1] + 1) * frame / rate)
-
-
-def make_fixtures(questions: list[str]) -> list[Fixture]:
-    from piper.config import SynthesisConfig
-
-    from models import locate
-    from server.stages.tts import PiperSynthesizer
-
-    voice = PiperSynthesizer(locate("joe", "tts")).voice
-    exact = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+def make_fixtures(questions: list[str], voice: str = "piper") -> list[Fixture]:
+    """Each text spoken by `voice` ("piper" or "espeak"), with silence before and after."""
     out = []
     for text in questions:
-        speech = np.concatenate([c.audio_float_array for c in voice.synthesize(text, exact)])
-        speech = resample(speech, voice.config.sample_rate, RATE)
+        speech = VOICES[voice](text, RATE)
         audio = np.concatenate([silence(LEAD_MS, RATE), speech, silence(TAIL_MS, RATE)])
         out.append(Fixture(text, audio, LEAD_MS / 1000 + speech_end(speech, RATE)))
     return out
