@@ -61,6 +61,7 @@ class Settings:
     barge_in_ms: int = 300
     partial_interval_ms: int = 800
     first_clause_words: int = 4
+    echo_guard: float = 0.5  # echo likeness above which speech is the assistant's own; 0: off
     # Limits.
     max_message_bytes: int = 4 * 1024 * 1024
     max_utterance_s: float = 30.0

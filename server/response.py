@@ -22,11 +22,19 @@ from server import audio as audio_codec
 from server import protocol as p
 from server.config import Settings
 from server.conversation import Conversation, Spoken, item_text
+from server.echo import EchoReference
 from server.engines import Engines
 from server.errors import BackendError, ProtocolError, StageError
 from server.metrics import TurnClock
 from server.protocol import AudioFormat, Json
-from server.stages import ChatRequest, ResponderEvent, TextDelta, ToolCallArguments, ToolCallStart
+from server.stages import (
+    ChatRequest,
+    Float32,
+    ResponderEvent,
+    TextDelta,
+    ToolCallArguments,
+    ToolCallStart,
+)
 from server.store import NullStore, Store, Turn
 from server.text import SentenceSplitter
 
@@ -78,6 +86,7 @@ class ResponseContext:
     settings: Settings
     output_format: AudioFormat
     store: Store = field(default_factory=NullStore)
+    echo: EchoReference = field(default_factory=EchoReference)
 
 
 class ResponseRun:
@@ -260,7 +269,7 @@ class ResponseRun:
         per_delta = int(fmt.rate * DELTA_MS / 1000)
         resampler = audio_codec.StreamResampler(tts.sample_rate, fmt.rate)
 
-        def encoded(text: str) -> Iterator[tuple[str, float]]:
+        def encoded(text: str) -> Iterator[tuple[str, float, Float32]]:
             started = time.monotonic()
             for chunk in tts.synthesize(text, resp.stop):
                 resp.clock.compute_once("tts_first_audio", started)
@@ -268,10 +277,15 @@ class ResponseRun:
                 for i in range(0, len(samples), per_delta):
                     piece = samples[i:i + per_delta]
                     data = base64.b64encode(audio_codec.encode(piece, fmt.type)).decode()
-                    yield data, len(piece) * 1000 / fmt.rate
+                    # What the echo guard listens for: the same audio at 16 kHz.
+                    reference = audio_codec.resample(piece, fmt.rate, 16000)
+                    yield data, len(piece) * 1000 / fmt.rate, reference
 
-        def sent() -> None:
-            resp.clock.mark("first_audio_sent")
+        def on_sent(reference: Float32) -> Callable[[], None]:
+            def sent() -> None:
+                resp.clock.mark("first_audio_sent")
+                self.ctx.echo.sent(reference, time.monotonic())
+            return sent
 
         item = await self._message()
         ids = resp.ids(item)
@@ -280,12 +294,12 @@ class ResponseRun:
             await self.ctx.emit({"type": "response.output_audio_transcript.delta", **ids,
                                  "delta": spacer + text})
             try:
-                async for data, ms in engines.tts_lane.stream(
+                async for data, ms, reference in engines.tts_lane.stream(
                         lambda text=text: encoded(text), resp.stop):  # type: ignore[misc]
                     resp.clock.mark("tts_first_audio")
                     resp.audio_ms += ms
                     await self.ctx.emit({"type": "response.output_audio.delta", **ids,
-                                         "delta": data}, sent)
+                                         "delta": data}, on_sent(reference))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

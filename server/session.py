@@ -15,11 +15,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from server import audio as audio_codec
 from server import images
 from server import protocol as p
 from server.config import Settings
 from server.conversation import Conversation, client_item
+from server.echo import MAX_LAG_S, EchoReference, echo_likeness
 from server.engines import Engines
 from server.errors import LimitError, ProtocolError, VoxwireError
 from server.metrics import TurnClock
@@ -31,6 +34,7 @@ from server.turns import InputBuffer, SpeechConfirmed, SpeechStarted, SpeechStop
 
 log = logging.getLogger(__name__)
 
+ECHO_WINDOW = 4000  # samples (250 ms at 16 kHz) of microphone audio judged for echo
 ASR_TAIL_MS = 200  # trailing silence handed to Whisper with an utterance
 MIN_COMMIT_MS = 100
 
@@ -104,6 +108,8 @@ class Session:
         self._worker: asyncio.Task[None] | None = None
         self.response: Response | None = None
         self._latest_frame: tuple[ImageData, float] | None = None
+        self.echo = EchoReference()
+        self._mic_tail: Float32 = np.zeros(0, np.float32)
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -168,6 +174,7 @@ class Session:
                 await self._frame(ev)
             case p.ItemTruncate():
                 self.conv.truncate(ev.item_id, ev.audio_end_ms, ev.event_id)
+                self.echo.stop(time.monotonic())
                 await self.emit({"type": "conversation.item.truncated", "item_id": ev.item_id,
                                  "content_index": ev.content_index,
                                  "audio_end_ms": ev.audio_end_ms})
@@ -213,18 +220,40 @@ class Session:
         fmt = self.cfg.input_format
         vad = self._vad if self.cfg.turn_detection is not None else None
         resampler = self._resampler
+        reference = self._echo_window(len(ev.audio) / audio_codec.bytes_per_ms(
+            fmt.type, fmt.rate) / 1000) if vad is not None else None
+        guard, tail = self.settings.echo_guard, self._mic_tail
 
         def ingest() -> tuple[Float32, list[float]]:
             samples = resampler(audio_codec.decode(ev.audio, fmt.type))
-            return samples, (vad.probabilities(samples) if vad is not None else [])
+            probs = vad.probabilities(samples) if vad is not None else []
+            if reference is not None:
+                # Judge the last quarter second, not just this chunk: steadier evidence.
+                recent = np.concatenate([tail, samples])[-ECHO_WINDOW:]
+                likeness = echo_likeness(recent, reference)
+                log.debug("echo likeness %.2f", likeness)
+                if likeness >= guard:
+                    probs = [0.0] * len(probs)  # the assistant's own voice: not the user
+            return samples, probs
 
         samples, probs = await self.engines.vad_lane.run(ingest)
+        self._mic_tail = np.concatenate([self._mic_tail, samples])[-ECHO_WINDOW:]
         self.buffer.append(samples)
         self._arrivals.append((self.buffer.total_ms, time.monotonic()))
         for turn_event in self._detector.feed(probs):
             await self._on_turn_event(turn_event)
         await self._maybe_partial()
         await self._enforce_utterance_limit()
+
+    def _echo_window(self, seconds: float) -> Float32 | None:
+        """The reference audio a chunk arriving now may echo, if anything was playing."""
+        if self.settings.echo_guard <= 0:
+            return None
+        now = time.monotonic()
+        start = now - seconds - ECHO_WINDOW / 16000 - MAX_LAG_S
+        if not self.echo.playing_between(start, now):
+            return None
+        return self.echo.window(start, now)
 
     def _wall_time_of(self, ms: int) -> float:
         for end_ms, t in self._arrivals:
@@ -240,6 +269,7 @@ class Session:
             self._speech_item = p.new_id("item")
             self._utt_start_ms = max(event.audio_start_ms, self.buffer.base_ms)
             self._partial_at_ms, self._partial_words, self._partial_sent = event.onset_ms, [], 0
+            self.echo.stop(time.monotonic())  # Realtime clients stop playing on speech_started
             await self.emit({"type": "input_audio_buffer.speech_started",
                              "audio_start_ms": event.audio_start_ms, "item_id": self._speech_item})
         elif isinstance(event, SpeechConfirmed):
@@ -431,7 +461,7 @@ class Session:
         resp = Response(p.new_id("resp"), modalities, clock, user_item_id,
                         params.get("conversation", "auto") != "none", params.get("metadata"))
         ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
-                              self.cfg.output_format, self.store)
+                              self.cfg.output_format, self.store, self.echo)
         self.response = resp
         resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
                                         name=resp.id)
@@ -456,6 +486,7 @@ class Session:
             return
         resp.cancel_reason = reason
         resp.stop.set()
+        self.echo.stop(time.monotonic())  # the client stops playing at once
         resp.task.cancel()
         if wait:
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,76 @@
+"""Echo guard: tell the assistant's own voice, coming back through the microphone, from the
+user speaking. Pure numpy, no I/O.
+
+The server knows what it sent and when; a client plays it from the first chunk on,
+continuously. When the incoming microphone audio is mostly a delayed copy of that
+reference (high normalized cross-correlation at some lag), it is echo, not a user turn.
+A user talking over the echo lowers the correlation, so barge-in still works.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from server.stages import Float32
+
+RATE = 16000
+MAX_LAG_S = 0.8  # acoustic delay plus the client's capture, buffering and network latency
+KEEP_S = 20.0
+
+
+class EchoReference:
+    """The audio the client is presumed to be playing, on the server's wall clock."""
+
+    def __init__(self) -> None:
+        self._segments: deque[tuple[float, Float32]] = deque()  # (start time, 16 kHz audio)
+        self.play_end = 0.0
+
+    def sent(self, samples: Float32, now: float) -> None:
+        """A chunk went out; it plays after what is queued, or now if nothing is."""
+        start = max(now, self.play_end)
+        self._segments.append((start, samples))
+        self.play_end = start + len(samples) / RATE
+        while self._segments and self._segments[0][0] < now - KEEP_S:
+            self._segments.popleft()
+
+    def stop(self, now: float) -> None:
+        """The client stopped playback (barge-in): nothing more of the queue is played."""
+        self.play_end = min(self.play_end, now)
+        while self._segments and self._segments[-1][0] >= now:
+            self._segments.pop()
+
+    def playing_between(self, t0: float, t1: float) -> bool:
+        return bool(self._segments) and self._segments[0][0] < t1 and t0 < self.play_end
+
+    def window(self, t0: float, t1: float) -> Float32:
+        """Reference audio played between wall times t0 and t1 (zeros where silent)."""
+        out = np.zeros(max(int((t1 - t0) * RATE), 0), dtype=np.float32)
+        for start, samples in self._segments:
+            end = start + len(samples) / RATE
+            if end <= t0 or start >= t1 or not len(out):
+                continue
+            a = max(int((start - t0) * RATE), 0)
+            b = max(int((t0 - start) * RATE), 0)
+            n = min(len(out) - a, len(samples) - b)
+            if n > 0:
+                out[a:a + n] = samples[b:b + n]
+        return out
+
+
+def echo_likeness(mic: Float32, reference: Float32) -> float:
+    """Max normalized cross-correlation of ``mic`` against any stretch of ``reference``."""
+    n = len(mic)
+    if n == 0 or len(reference) < n:
+        return 0.0
+    mic = mic - mic.mean()
+    mic_norm = float(np.linalg.norm(mic))
+    if mic_norm < 1e-6:
+        return 0.0
+    size = 1 << int(np.ceil(np.log2(len(reference) + n)))
+    corr = np.fft.irfft(np.fft.rfft(reference, size) * np.conj(np.fft.rfft(mic, size)), size)
+    corr = corr[: len(reference) - n + 1]
+    energy = np.concatenate([[0.0], np.cumsum(reference.astype(np.float64) ** 2)])
+    sliding = np.sqrt(np.maximum(energy[n:] - energy[:-n], 1e-12))
+    return float(np.max(np.abs(corr) / (sliding * mic_norm)))
