@@ -1,30 +1,66 @@
-"""`python -m bench`: voice-to-voice latency per stage, through the server and alone."""
+"""`python -m bench` (`voxwire bench`, `make bench`): every benchmark, then docs/benchmarks.md.
+
+1. voice-to-voice latency per stage, through the server and with the models alone;
+2. concurrent sessions: latency, keeping up with real time, CPU and memory;
+3. the evaluation suite (`voxwire eval`): WER, hallucination, turn-taking, echo, vision;
+4. the report: JSON in bench/results/, plots in docs/img/, docs/benchmarks.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import time
 from pathlib import Path
 
-from bench.latency import QUESTIONS, render, run
+from bench import evaluate, load, report
+from bench.latency import QUESTIONS, make_fixtures, render, run, server_process
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(prog="bench", description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="voxwire bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--asr", default="tiny.en,base", help="comma-separated Whisper models")
     ap.add_argument("--asr-mode", default="padded", choices=["padded", "short"])
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--questions", type=int, default=len(QUESTIONS))
+    ap.add_argument("--sessions", default="1,2,4,8", help="concurrency levels to sweep")
     ap.add_argument("--port", type=int, default=8799)
-    ap.add_argument("--url", help="use a running server instead of starting one")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
-    args = ap.parse_args()
-    results = run(args.asr.split(","), args.asr_mode, args.device, args.questions, args.port,
-                  args.url, args.out)
-    m = results["machine"]
-    print(f"# Voxwire latency: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
-    print(render(results))
-    print(f"\nwritten to {args.out}")
+    ap.add_argument("--url", help="measure latency against a running server instead")
+    ap.add_argument("--only", choices=["latency", "load", "eval", "report"])
+    ap.add_argument("--results", type=Path, default=Path("bench/results"))
+    ap.add_argument("--docs", type=Path, default=Path("docs"))
+    args = ap.parse_args(argv)
+    started = time.monotonic()
+    steps = [args.only] if args.only else ["latency", "load", "eval", "report"]
+    if "latency" in steps:
+        results = run(args.asr.split(","), args.asr_mode, args.device, args.questions,
+                      args.port, args.url, args.results / "latency.json")
+        m = results["machine"]
+        print(f"# Voxwire latency: {m['cpu']}, {m['cores']} cores, Python {m['python']}")
+        print(render(results))
+    if "load" in steps:
+        fixtures = make_fixtures(QUESTIONS[:4])
+        levels = [int(n) for n in args.sessions.split(",")]
+        server_args = ["--asr-model", args.asr.split(",")[0], "--device", args.device,
+                       "--log-level", "WARNING"]
+        with server_process(args.port, server_args) as (url, pid):
+            swept = asyncio.run(load.sweep(url, fixtures, levels, pid))
+        (args.results / "load.json").write_text(json.dumps(swept, indent=2))
+        print("\n".join(report.load_section(swept)))
+    eval_md = None
+    if "eval" in steps:
+        evaluate.main(["--asr", args.asr.split(",")[0], "--port", str(args.port + 1),
+                       "--out", str(args.results / "eval.json")])
+    eval_json = args.results / "eval.json"
+    if eval_json.is_file():
+        eval_md = evaluate.render(json.loads(eval_json.read_text()))
+    if "report" in steps or not args.only:
+        page = report.write(args.results, args.docs, eval_md)
+        print(f"\nwrote {page} in {time.monotonic() - started:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -68,7 +68,8 @@ async def one_turn(url: str, fx: Fixture) -> dict[str, Any]:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(api_key="bench", base_url=f"{url}/v1")
-    async with client.realtime.connect(model="voxwire") as conn:
+    async with client.realtime.connect(model="voxwire") as typed_conn:
+        conn: Any = typed_conn  # our extension events are not in the SDK's event union
         await conn.session.update(session={"type": "realtime", "temperature": 0.0})
         start = time.monotonic()
         sender = asyncio.create_task(send_audio(conn, fx.audio, RATE))
@@ -107,12 +108,20 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float = 120) 
 
 @contextlib.contextmanager
 def server(port: int, args: list[str]) -> Iterator[str]:
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args]
+    with server_process(port, args) as (url, _pid):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(port: int, args: list[str]) -> Iterator[tuple[str, int]]:
+    """`voxwire serve` in its own process (no history kept); its URL and process id."""
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--store", "none",
+           *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -139,7 +148,8 @@ def direct(fixtures: list[Fixture], asr_model: str, asr_mode: str, device: str
     from server.stages import ChatMessage
     from server.text import SentenceSplitter
 
-    settings = Settings(asr_model=asr_model, asr_mode=asr_mode, device=device)
+    settings = Settings(asr_model=asr_model, asr_mode=cast(Any, asr_mode),
+                        device=cast(Any, device))
     eng = Engines.load(settings)
     assert eng.llm is not None, "the direct run measures the embedded model"
     out = []

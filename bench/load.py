@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.latency import RATE, Fixture
+from bench.fixtures import RATE
+from bench.latency import Fixture
 from client.realtime import send_audio
 
 SILENCE_MS = 500  # the server's default end-of-turn silence
@@ -40,7 +41,8 @@ async def timed_turn(url: str, fx: Fixture, delay: float) -> dict[str, Any]:
 
     await asyncio.sleep(delay)
     client = AsyncOpenAI(api_key="bench", base_url=f"{url}/v1")
-    async with client.realtime.connect(model="voxwire") as conn:
+    async with client.realtime.connect(model="voxwire") as typed_conn:
+        conn: Any = typed_conn  # our extension events are not in the SDK's event union
         await conn.session.update(session={"type": "realtime", "temperature": 0.0})
         start = time.monotonic()
         sender = asyncio.create_task(send_audio(conn, fx.audio, RATE))

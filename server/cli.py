@@ -29,11 +29,24 @@ def main(argv: list[str] | None = None) -> int:
                            "full: always on, for headsets, allows interrupting by voice")
     talk.add_argument("--key", default=None, help="API key (default: $VOXWIRE_API_KEY)")
     talk.add_argument("--list-devices", action="store_true")
+    sub.add_parser("bench", help="run every benchmark and write docs/benchmarks.md",
+                   add_help=False)
+    sub.add_parser("eval", help="the evaluation suite (WER, hallucination, turns, echo, vision)",
+                   add_help=False)
     history = sub.add_parser("history", help="list or export stored conversations (JSON)")
     history.add_argument("--store", default=None, help="default: the serve default, or "
                          "$VOXWIRE_STORE")
     history.add_argument("--session", default=None, help="export this session's turns")
     history.add_argument("--all", action="store_true", help="export every session's turns")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("bench", "eval"):  # they own their flags
+        if argv[0] == "bench":
+            from bench.__main__ import main as bench_main
+
+            return bench_main(argv[1:])
+        from bench.evaluate import main as eval_main
+
+        return eval_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "history":
