@@ -26,18 +26,23 @@ models: $(STAMP)
 run: setup
 	$(BIN)/voxwire serve --host $(HOST) --port $(PORT)
 
-# Test fixtures are spoken by piper and by espeak-ng (a second, different voice).
+# Test fixtures are spoken by piper and by espeak-ng (a second, different voice); the widget
+# and kiosk tests run in headless Chromium.
 sysdeps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng; \
 	  else echo "tests need espeak-ng: sudo apt-get install espeak-ng"; exit 1; fi; }
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	  else echo "tests need chromium: sudo apt-get install chromium chromium-driver"; exit 1; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check server client models tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict server client models
+	$(BIN)/mypy --strict server client models bench
 
 pytest: setup sysdeps
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)

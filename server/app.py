@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib.resources import files
+from pathlib import PurePosixPath
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -24,10 +26,17 @@ from server.config import Settings
 from server.engines import Engines
 from server.errors import ProtocolError
 from server.session import Session
+from server.store import SQLiteStore, Store, open_store
 
 log = logging.getLogger(__name__)
 REALTIME_PATH = "/v1/realtime"
 CLOSE_TRY_AGAIN = 1013
+PAGES = {"/": "index.html", "/kiosk": "kiosk.html"}
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8", ".json": "application/json", ".svg": "image/svg+xml",
+    ".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".ico": "image/x-icon",
+}
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str,
@@ -37,12 +46,47 @@ def _response(status: HTTPStatus, body: bytes, content_type: str,
     return Response(status.value, status.phrase, headers, body)
 
 
+@dataclass(frozen=True)
+class StaticFile:
+    body: bytes
+    content_type: str
+    etag: str  # strong: the sha256 of the bytes
+
+    def response(self, if_none_match: str | None) -> Response:
+        tags = {t.strip().removeprefix("W/") for t in (if_none_match or "").split(",")}
+        headers = [("ETag", self.etag), ("Cache-Control", "no-cache"),
+                   ("Access-Control-Allow-Origin", "*"), ("X-Content-Type-Options", "nosniff")]
+        if self.etag in tags or "*" in tags:
+            status, body = HTTPStatus.NOT_MODIFIED, b""
+        else:
+            status, body = HTTPStatus.OK, self.body
+            headers += [("Content-Type", self.content_type), ("Content-Length", str(len(body)))]
+        return Response(status.value, status.phrase, Headers(headers), body)
+
+
+def load_static() -> dict[str, StaticFile]:
+    """Every servable file directly in server/static, by name, read once."""
+    out: dict[str, StaticFile] = {}
+    for entry in files("server").joinpath("static").iterdir():
+        kind = STATIC_TYPES.get(PurePosixPath(entry.name).suffix)
+        if kind is not None and entry.is_file() and not entry.name.startswith("."):
+            body = entry.read_bytes()
+            out[entry.name] = StaticFile(body, kind, f'"{hashlib.sha256(body).hexdigest()}"')
+    return out
+
+
 @dataclass
 class App:
     settings: Settings
     engines: Engines | None = None
     sessions: set[Session] = field(default_factory=set)
     load_error: str | None = None
+    static: dict[str, StaticFile] = field(default_factory=load_static)
+    store: Store | None = None
+
+    def __post_init__(self) -> None:
+        if self.store is None:
+            self.store = open_store(self.settings.store)
 
     async def load(self) -> None:
         """Load the models in a thread, so /healthz answers (503) while they load."""
@@ -71,9 +115,9 @@ class App:
         if path == "/metrics":
             text = self.engines.registry.render() if self.engines else ""
             return _response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
-        if path in ("/", "/index.html"):
-            page = files("server").joinpath("static/index.html").read_bytes()
-            return _response(HTTPStatus.OK, page, "text/html; charset=utf-8", "no-cache")
+        static = self.static.get(PAGES.get(path, path.removeprefix("/")))
+        if static is not None:
+            return static.response(request.headers.get("If-None-Match"))
         return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
     # ------------------------------------------------------------------ WebSocket
@@ -91,7 +135,8 @@ class App:
         dialect: p.Dialect = "beta" if "realtime=v1" in headers.get("OpenAI-Beta", "") else "ga"
         query = parse_qs(urlsplit(request.path).query) if request is not None else {}
         model = query.get("model", ["voxwire"])[0][:200]
-        session = Session(engines, self.settings, dialect=dialect, model=model)
+        session = Session(engines, self.settings, dialect=dialect, model=model,
+                          store=self.store)
         self.sessions.add(session)
         engines.registry.gauge("sessions_active", len(self.sessions))
         engines.registry.inc("sessions_total")
@@ -146,6 +191,10 @@ class App:
                   f"ws://{host}:{port}{REALTIME_PATH})", flush=True)
             if self.engines is None:
                 await self.load()
+            if isinstance(self.store, SQLiteStore) and self.settings.retention_days > 0:
+                gone = await self.store.expire(self.settings.retention_days)
+                log.info("history: %d sessions older than %g days deleted", gone,
+                         self.settings.retention_days)
             log.info("ready")
             if ready is not None:
                 ready.set()
@@ -156,6 +205,8 @@ class App:
                 await session.close()
         if self.engines is not None:
             self.engines.close()
+        if self.store is not None:
+            self.store.close()
 
     def start_server(self) -> contextlib.AbstractAsyncContextManager[Server]:
         return serve(self.handle, self.settings.host, self.settings.port,

@@ -38,17 +38,16 @@ class Lane:
         def stopped() -> bool:
             return halt.is_set() or stop.is_set()
 
-        queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
+        # The queue itself is unbounded; the slots bound it: the thread takes one per item
+        # and the consumer gives it back, so a slow consumer holds the producer back.
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        slots = threading.Semaphore(maxsize)
 
         def put(item: object) -> bool:
-            fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
             while not stopped():
-                try:
-                    fut.result(timeout=0.05)
+                if slots.acquire(timeout=0.05):
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
                     return True
-                except TimeoutError:
-                    continue
-            fut.cancel()
             return False
 
         def work() -> None:
@@ -71,6 +70,7 @@ class Lane:
         try:
             while True:
                 item = await queue.get()
+                slots.release()
                 if item is _DONE:
                     break
                 if isinstance(item, _Failure):

@@ -458,6 +458,9 @@ class Session:
                               tools, self.cfg.tool_choice)
         sees_images = any(m.images for m in history)
         notice = CANNOT_SEE if sees_images and not responder.can_see else None
+        if user_item_id is None:  # response.create: it answers the latest user message
+            user_item_id = next((i["id"] for i in reversed(self.conv.items)
+                                 if i.get("role") == "user"), None)
         resp = Response(p.new_id("resp"), modalities, clock, user_item_id,
                         params.get("conversation", "auto") != "none", params.get("metadata"))
         ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,

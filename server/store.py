@@ -141,6 +141,10 @@ class SQLiteStore:
             out.append(row)
         return out
 
+    async def expire(self, older_than_days: float) -> int:
+        """Delete sessions that ended more than ``older_than_days`` ago (in the store's thread)."""
+        return await self._lane.run(lambda: self.purge(older_than_days))
+
     def purge(self, older_than_days: float) -> int:
         cutoff = time.time() - older_than_days * 86400
         cur = self._conn().execute(

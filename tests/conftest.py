@@ -20,7 +20,7 @@ from server.config import Settings
 from server.engines import Engines
 from server.stages.tts import PiperSynthesizer
 
-TEST_SETTINGS = Settings(port=0, log_level="DEBUG")
+TEST_SETTINGS = Settings(port=0, log_level="DEBUG", store="none")
 EXACT = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
 
 

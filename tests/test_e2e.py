@@ -283,6 +283,7 @@ async def test_http_routes(server_url: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as info:
         await asyncio.to_thread(get, f"{server_url}/nope")
     assert info.value.code == 404
+    info.value.close()
 
 
 
