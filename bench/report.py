@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,9 @@ def load_section(load: dict[str, Any]) -> list[str]:
     if "idle_session_mib" in load:
         lines.append(f"- Memory: {load['baseline_rss_mib']:.0f} MiB for the server with its "
                      f"models; {load['idle_session_mib']:.2f} MiB per idle session; "
-                     f"{load['active_session_mib']:.1f} MiB per active session (peak).")
+                     f"{load['active_session_mib']:.1f} MiB per active session (the peak RSS "
+                     "growth with the most sessions talking at once, divided by their number; "
+                     "most of it is the models' working memory, not the sessions').")
     return [*lines, ""]
 
 
@@ -85,8 +88,8 @@ def write(results: Path, docs: Path, eval_markdown: str | None = None) -> Path:
     if load:
         sessions_plot(load, img / "sessions.png")
         parts += load_section(load)
-    if eval_markdown:
-        parts += [eval_markdown, ""]
+    if eval_markdown:  # one heading level down, under this page's title
+        parts += [re.sub(r"^(#+) ", r"#\1 ", eval_markdown, flags=re.M), ""]
     parts += ["## GPU", "", "With an NVIDIA GPU, `voxwire serve --device cuda` (or `make bench "
               "BENCH_ARGS='--device cuda'`) runs Whisper there in float16. No GPU figures have "
               "been measured yet; this page gets a row when one is.", ""]
