@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib.resources import files
@@ -20,7 +22,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
+from server import auth
 from server import protocol as p
 from server.config import Settings
 from server.engines import Engines
@@ -44,6 +48,12 @@ def _response(status: HTTPStatus, body: bytes, content_type: str,
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
                        ("Cache-Control", cache)])
     return Response(status.value, status.phrase, headers, body)
+
+
+def _json_error(status: HTTPStatus, code: str, message: str) -> Response:
+    body = json.dumps({"error": {"type": "invalid_request_error", "code": code,
+                                 "message": message}}).encode()
+    return _response(status, body, "application/json")
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,10 @@ class App:
     store: Store | None = None
 
     def __post_init__(self) -> None:
+        self.keys = auth.load_keys(self.settings)
+        auth.check_exposure(self.settings, self.keys)
+        self.origins = tuple(o.strip() for o in self.settings.allowed_origins.split(",")
+                             if o.strip())
         if self.store is None:
             self.store = open_store(self.settings.store)
 
@@ -103,6 +117,14 @@ class App:
                               request: Request) -> Response | None:
         path = urlsplit(request.path).path.rstrip("/") or "/"
         if path == REALTIME_PATH:
+            if self.keys and not auth.key_ok(auth.offered_key(request.headers), self.keys):
+                log.info("refused a connection without a valid key from %s",
+                         connection.remote_address)
+                return _json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                                   "missing or invalid API key")
+            if not auth.origin_ok(request.headers, self.origins):
+                return _json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
+                                   f"origin {request.headers.get('Origin')} is not allowed")
             if self.engines is None:
                 reason = self.load_error or "models are still loading"
                 return _response(HTTPStatus.SERVICE_UNAVAILABLE, reason.encode(), "text/plain")
@@ -213,7 +235,14 @@ class App:
                      process_request=self.process_request,
                      max_size=self.settings.max_message_bytes,
                      max_queue=self.settings.input_queue,
+                     select_subprotocol=_select_subprotocol,
                      ping_interval=20, ping_timeout=20)
+
+
+def _select_subprotocol(connection: ServerConnection,
+                        offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Browsers pass their key as a subprotocol and must get one back: answer "realtime"."""
+    return Subprotocol("realtime") if "realtime" in offered else None
 
 
 def _stop_on_signals() -> asyncio.Future[None]:

@@ -31,6 +31,10 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8765
+    api_keys: str = field(default="", repr=False, metadata={"flag": False})  # VOXWIRE_API_KEYS
+    api_keys_file: str = ""  # one key per line
+    insecure_public: bool = False  # listen beyond loopback without keys
+    allowed_origins: str = ""  # comma-separated; empty allows any browser origin
     log_level: str = "INFO"
     # Models: an embedded name from the manifest, or a path to a local model.
     asr_model: str = "tiny.en"
@@ -136,6 +140,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if not f.metadata.get("flag", True):
             continue
         hint = hints[f.name]
+        if hint is bool:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                                action="store_const", const="true",
+                                help=f"(env VOXWIRE_{f.name.upper()}=1)")
+            continue
         choices = get_args(hint) or None
         parser.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, default=None, choices=choices,

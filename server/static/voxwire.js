@@ -4,7 +4,8 @@
  *   <voxwire-widget></voxwire-widget>
  *
  * Attributes: url (the Realtime WebSocket; default ws(s)://<this script's host>/v1/realtime),
- * instructions (the session's system prompt), kiosk (full-screen, always listening, camera,
+ * instructions (the session's system prompt), key (an API key, for servers that require one;
+ * sent the way browser Realtime clients send it, as a WebSocket subprotocol), kiosk (full-screen, always listening, camera,
  * reconnects by itself) and idle (kiosk: seconds without speech before the idle screen, 60).
  *
  * The element exposes `state` (connected, transcripts, answers, metrics, playedSeconds,
@@ -63,7 +64,7 @@
   class VoxwireClient {
     constructor(target) {
       this.target = target;
-      this.opts = { url: defaultUrl(), instructions: "", video: null, reconnect: false };
+      this.opts = { url: defaultUrl(), instructions: "", key: "", video: null, reconnect: false };
       this.state = {
         running: false, connected: false, phase: "offline", status: "Press Start to talk",
         muted: false, idle: false, partial: "", transcripts: [], answers: [], metrics: null,
@@ -202,7 +203,9 @@
 
     connect() {
       clearTimeout(this.retryTimer);
-      const ws = new WebSocket(this.opts.url);
+      const ws = this.opts.key
+        ? new WebSocket(this.opts.url, ["realtime", "openai-insecure-api-key." + this.opts.key])
+        : new WebSocket(this.opts.url);
       this.ws = ws;
       this.setStatus("Connecting…", "offline");
       ws.onopen = () => this.send(this.sessionUpdate());
@@ -632,6 +635,7 @@ video.cam{grid-column:2;grid-row:2/6;align-self:end;width:100%;border-radius:18p
       return this.client.start({
         url: this.getAttribute("url") || defaultUrl(),
         instructions: this.getAttribute("instructions") || "",
+        key: this.getAttribute("key") || "",
         video: this.kiosk ? this.$(".cam") : null,
         reconnect: this.kiosk,
       });
