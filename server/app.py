@@ -222,13 +222,27 @@ class App:
                 ready.set()
             stop = stop or _stop_on_signals()
             await stop
-            server.close()
-            for session in list(self.sessions):
-                await session.close()
+            await self.drain(server)
         if self.engines is not None:
             self.engines.close()
         if self.store is not None:
             self.store.close()
+
+    async def drain(self, server: Server) -> None:
+        """Stop accepting, let answers in flight finish (up to the grace period), then close
+        every session (what is still running is cancelled and saved) and every connection."""
+        server.close(close_connections=False)
+        grace = self.settings.shutdown_grace_s
+        log.info("stopping: %d sessions, up to %g s for answers in flight",
+                 len(self.sessions), grace)
+        pending = {s.response.task for s in self.sessions
+                   if s.response is not None and s.response.task is not None}
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        for session in list(self.sessions):
+            await session.close()
+        server.close(code=1001, reason="server shutting down")
+        await server.wait_closed()
 
     def start_server(self) -> contextlib.AbstractAsyncContextManager[Server]:
         return serve(self.handle, self.settings.host, self.settings.port,

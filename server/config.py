@@ -74,6 +74,7 @@ class Settings:
     input_queue: int = 32
     send_queue: int = 512
     first_token_timeout_s: float = 20.0
+    shutdown_grace_s: float = 5.0
     store: str = "sqlite:///~/.local/share/voxwire/history.db"  # or "none"
     retention_days: float = 0.0  # 0 keeps history forever
     max_image_bytes: int = 8 * 1024 * 1024

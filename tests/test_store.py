@@ -111,3 +111,27 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.2)
     raise TimeoutError("server did not become healthy")
+
+
+async def test_sigterm_lets_the_answer_finish_saves_it_and_exits_0(
+        killable_server: tuple[int, subprocess.Popen[bytes], Path]) -> None:
+    port, proc, db = killable_server
+    client = AsyncOpenAI(api_key="x", base_url=f"http://127.0.0.1:{port}/v1")
+    async with client.realtime.connect(model="voxwire") as conn:
+        await conn.conversation.item.create(item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "Tell me about the sea."}]})
+        await conn.response.create()  # audio: a few seconds of work
+        async for ev in conn:
+            if ev.type == "response.output_audio.delta":
+                break
+        os.kill(proc.pid, signal.SIGTERM)
+        final = None
+        async for ev in conn:
+            if ev.type == "response.done":
+                final = ev.response
+                break
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+    assert final is not None and final.status == "completed"  # finished within the grace
+    turns = (await asyncio.to_thread(export, db))[0]["turns"]
+    assert [t["response_id"] for t in turns] == [final.id]
