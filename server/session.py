@@ -385,6 +385,9 @@ class Session:
                     await self._transcribe(job)
                 else:
                     await self._respond(job.params, job.clock, job.event_id)
+            except ProtocolError as exc:  # name the response.create it came from
+                exc.event_id = exc.event_id or getattr(job, "event_id", None)
+                await self.error(exc)
             except VoxwireError as exc:
                 await self.error(exc)
             except Exception:
