@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -28,7 +29,7 @@ from server import auth
 from server import protocol as p
 from server.config import Settings
 from server.engines import Engines
-from server.errors import ProtocolError
+from server.errors import LimitError, ProtocolError
 from server.session import Session
 from server.store import SQLiteStore, Store, open_store
 
@@ -177,8 +178,30 @@ class App:
             log.info("session %s closed", session.id)
 
     async def _read(self, ws: ServerConnection, session: Session) -> None:
+        st = self.settings
+        bucket = RateLimit(st.max_events_per_s, burst_s=2.0)
+        ends = asyncio.get_running_loop().time() + st.max_session_s
         try:
-            async for message in ws:
+            while True:
+                left = ends - asyncio.get_running_loop().time()
+                if left <= 0:
+                    await self._close(ws, session, "session_expired",
+                                      f"sessions last at most {st.max_session_s:g} s")
+                    return
+                try:
+                    message = await asyncio.wait_for(ws.recv(), min(st.idle_timeout_s, left))
+                except TimeoutError:
+                    if left > st.idle_timeout_s:
+                        await self._close(ws, session, "idle_timeout",
+                                          f"no client event for {st.idle_timeout_s:g} s")
+                        return
+                    continue
+                if not bucket.take():
+                    if bucket.should_warn():
+                        await session.error(LimitError(
+                            f"more than {st.max_events_per_s:g} events per second; events "
+                            "are being dropped", code="rate_limited"))
+                    continue
                 try:
                     await session.handle(p.parse_client_event(message))
                 except ProtocolError as exc:
@@ -189,6 +212,13 @@ class App:
                                                      code="server_error", kind="server_error"))
         except ConnectionClosed:
             pass
+
+    @staticmethod
+    async def _close(ws: ServerConnection, session: Session, code: str, message: str) -> None:
+        """Tell the client why in an `error` event, give it a moment to go out, then close."""
+        await session.error(LimitError(message, code=code))
+        await asyncio.sleep(0.2)
+        await ws.close(1000, code)
 
     @staticmethod
     async def _drain(ws: ServerConnection, session: Session, dialect: p.Dialect) -> None:
@@ -251,6 +281,32 @@ class App:
                      max_queue=self.settings.input_queue,
                      select_subprotocol=_select_subprotocol,
                      ping_interval=20, ping_timeout=20)
+
+
+class RateLimit:
+    """A token bucket: ``rate`` events per second, bursts of ``burst_s`` seconds' worth."""
+
+    def __init__(self, rate: float, burst_s: float) -> None:
+        self.rate, self.capacity = rate, rate * burst_s
+        self.tokens, self.at = self.capacity, time.monotonic()
+        self._warned = 0.0
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def should_warn(self) -> bool:
+        """At most one warning a second, so the warnings themselves do not flood."""
+        now = time.monotonic()
+        if now - self._warned >= 1.0:
+            self._warned = now
+            return True
+        return False
 
 
 def _select_subprotocol(connection: ServerConnection,
