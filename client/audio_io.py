@@ -76,7 +76,31 @@ class Playback:
             return len(self._buf) // 2
 
 
-class SoundDeviceIO:
+class _Speaker:
+    """The playback half both boundaries share: a `Playback` queue and its counters."""
+
+    _playback: Playback
+
+    def play(self, pcm: bytes) -> None:
+        self._playback.push(pcm)
+
+    def flush(self) -> None:
+        self._playback.flush()
+
+    @property
+    def played_frames(self) -> int:
+        return self._playback.played
+
+    @property
+    def queued_frames(self) -> int:
+        return self._playback.queued
+
+    @property
+    def playing(self) -> bool:
+        return self._playback.pending > 0
+
+
+class SoundDeviceIO(_Speaker):
     """The default microphone and speaker (PortAudio through sounddevice)."""
 
     def __init__(self, rate: int = 24000, *, input_device: int | None = None,
@@ -106,24 +130,6 @@ class SoundDeviceIO:
     def _on_output(self, out: Any, frames: int, when: Any, status: Any) -> None:
         out[:] = self._playback.pull(frames)
 
-    def play(self, pcm: bytes) -> None:
-        self._playback.push(pcm)
-
-    def flush(self) -> None:
-        self._playback.flush()
-
-    @property
-    def played_frames(self) -> int:
-        return self._playback.played
-
-    @property
-    def queued_frames(self) -> int:
-        return self._playback.queued
-
-    @property
-    def playing(self) -> bool:
-        return self._playback.pending > 0
-
     def close(self) -> None:
         for stream in (self._in, self._out):
             if stream is not None:
@@ -131,7 +137,7 @@ class SoundDeviceIO:
                 stream.close()
 
 
-class WavIO:
+class WavIO(_Speaker):
     """A WAV file as the microphone (sent at real-time pace) and a buffer as the speaker.
 
     Playback advances with the wall clock, as a sound card would, so gating, barge-in and
@@ -169,24 +175,6 @@ class WavIO:
             thread = threading.Thread(target=fn, daemon=True, name=f"wavio-{fn.__name__}")
             thread.start()
             self._threads.append(thread)
-
-    def play(self, pcm: bytes) -> None:
-        self._playback.push(pcm)
-
-    def flush(self) -> None:
-        self._playback.flush()
-
-    @property
-    def played_frames(self) -> int:
-        return self._playback.played
-
-    @property
-    def queued_frames(self) -> int:
-        return self._playback.queued
-
-    @property
-    def playing(self) -> bool:
-        return self._playback.pending > 0
 
     def close(self) -> None:
         self._stop.set()
