@@ -64,6 +64,7 @@ class Settings:
     min_speech_ms: int = 96
     barge_in_ms: int = 300
     partial_interval_ms: int = 800
+    speculate: bool = True  # transcribe at the first silence, before the turn is confirmed
     first_clause_words: int = 4
     echo_guard: float = 0.5  # echo likeness above which speech is the assistant's own; 0: off
     # Limits.

@@ -28,9 +28,17 @@ from server.errors import LimitError, ProtocolError, VoxwireError
 from server.metrics import TurnClock
 from server.protocol import Json, SessionConfig, TurnDetection
 from server.response import CANNOT_SEE, Response, ResponseContext, ResponseRun
-from server.stages import ChatRequest, Float32, ImageData, ToolSpec, VadStream
+from server.stages import ChatRequest, Float32, ImageData, ToolSpec, Transcript, VadStream
 from server.store import NullStore, Store
-from server.turns import InputBuffer, SpeechConfirmed, SpeechStarted, SpeechStopped, TurnDetector
+from server.turns import (
+    InputBuffer,
+    SpeechConfirmed,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,16 @@ class TranscribeJob:
     audio: Float32
     clock: TurnClock
     respond: bool
+    early: asyncio.Future[Transcript] | None = None  # started at the first silence
+
+
+@dataclass
+class Speculation:
+    """ASR started at the first silence of a turn, before the turn is known to be over."""
+
+    start_ms: int
+    end_ms: int
+    result: asyncio.Future[Transcript]
 
 
 @dataclass
@@ -108,6 +126,8 @@ class Session:
         self._worker: asyncio.Task[None] | None = None
         self.response: Response | None = None
         self._latest_frame: tuple[ImageData, float] | None = None
+        self._speculation: Speculation | None = None
+        self._discarded = 0  # speculative transcripts dropped in the current turn
         self.echo = EchoReference()
         self._mic_tail: Float32 = np.zeros(0, np.float32)
         self._closed = False
@@ -275,8 +295,24 @@ class Session:
         elif isinstance(event, SpeechConfirmed):
             if self.response is not None and td.interrupt_response:
                 await self._cancel_response("turn_detected")
+        elif isinstance(event, SpeechPaused) and self.settings.speculate:
+            self._speculate(event.audio_end_ms)
+        elif isinstance(event, SpeechResumed) and self._speculation is not None:
+            self._speculation, self._discarded = None, self._discarded + 1  # a pause, not the end
         elif isinstance(event, SpeechStopped) and self._speech_item is not None:
             await self._end_of_speech(event.audio_end_ms, td.create_response)
+
+    def _speculate(self, audio_end_ms: int) -> None:
+        """Transcribe the turn so far now, in case this silence turns out to be its end.
+
+        Nothing is sent and nothing is written until the turn is confirmed; if speech
+        resumes, the result is dropped.
+        """
+        asr = self.engines.asr
+        audio = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
+        result = asyncio.ensure_future(self.engines.asr_lane.run(lambda: asr.transcribe(audio)))
+        result.add_done_callback(lambda f: f.cancelled() or f.exception())  # never unretrieved
+        self._speculation = Speculation(self._utt_start_ms, audio_end_ms, result)
 
     async def _end_of_speech(self, audio_end_ms: int, respond: bool) -> None:
         item_id, self._speech_item = self._speech_item or p.new_id("item"), None
@@ -289,7 +325,12 @@ class Session:
             self._partial.cancel()
         utterance = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
         self.buffer.drop_before_ms(audio_end_ms)
-        await self._commit(item_id, utterance, clock, respond, None)
+        spec, self._speculation = self._speculation, None
+        early = spec.result if spec is not None and (spec.start_ms, spec.end_ms) == (
+            self._utt_start_ms, audio_end_ms) else None
+        clock.compute_ms["speculative_discarded"] = float(self._discarded)
+        self._discarded = 0
+        await self._commit(item_id, utterance, clock, respond, None, early)
 
     async def _enforce_utterance_limit(self) -> None:
         if self._speech_item is None:
@@ -317,7 +358,8 @@ class Session:
         await self._commit(item_id, utterance, clock, False, ev.event_id)
 
     async def _commit(self, item_id: str, utterance: Float32, clock: TurnClock, respond: bool,
-                      event_id: str | None) -> None:
+                      event_id: str | None,
+                      early: asyncio.Future[Transcript] | None = None) -> None:
         item: Json = {"id": item_id, "object": "realtime.item", "type": "message",
                       "role": "user", "status": "completed",
                       "content": [{"type": "input_audio", "transcript": None}]}
@@ -330,7 +372,7 @@ class Session:
                          "item_id": item_id})
         await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
                          "item": item})
-        await self._enqueue(TranscribeJob(item_id, utterance, clock, respond), event_id)
+        await self._enqueue(TranscribeJob(item_id, utterance, clock, respond, early), event_id)
 
     async def _enqueue(self, job: TranscribeJob | RespondJob, event_id: str | None) -> None:
         try:
@@ -399,7 +441,11 @@ class Session:
         asr = self.engines.asr
         started = time.monotonic()
         try:
-            result = await self.engines.asr_lane.run(lambda: asr.transcribe(job.audio))
+            if job.early is not None:  # started at the first silence: usually done already
+                result = await job.early
+                job.clock.compute_ms["asr_speculative"] = 1.0
+            else:
+                result = await self.engines.asr_lane.run(lambda: asr.transcribe(job.audio))
         except Exception as exc:
             log.exception("transcription failed")
             await self.emit({"type": "conversation.item.input_audio_transcription.failed",

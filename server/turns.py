@@ -25,11 +25,23 @@ class SpeechConfirmed:
 
 
 @dataclass(frozen=True)
+class SpeechPaused:
+    """The first silent window of a turn: speech may have ended at ``audio_end_ms``."""
+
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech came back before the silence was long enough: the pause was not the end."""
+
+
+@dataclass(frozen=True)
 class SpeechStopped:
     audio_end_ms: int  # where speech ended, before the trailing silence
 
 
-TurnEvent = SpeechStarted | SpeechConfirmed | SpeechStopped
+TurnEvent = SpeechStarted | SpeechConfirmed | SpeechPaused | SpeechResumed | SpeechStopped
 
 
 class TurnDetector:
@@ -78,14 +90,16 @@ class TurnDetector:
 
     def _in_speech(self, p: float, start: int, events: list[TurnEvent]) -> None:
         if p >= self.neg_threshold:
-            if p >= self.threshold:
+            if p >= self.threshold and self._silence_start is not None:
                 self._silence_start = None
+                events.append(SpeechResumed())
             if not self._confirmed and self.position_ms - self._onset >= self.confirm_ms:
                 self._confirmed = True
                 events.append(SpeechConfirmed(self.position_ms))
             return
         if self._silence_start is None:
             self._silence_start = start
+            events.append(SpeechPaused(start))
         if self.position_ms - self._silence_start >= self.silence_ms:
             self.in_speech, self._run_start = False, None
             events.append(SpeechStopped(self._silence_start))

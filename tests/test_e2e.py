@@ -318,3 +318,22 @@ async def test_a_failing_stage_fails_the_response_not_the_session(engines: Engin
     assert any(e.type == "error" and e.error.code == "tts_failed" for e in failed)
     assert after[-1].response.status == "completed"
     assert after[-1].response.output[0].content[0].text
+
+
+async def test_speculation_is_dropped_when_speech_resumes(server_url: str, speak: Speak) -> None:
+    from client.realtime import silence
+
+    speech = np.concatenate([speak("I would like to order", rate=RATE), silence(300, RATE),
+                             speak("a large pizza with mushrooms.", rate=RATE)])
+    async with ga(server_url) as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        events = await spoken_turn(conn, speech)
+    names = types(events)
+    assert names.count("input_audio_buffer.committed") == 1  # the pause did not end the turn
+    assert names.index("response.created") > names.index("input_audio_buffer.speech_stopped")
+    final = next(e for e in events
+                 if e.type == "conversation.item.input_audio_transcription.completed")
+    assert words(final.transcript) == words("I would like to order a large pizza with mushrooms.")
+    compute = events[-1].model_dump()["compute_ms"]
+    assert compute["speculative_discarded"] >= 1  # a transcript started in the pause, dropped
+    assert compute["asr_speculative"] == 1.0  # the one started at the real end was used

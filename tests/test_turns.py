@@ -1,6 +1,14 @@
 import numpy as np
 
-from server.turns import InputBuffer, SpeechConfirmed, SpeechStarted, SpeechStopped, TurnDetector
+from server.turns import (
+    InputBuffer,
+    SpeechConfirmed,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+)
 
 
 def detector(**kw: int) -> TurnDetector:
@@ -15,7 +23,8 @@ def test_speech_span_with_prefix_padding_and_hysteresis() -> None:
     probs = [0.1] * 10 + [0.9] * 20 + [0.4] * 3 + [0.9] * 5 + [0.05] * 12
     events = d.feed(probs)
     assert events == [SpeechStarted(audio_start_ms=320 - 96, onset_ms=320),
-                      SpeechConfirmed(at_ms=640), SpeechStopped(audio_end_ms=38 * 32)]
+                      SpeechConfirmed(at_ms=640), SpeechPaused(audio_end_ms=38 * 32),
+                      SpeechStopped(audio_end_ms=38 * 32)]
 
 
 def test_a_blip_shorter_than_min_speech_is_not_speech() -> None:
@@ -27,6 +36,9 @@ def test_short_pause_does_not_end_the_turn() -> None:
     d = detector()
     events = d.feed([0.9] * 10 + [0.1] * 9 + [0.9] * 10)  # 288 ms pause < 320 ms
     assert not any(isinstance(e, SpeechStopped) for e in events)
+    # The pause is announced at its first window (speculation starts there) and withdrawn.
+    assert [type(e) for e in events if isinstance(e, SpeechPaused | SpeechResumed)] == [
+        SpeechPaused, SpeechResumed]
     assert d.in_speech
 
 
