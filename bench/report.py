@@ -38,8 +38,11 @@ def latency_section(lat: dict[str, Any]) -> list[str]:
     lines.append("")
     for n in names:
         r = lat["runs"][n]
+        beyond = r["beyond_alone_ms"]
+        why = (" (negative: the transcription ran during the end-of-turn wait, speculatively)"
+               if beyond < 0 else "")
         lines.append(f"- {n}: {r['completed']}/{r['turns']} turns completed; end of turn to "
-                     f"first audio beyond the models alone: {r['beyond_alone_ms']:.0f} ms; "
+                     f"first audio beyond the models alone: {beyond:.0f} ms{why}; "
                      f"of it outside any model call: p50 {r['server_overhead_ms']:.1f} ms, "
                      f"p95 {r['server_overhead_p95_ms']:.1f} ms.")
     return [*lines, ""]
