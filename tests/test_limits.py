@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import AsyncIterator
@@ -15,9 +16,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from server.app import App
-from server.engines import Engines
+from server.engines import Engines, make_responder
 from server.store import SQLiteStore, open_store
 from tests.conftest import TEST_SETTINGS
+from tests.fakes import FakeProvider, Reply
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +87,16 @@ async def test_a_client_vanishing_mid_answer_leaks_nothing(engines: Engines,
                                                            tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path}/h.db")
     assert isinstance(store, SQLiteStore)
-    app = App(TEST_SETTINGS, engines=engines, store=store)
+    # A backend whose answer is surely long (the small embedded model may be brief).
+    fake = FakeProvider()
+    await fake.start()
+    story = " ".join(f"This is sentence {n} of a long story." for n in range(60))
+    fake.script(Reply(text="Short answer."), Reply(text=story, delay_between_s=0.03))
+    settings = TEST_SETTINGS.replace(llm_backend="openai", llm_model="m",
+                                     llm_base_url=f"{fake.url}/v1", llm_api_key="k")
+    responder = make_responder(settings, None, engines.llm_lane)
+    app = App(settings, engines=dataclasses.replace(engines, responder=responder),
+              store=store)
     async with app.start_server() as server:
         host, port = server.sockets[0].getsockname()[:2]
         threads = 0
@@ -112,5 +123,7 @@ async def test_a_client_vanishing_mid_answer_leaks_nothing(engines: Engines,
     assert threading.active_count() <= threads
     turns = await asyncio.to_thread(lambda: store.turns(store.sessions()[-1]["id"]))
     store.close()
+    await fake.stop()
     assert [t["status"] for t in turns] == ["cancelled"]
     assert turns[0]["interrupted"]
+    assert fake.disconnects == 1  # the backend's stream was closed too
