@@ -94,6 +94,7 @@ class App:
     load_error: str | None = None
     static: dict[str, StaticFile] = field(default_factory=load_static)
     store: Store | None = None
+    per_key: dict[str, int] = field(default_factory=dict)  # open sessions by key fingerprint
 
     def __post_init__(self) -> None:
         self.keys = auth.load_keys(self.settings)
@@ -155,12 +156,17 @@ class App:
             return
         request = ws.request
         headers = request.headers if request is not None else Headers()
+        key = auth.key_id(auth.offered_key(headers)) if self.keys else ""
+        if key and self.per_key.get(key, 0) >= self.settings.max_sessions_per_key:
+            await ws.close(CLOSE_TRY_AGAIN, "this key is at its session limit")
+            return
         dialect: p.Dialect = "beta" if "realtime=v1" in headers.get("OpenAI-Beta", "") else "ga"
         query = parse_qs(urlsplit(request.path).query) if request is not None else {}
         model = query.get("model", ["voxwire"])[0][:200]
         session = Session(engines, self.settings, dialect=dialect, model=model,
                           store=self.store)
         self.sessions.add(session)
+        self.per_key[key] = self.per_key.get(key, 0) + 1
         engines.registry.gauge("sessions_active", len(self.sessions))
         engines.registry.inc("sessions_total")
         log.info("session %s opened (%s dialect, %s)", session.id, dialect, ws.remote_address)
@@ -174,6 +180,7 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
             self.sessions.discard(session)
+            self.per_key[key] -= 1
             engines.registry.gauge("sessions_active", len(self.sessions))
             log.info("session %s closed", session.id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from pathlib import Path
@@ -50,6 +51,11 @@ def offered_key(headers: Headers) -> str | None:
             if proto.startswith(KEY_PROTOCOL):
                 return proto[len(KEY_PROTOCOL):]
     return None
+
+
+def key_id(key: str | None) -> str:
+    """A short fingerprint to count sessions per key without keeping the key around."""
+    return hashlib.sha256((key or "").encode()).hexdigest()[:16]
 
 
 def key_ok(offered: str | None, keys: tuple[str, ...]) -> bool:

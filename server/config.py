@@ -72,6 +72,7 @@ class Settings:
     max_utterance_s: float = 30.0
     max_buffer_s: float = 120.0
     max_sessions: int = 64
+    max_sessions_per_key: int = 16
     max_events_per_s: float = 100.0  # per connection (audio in 20 ms chunks is 50/s)
     idle_timeout_s: float = 600.0
     max_session_s: float = 4 * 3600.0

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server.app import App
 from server.config import Settings
@@ -72,3 +72,20 @@ def test_no_public_listening_without_keys(engines: Engines) -> None:
     App(Settings(host="0.0.0.0", store="none", insecure_public=True), engines=engines)
     App(Settings(host="0.0.0.0", store="none", api_keys=KEYS), engines=engines)
     assert "sk-voxwire" not in repr(Settings(api_keys=KEYS))
+
+
+async def test_sessions_per_key_are_limited(engines: Engines) -> None:
+    async with guarded(engines, api_keys=KEYS, max_sessions_per_key=1) as hostport:
+        url = f"ws://{hostport}/v1/realtime"
+        one = {"Authorization": "Bearer sk-voxwire-one"}
+        async with connect(url, additional_headers=one) as first:
+            assert '"session.created"' in str(await first.recv())
+            async with connect(url, additional_headers=one) as second:
+                with pytest.raises(ConnectionClosed):
+                    await second.recv()
+                assert second.close_code == 1013
+            other = {"Authorization": "Bearer sk-voxwire-two"}
+            async with connect(url, additional_headers=other) as third:
+                assert '"session.created"' in str(await third.recv())
+        async with connect(url, additional_headers=one) as again:  # the first one left
+            assert '"session.created"' in str(await again.recv())
