@@ -102,8 +102,10 @@ def test_tts_speaks_at_a_plausible_length(engines: Engines) -> None:
     from client.realtime import resample
 
     heard = words(engines.asr.transcribe(resample(audio, 22050, 16000)).text)
-    # Piper samples its prosody, so one word may come out differently from run to run.
-    assert len(set(heard) & set(words("Paris is the capital of France."))) >= 5, heard
+    # Piper samples its prosody, so a word or two ("Paris is" -> "paraces") may come out
+    # differently from run to run; the sentence must still be there.
+    assert len(set(heard) & set(words("Paris is the capital of France."))) >= 4, heard
+    assert {"capital", "france"} <= set(heard), heard
 
 
 def test_llm_history_is_trimmed_to_the_context_window(engines: Engines) -> None:
