@@ -41,6 +41,7 @@ QUESTIONS = [
     "Turn on the kitchen lights please.",
     "How do I make a cup of tea?",
 ]
+SILENCE_MS = 500  # the server's default end-of-turn silence
 LEAD_MS, TAIL_MS = 400, 1500
 
 
@@ -74,10 +75,13 @@ async def one_turn(url: str, fx: Fixture) -> dict[str, Any]:
         start = time.monotonic()
         sender = asyncio.create_task(send_audio(conn, fx.audio, RATE))
         first_audio: float | None = None
+        stopped: float | None = None
         metrics: dict[str, Any] = {}
         transcript = ""
         async for ev in conn:
-            if ev.type == "response.output_audio.delta" and first_audio is None:
+            if ev.type == "input_audio_buffer.speech_stopped" and stopped is None:
+                stopped = time.monotonic()
+            elif ev.type == "response.output_audio.delta" and first_audio is None:
                 first_audio = time.monotonic()
             elif ev.type == "conversation.item.input_audio_transcription.completed":
                 transcript = ev.transcript
@@ -90,7 +94,10 @@ async def one_turn(url: str, fx: Fixture) -> dict[str, Any]:
     return {"question": fx.text, "transcript": transcript, "status": metrics.get("status"),
             "client_v2v_ms": round((first_audio - spoken_end) * 1000, 1) if first_audio else None,
             "stages_ms": metrics.get("stages_ms", {}), "compute_ms": metrics.get("compute_ms", {}),
-            "overhead_ms": metrics.get("overhead_ms")}
+            "overhead_ms": metrics.get("overhead_ms"),
+            # How much later than the configured silence the server declared the turn over.
+            "endpoint_lag_ms": round((stopped - spoken_end) * 1000 - SILENCE_MS, 1)
+            if stopped else None}
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:

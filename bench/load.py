@@ -17,11 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.fixtures import RATE
-from bench.latency import Fixture
-from client.realtime import send_audio
+from bench.latency import Fixture, one_turn
 
-SILENCE_MS = 500  # the server's default end-of-turn silence
 KEEPS_UP_LAG_MS = 300  # end-of-turn lag beyond which a session no longer keeps up
 
 
@@ -37,30 +34,10 @@ def proc_stats(pid: int) -> dict[str, float]:
 
 
 async def timed_turn(url: str, fx: Fixture, delay: float) -> dict[str, Any]:
-    from openai import AsyncOpenAI
-
     await asyncio.sleep(delay)
-    client = AsyncOpenAI(api_key="bench", base_url=f"{url}/v1")
-    async with client.realtime.connect(model="voxwire") as typed_conn:
-        conn: Any = typed_conn  # our extension events are not in the SDK's event union
-        await conn.session.update(session={"type": "realtime", "temperature": 0.0})
-        start = time.monotonic()
-        sender = asyncio.create_task(send_audio(conn, fx.audio, RATE))
-        stopped = first_audio = None
-        status = None
-        async for ev in conn:
-            if ev.type == "input_audio_buffer.speech_stopped" and stopped is None:
-                stopped = time.monotonic()
-            elif ev.type == "response.output_audio.delta" and first_audio is None:
-                first_audio = time.monotonic()
-            elif ev.type == "voxwire.turn.metrics":
-                status = ev.status
-                break
-        await sender
-    end = start + fx.speech_end_s
-    return {"status": status,
-            "v2v_ms": (first_audio - end) * 1000 if first_audio else None,
-            "endpoint_lag_ms": (stopped - end) * 1000 - SILENCE_MS if stopped else None}
+    turn = await one_turn(url, fx)
+    return {"status": turn["status"], "v2v_ms": turn["client_v2v_ms"],
+            "endpoint_lag_ms": turn["endpoint_lag_ms"]}
 
 
 async def step(url: str, fixtures: list[Fixture], sessions: int, pid: int | None

@@ -94,6 +94,7 @@ class ResponseRun:
                  notice: str | None) -> None:
         self.ctx, self.resp, self.request, self.notice = ctx, resp, request, notice
         self.started_at = time.time()
+        self._stream_resampler: audio_codec.StreamResampler | None = None
         self.base: Json = {"object": "realtime.response", "id": resp.id,
                            "metadata": resp.metadata, "output_modalities": list(resp.modalities)}
 
@@ -263,11 +264,17 @@ class ResponseRun:
             await self._voice_pieces(batch)
             batch.clear()
 
+    def _resampler(self, rate_in: int, rate_out: int) -> audio_codec.StreamResampler:
+        """One stream resampler for the whole answer, so sentences join without seams."""
+        if self._stream_resampler is None:
+            self._stream_resampler = audio_codec.StreamResampler(rate_in, rate_out)
+        return self._stream_resampler
+
     async def _voice_pieces(self, pieces: list[str]) -> None:
         resp, engines, fmt = self.resp, self.ctx.engines, self.ctx.output_format
         tts = engines.tts
         per_delta = int(fmt.rate * DELTA_MS / 1000)
-        resampler = audio_codec.StreamResampler(tts.sample_rate, fmt.rate)
+        resampler = self._resampler(tts.sample_rate, fmt.rate)
 
         def encoded(text: str) -> Iterator[tuple[str, float, Float32]]:
             started = time.monotonic()
