@@ -65,6 +65,7 @@ class Settings:
     barge_in_ms: int = 300
     partial_interval_ms: int = 800
     speculate: bool = True  # transcribe at the first silence, before the turn is confirmed
+    speculate_answer: bool = True  # and answer it (LLM, first clause TTS) behind a gate
     first_clause_words: int = 4
     echo_guard: float = 0.5  # echo likeness above which speech is the assistant's own; 0: off
     # Limits.

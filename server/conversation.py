@@ -73,15 +73,18 @@ class Conversation:
             if part.get("type") in ("output_audio", "audio"):
                 part["transcript"] = heard
 
-    def history(self, instructions: str, max_turns: int) -> list[ChatMessage]:
-        """System prompt plus the last ``max_turns`` user turns with what followed them.
+    def history(self, instructions: str, max_turns: int,
+                pending: ChatMessage | None = None) -> list[ChatMessage]:
+        """System prompt plus the last ``max_turns`` user turns with what followed them,
+        and ``pending`` last: a user message not yet in the conversation (a speculative
+        answer prepares for a turn that has not ended yet).
 
         Only the latest user message that carries images keeps them: older frames are
         stale, and every image costs the backend time and tokens.
         """
         msgs: list[ChatMessage] = []
-        for item in self.items:
-            msg = self._message(item)
+        tail = [pending] if pending is not None else []
+        for msg in [*(self._message(item) for item in self.items), *tail]:
             if msg is None:
                 continue
             if msg.tool_calls and msgs and msgs[-1].role == "assistant":

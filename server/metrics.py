@@ -9,15 +9,19 @@ from dataclasses import dataclass, field
 
 # Marks on a turn's clock, in the order they happen.
 MARKS = ("speech_end", "speech_stopped", "asr_done", "llm_first_token", "first_sentence",
-         "tts_first_audio", "first_audio_sent", "response_done")
-# Stage name -> (from mark, to mark). Their sum from speech_end is voice-to-voice.
+         "tts_first_audio", "released", "first_audio_sent", "response_done")
+# Stage name -> (from mark, to mark). Their sum from speech_end is voice-to-voice. In a
+# speculative turn ASR, LLM and TTS run during the end-of-turn wait: a stage that ended
+# before its predecessor counts 0, and `held` is how long ready audio waited for the turn
+# to be confirmed.
 STAGES = {
     "endpoint": ("speech_end", "speech_stopped"),
     "asr": ("speech_stopped", "asr_done"),
     "llm_first_token": ("asr_done", "llm_first_token"),
     "first_sentence": ("llm_first_token", "first_sentence"),
     "tts_first_audio": ("first_sentence", "tts_first_audio"),
-    "send": ("tts_first_audio", "first_audio_sent"),
+    "held": ("tts_first_audio", "released"),
+    "send": ("released", "first_audio_sent"),
     "voice_to_voice": ("speech_end", "first_audio_sent"),
     "total": ("speech_end", "response_done"),
 }
@@ -40,7 +44,16 @@ class TurnClock:
     def overhead_ms(self) -> float | None:
         """Time on the path to first audio spent outside the models: thread hand-offs,
         queueing, encoding, the socket. Voice-to-voice minus the end-of-turn wait and
-        minus model compute (ASR, LLM to first token and on to the first clause, TTS)."""
+        minus model compute (ASR, LLM to first token and on to the first clause, TTS).
+        In a speculative turn the models ran during the wait: what is left is the time
+        from the later of (turn confirmed, first audio ready) to the audio being sent."""
+        m = self.marks
+        if self.compute_ms.get("speculative"):
+            if not all(k in m for k in ("speech_stopped", "tts_first_audio",
+                                        "first_audio_sent")):
+                return None
+            ready = max(m["speech_stopped"], m["tts_first_audio"])
+            return round((m["first_audio_sent"] - ready) * 1000, 1)
         stages = self.stages_ms()
         needed = ("voice_to_voice", "endpoint", "first_sentence")
         if not all(k in stages for k in needed) or not all(
@@ -54,7 +67,7 @@ class TurnClock:
         out: dict[str, float] = {}
         for stage, (a, b) in STAGES.items():
             if a in self.marks and b in self.marks:
-                out[stage] = round((self.marks[b] - self.marks[a]) * 1000, 1)
+                out[stage] = round(max(0.0, self.marks[b] - self.marks[a]) * 1000, 1)
         return out
 
     def marks_ms(self) -> dict[str, float]:

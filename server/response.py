@@ -87,6 +87,37 @@ class ResponseContext:
     output_format: AudioFormat
     store: Store = field(default_factory=NullStore)
     echo: EchoReference = field(default_factory=EchoReference)
+    gate: Gate | None = None  # a speculative response: `emit` is the gate's
+
+
+class Gate:
+    """Holds a speculative response's events until its turn is confirmed, then lets them
+    through in order. Until then the response computes (LLM, first-clause TTS) but sends
+    nothing and changes nothing: it waits at `opened` before touching the conversation,
+    the store or the metrics. Never opened, it is simply cancelled and dropped."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._held: list[tuple[Json, Callable[[], None] | None]] | None = []
+        self.opened = asyncio.Event()
+
+    async def emit(self, event: Json, on_sent: Callable[[], None] | None = None) -> None:
+        if self._held is None:
+            await self._emit(event, on_sent)
+        else:
+            self._held.append((event, on_sent))
+
+    async def open(self) -> None:
+        # Events emitted while the held ones drain join the end of the list: order is kept.
+        while self._held:
+            event, on_sent = self._held.pop(0)
+            await self._emit(event, on_sent)
+        self._held = None
+        self.opened.set()
+
+    @property
+    def held(self) -> int:
+        return len(self._held or ())
 
 
 class ResponseRun:
@@ -187,8 +218,9 @@ class ResponseRun:
 
     async def _write(self) -> None:
         async def on_text(delta: str) -> None:
-            item = await self._message()
             self.resp.clock.mark("first_sentence")
+            item = await self._message()
+            self.resp.clock.mark("released")
             await self.ctx.emit({"type": "response.output_text.delta", **self.resp.ids(item),
                                  "delta": delta}, lambda: self.resp.clock.mark("first_audio_sent"))
 
@@ -216,7 +248,13 @@ class ResponseRun:
 
     # ------------------------------------------------------------------ output items
 
+    async def _released(self) -> None:
+        """A speculative response waits here until its turn is confirmed."""
+        if self.ctx.gate is not None:
+            await self.ctx.gate.opened.wait()
+
     async def _add_output(self, item: Json) -> None:
+        await self._released()  # the user's item goes into the conversation first
         resp = self.resp
         resp.outputs.append(item)
         if resp.in_conversation:
@@ -294,16 +332,26 @@ class ResponseRun:
                 self.ctx.echo.sent(reference, time.monotonic())
             return sent
 
-        item = await self._message()
-        ids = resp.ids(item)
+        ids: Json = {}
         for text in pieces:
-            spacer = " " if resp.spoken.pieces else ""
-            await self.ctx.emit({"type": "response.output_audio_transcript.delta", **ids,
-                                 "delta": spacer + text})
+            started = False
+
+            async def start(text: str = text) -> Json:
+                # After the first audio is ready: a speculative response synthesizes its
+                # first clause ahead and waits for its turn here, in `_message`.
+                ids = resp.ids(await self._message())
+                resp.clock.mark("released")
+                spacer = " " if resp.spoken.pieces else ""
+                await self.ctx.emit({"type": "response.output_audio_transcript.delta", **ids,
+                                     "delta": spacer + text})
+                return ids
+
             try:
                 async for data, ms, reference in engines.tts_lane.stream(
                         lambda text=text: encoded(text), resp.stop):  # type: ignore[misc]
                     resp.clock.mark("tts_first_audio")
+                    if not started:
+                        ids, started = await start(), True
                     resp.audio_ms += ms
                     await self.ctx.emit({"type": "response.output_audio.delta", **ids,
                                          "delta": data}, on_sent(reference))
@@ -311,11 +359,14 @@ class ResponseRun:
                 raise
             except Exception as exc:
                 raise StageError("tts", f"{type(exc).__name__}: {exc}") from exc
+            if not started:  # nothing to hear (punctuation only): the words still count
+                await start()
             resp.spoken.pieces.append((int(resp.audio_ms), text))
 
     # ------------------------------------------------------------------ the end
 
     async def _finish(self, status: str, details: Json | None) -> None:
+        await self._released()
         resp, emit = self.resp, self.ctx.emit
         done = "completed" if status == "completed" else "incomplete"
         for item in resp.outputs:

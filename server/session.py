@@ -27,8 +27,16 @@ from server.engines import Engines
 from server.errors import LimitError, ProtocolError, VoxwireError
 from server.metrics import TurnClock
 from server.protocol import Json, SessionConfig, TurnDetection
-from server.response import CANNOT_SEE, Response, ResponseContext, ResponseRun
-from server.stages import ChatRequest, Float32, ImageData, ToolSpec, Transcript, VadStream
+from server.response import CANNOT_SEE, Gate, Response, ResponseContext, ResponseRun
+from server.stages import (
+    ChatMessage,
+    ChatRequest,
+    Float32,
+    ImageData,
+    ToolSpec,
+    Transcript,
+    VadStream,
+)
 from server.store import NullStore, Store
 from server.turns import (
     InputBuffer,
@@ -69,22 +77,45 @@ class Outbox:
             yield await self._queue.get()
 
 
+@dataclass(eq=False)
+class EarlyAnswer:
+    """A response computed speculatively for a turn not yet over, held behind its gate."""
+
+    request: ChatRequest
+    modalities: tuple[str, ...]
+    resp: Response
+    gate: Gate
+    adopted: bool = False
+
+    def discard(self) -> None:
+        if self.adopted:
+            return
+        self.resp.stop.set()
+        if self.resp.task is not None:
+            self.resp.task.cancel()  # no cancel_reason: it ends without a word
+
+
+@dataclass
+class Speculation:
+    """Work started at the first silence of a turn, before the turn is known to be over:
+    its transcript, then (when nothing else is going on) the answer itself."""
+
+    start_ms: int
+    end_ms: int
+    item_id: str
+    clock: TurnClock
+    result: asyncio.Future[Transcript]
+    starter: asyncio.Task[None] | None = None
+    answer: EarlyAnswer | None = None
+
+
 @dataclass
 class TranscribeJob:
     item_id: str
     audio: Float32
     clock: TurnClock
     respond: bool
-    early: asyncio.Future[Transcript] | None = None  # started at the first silence
-
-
-@dataclass
-class Speculation:
-    """ASR started at the first silence of a turn, before the turn is known to be over."""
-
-    start_ms: int
-    end_ms: int
-    result: asyncio.Future[Transcript]
+    early: Speculation | None = None  # started at the first silence, same span
 
 
 @dataclass
@@ -127,7 +158,9 @@ class Session:
         self.response: Response | None = None
         self._latest_frame: tuple[ImageData, float] | None = None
         self._speculation: Speculation | None = None
-        self._discarded = 0  # speculative transcripts dropped in the current turn
+        self._discarded = 0  # speculative starts dropped in the current turn
+        self._early: set[EarlyAnswer] = set()  # live ones, to discard at close
+        self._busy = False  # the turn worker is handling a job
         self.echo = EchoReference()
         self._mic_tail: Float32 = np.zeros(0, np.float32)
         self._closed = False
@@ -141,6 +174,9 @@ class Session:
 
     async def close(self) -> None:
         self._closed = True
+        self._drop_speculation()
+        for answer in list(self._early):
+            answer.discard()
         if self.response is not None:
             await self._cancel_response("client_disconnected", wait=True)
         for task in (self._partial, self._worker):
@@ -298,25 +334,89 @@ class Session:
         elif isinstance(event, SpeechPaused) and self.settings.speculate:
             self._speculate(event.audio_end_ms)
         elif isinstance(event, SpeechResumed) and self._speculation is not None:
-            self._speculation, self._discarded = None, self._discarded + 1  # a pause, not the end
+            self._drop_speculation()  # a pause, not the end
+            self._discarded += 1
         elif isinstance(event, SpeechStopped) and self._speech_item is not None:
             await self._end_of_speech(event.audio_end_ms, td.create_response)
 
     def _speculate(self, audio_end_ms: int) -> None:
-        """Transcribe the turn so far now, in case this silence turns out to be its end.
+        """Transcribe the turn so far now, in case this silence turns out to be its end,
+        then start answering it: LLM and first-clause TTS behind a gate.
 
         Nothing is sent and nothing is written until the turn is confirmed; if speech
-        resumes, the result is dropped.
+        resumes, everything speculative is dropped.
         """
+        self._drop_speculation()
         asr = self.engines.asr
         audio = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
-        result = asyncio.ensure_future(self.engines.asr_lane.run(lambda: asr.transcribe(audio)))
+        clock = TurnClock()
+        clock.mark("speech_end", self._wall_time_of(audio_end_ms))
+
+        def transcribe() -> Transcript:
+            started = time.monotonic()
+            out = asr.transcribe(audio)
+            clock.compute_once("asr", started)
+            return out
+
+        result = asyncio.ensure_future(self.engines.asr_lane.run(transcribe))
         result.add_done_callback(lambda f: f.cancelled() or f.exception())  # never unretrieved
-        self._speculation = Speculation(self._utt_start_ms, audio_end_ms, result)
+        spec = Speculation(self._utt_start_ms, audio_end_ms, self._speech_item or "",
+                           clock, result)
+        self._speculation = spec
+        if self._may_answer_early():
+            spec.starter = asyncio.create_task(self._answer_early(spec),
+                                               name=f"{self.id}-early")
+
+    def _may_answer_early(self) -> bool:
+        td = self.cfg.turn_detection
+        return (self.settings.speculate_answer and td is not None and td.create_response
+                and self.response is None and not self._busy and self._jobs.empty())
+
+    async def _answer_early(self, spec: Speculation) -> None:
+        try:
+            result = await spec.result
+        except Exception:
+            return  # the turn's own transcription will report it
+        spec.clock.mark("asr_done")
+        if self._speculation is not spec or not result.text.strip() or self._closed:
+            return
+        if not self._may_answer_early():
+            return
+        frame = self._take_frame(peek=True)
+        pending = ChatMessage("user", result.text, images=(frame,) if frame else ())
+        try:
+            request, notice, modalities = self._prepare({}, None, pending)
+        except VoxwireError:
+            return  # the confirmed turn will raise it again, and say so
+        resp = Response(p.new_id("resp"), modalities, spec.clock, spec.item_id, True)
+        gate = Gate(self.emit)
+        ctx = ResponseContext(self.id, gate.emit, self.conv, self.engines, self.settings,
+                              self.cfg.output_format, self.store, self.echo, gate)
+        resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
+                                        name=f"{resp.id}-early")
+        answer = EarlyAnswer(request, modalities, resp, gate)
+        spec.answer = answer
+        self._early.add(answer)
+        resp.task.add_done_callback(lambda _t: self._early.discard(answer))
+
+    def _drop_speculation(self) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is None:
+            return
+        if spec.starter is not None:
+            spec.starter.cancel()
+        if spec.answer is not None:
+            spec.answer.discard()
 
     async def _end_of_speech(self, audio_end_ms: int, respond: bool) -> None:
         item_id, self._speech_item = self._speech_item or p.new_id("item"), None
-        clock = TurnClock()
+        spec, self._speculation = self._speculation, None
+        if spec is not None and (spec.start_ms, spec.end_ms, spec.item_id) != (
+                self._utt_start_ms, audio_end_ms, item_id):
+            self._speculation = spec
+            self._drop_speculation()
+            spec = None
+        clock = spec.clock if spec is not None else TurnClock()
         clock.mark("speech_end", self._wall_time_of(audio_end_ms))
         clock.mark("speech_stopped")
         await self.emit({"type": "input_audio_buffer.speech_stopped",
@@ -325,12 +425,9 @@ class Session:
             self._partial.cancel()
         utterance = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
         self.buffer.drop_before_ms(audio_end_ms)
-        spec, self._speculation = self._speculation, None
-        early = spec.result if spec is not None and (spec.start_ms, spec.end_ms) == (
-            self._utt_start_ms, audio_end_ms) else None
         clock.compute_ms["speculative_discarded"] = float(self._discarded)
         self._discarded = 0
-        await self._commit(item_id, utterance, clock, respond, None, early)
+        await self._commit(item_id, utterance, clock, respond, None, spec)
 
     async def _enforce_utterance_limit(self) -> None:
         if self._speech_item is None:
@@ -358,8 +455,7 @@ class Session:
         await self._commit(item_id, utterance, clock, False, ev.event_id)
 
     async def _commit(self, item_id: str, utterance: Float32, clock: TurnClock, respond: bool,
-                      event_id: str | None,
-                      early: asyncio.Future[Transcript] | None = None) -> None:
+                      event_id: str | None, early: Speculation | None = None) -> None:
         item: Json = {"id": item_id, "object": "realtime.item", "type": "message",
                       "role": "user", "status": "completed",
                       "content": [{"type": "input_audio", "transcript": None}]}
@@ -372,7 +468,13 @@ class Session:
                          "item_id": item_id})
         await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
                          "item": item})
-        await self._enqueue(TranscribeJob(item_id, utterance, clock, respond, early), event_id)
+        try:
+            await self._enqueue(TranscribeJob(item_id, utterance, clock, respond, early),
+                                event_id)
+        except LimitError:
+            if early is not None and early.answer is not None:
+                early.answer.discard()
+            raise
 
     async def _enqueue(self, job: TranscribeJob | RespondJob, event_id: str | None) -> None:
         try:
@@ -422,6 +524,7 @@ class Session:
     async def _work(self) -> None:
         while True:
             job = await self._jobs.get()
+            self._busy = True
             try:
                 if isinstance(job, TranscribeJob):
                     await self._transcribe(job)
@@ -436,13 +539,17 @@ class Session:
                 log.exception("turn failed")
                 await self.emit(p.error_event("internal error while handling a turn",
                                               code="server_error", kind="server_error"))
+            finally:
+                self._busy = False
+                if isinstance(job, TranscribeJob) and job.early and job.early.answer:
+                    job.early.answer.discard()  # not adopted: no-op if it was
 
     async def _transcribe(self, job: TranscribeJob) -> None:
         asr = self.engines.asr
         started = time.monotonic()
         try:
             if job.early is not None:  # started at the first silence: usually done already
-                result = await job.early
+                result = await job.early.result
                 job.clock.compute_ms["asr_speculative"] = 1.0
             else:
                 result = await self.engines.asr_lane.run(lambda: asr.transcribe(job.audio))
@@ -466,10 +573,12 @@ class Session:
                          "transcript": result.text})
         await self.emit({"type": "conversation.item.done", "item": item})
         if job.respond and result.text.strip():
-            await self._respond({}, job.clock, None, user_item_id=job.item_id)
+            early = job.early.answer if job.early is not None else None
+            await self._respond({}, job.clock, None, user_item_id=job.item_id, early=early)
 
     async def _respond(self, params: Json, clock: TurnClock | None, event_id: str | None,
-                       user_item_id: str | None = None) -> None:
+                       user_item_id: str | None = None,
+                       early: EarlyAnswer | None = None) -> None:
         if self.response is not None:
             if clock is None:  # an explicit response.create
                 raise ProtocolError("a response is already in progress",
@@ -483,6 +592,31 @@ class Session:
         if clock is None:
             clock = TurnClock()
             clock.mark("speech_end")
+        request, notice, modalities = self._prepare(params, event_id)
+        if user_item_id is None:  # response.create: it answers the latest user message
+            user_item_id = next((i["id"] for i in reversed(self.conv.items)
+                                 if i.get("role") == "user"), None)
+        if (early is not None and early.request == request and early.modalities == modalities
+                and early.resp.user_item_id == user_item_id and self.response is None):
+            # The turn is confirmed and nothing changed: release what was prepared.
+            early.adopted = True
+            clock.compute_ms["speculative"] = 1.0
+            self.response = early.resp
+            await early.gate.open()
+            return
+        if early is not None:
+            early.discard()
+        resp = Response(p.new_id("resp"), modalities, clock, user_item_id,
+                        params.get("conversation", "auto") != "none", params.get("metadata"))
+        ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
+                              self.cfg.output_format, self.store, self.echo)
+        self.response = resp
+        resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
+                                        name=resp.id)
+
+    def _prepare(self, params: Json, event_id: str | None, pending: ChatMessage | None = None
+                 ) -> tuple[ChatRequest, str | None, tuple[str, ...]]:
+        """The request a response sends to the responder, from the session and ``params``."""
         modalities = self.cfg.output_modalities
         for key in ("output_modalities", "modalities"):
             if key in params:
@@ -501,22 +635,13 @@ class Session:
         else:
             asked = self.cfg.max_output_tokens
         responder = self.engines.responder
-        history = self.conv.history(instructions, self.settings.history_turns)
+        history = self.conv.history(instructions, self.settings.history_turns, pending)
         tools = self._tool_specs() if responder.can_use_tools else ()
         request = ChatRequest(tuple(history), float(temperature), min(asked or limit, limit),
                               tools, self.cfg.tool_choice)
         sees_images = any(m.images for m in history)
         notice = CANNOT_SEE if sees_images and not responder.can_see else None
-        if user_item_id is None:  # response.create: it answers the latest user message
-            user_item_id = next((i["id"] for i in reversed(self.conv.items)
-                                 if i.get("role") == "user"), None)
-        resp = Response(p.new_id("resp"), modalities, clock, user_item_id,
-                        params.get("conversation", "auto") != "none", params.get("metadata"))
-        ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
-                              self.cfg.output_format, self.store, self.echo)
-        self.response = resp
-        resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
-                                        name=resp.id)
+        return request, notice, modalities
 
     async def _run(self, resp: Response, run: ResponseRun) -> None:
         try:
@@ -580,9 +705,11 @@ class Session:
     async def _frame(self, ev: p.FrameAppend) -> None:
         self._latest_frame = (await self._image(ev.image_url, ev.event_id), time.monotonic())
 
-    def _take_frame(self) -> ImageData | None:
+    def _take_frame(self, *, peek: bool = False) -> ImageData | None:
         """The latest camera frame for a spoken turn, if the session asked and it is fresh."""
-        frame, self._latest_frame = self._latest_frame, None
+        frame = self._latest_frame
+        if not peek:
+            self._latest_frame = None
         if frame is None or not self.cfg.attach_latest_frame:
             return None
         image, at = frame
