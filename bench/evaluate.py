@@ -28,12 +28,31 @@ from typing import Any
 
 import numpy as np
 
-from bench.fixtures import RATE, VOICES, chords, cough, dbfs, joined, peak_dbfs, room_noise
+from bench.fixtures import (
+    RATE,
+    VOICES,
+    chords,
+    cough,
+    dbfs,
+    joined,
+    peak_dbfs,
+    room_noise,
+    trim,
+)
 from bench.fixtures import speak_piper as piper
-from bench.latency import LEAD_MS, TAIL_MS, Fixture, machine, make_fixtures, server
+from bench.latency import (
+    LEAD_MS,
+    QUESTIONS,
+    TAIL_MS,
+    Fixture,
+    machine,
+    make_fixtures,
+    server,
+)
 from client.realtime import Float32, from_pcm16, pcm16, resample, send_audio, silence
+from server.config import Settings
 
-CHECKS = ("wer", "hallucination", "turns", "echo", "vision")
+CHECKS = ("wer", "asr_paths", "hallucination", "turns", "echo", "vision")
 SENTENCES = [
     "Set a timer for fifteen minutes.",
     "Wake me up at seven tomorrow morning.",
@@ -275,6 +294,39 @@ def check_wer(url: str, asr: str) -> dict[str, Any]:
     summary |= {v: wer_scores([i for i in items if i["voice"] == v]) for v in VOICES}
     summary["goal_met"] = summary["overall"]["difference_points"] <= 0.5
     return {"summary": summary, "items": items}
+
+
+def check_asr_paths(asr: str, window_s: float) -> dict[str, Any]:
+    """Whisper's two paths on the same clips, called directly: the padded one (30 s window,
+    faster-whisper's standard) and the short one (the server's default). WER, compute time
+    per clip, and how often the short path fell back to the padded one."""
+    from models import locate
+    from server.stages.asr import WhisperTranscriber
+
+    texts = list(dict.fromkeys(SENTENCES + QUESTIONS))
+    clips = [(v, text, resample(np.concatenate([silence(300, RATE), trim(VOICES[v](text, RATE),
+                                                                         RATE),
+                                                silence(200, RATE)]), RATE, 16000))
+             for v in VOICES for text in texts]
+    path = Path(asr) if Path(asr).is_dir() else locate(asr, "asr")
+    out: dict[str, Any] = {"clips": len(clips), "words": sum(len(normalise(t))
+                                                              for _, t, _ in clips)}
+    for mode in ("padded", "short"):
+        model = WhisperTranscriber(path, mode=mode, device="cpu", threads=2, window_s=window_s)
+        pairs, times, fallbacks = [], [], 0
+        for _voice, text, audio in clips:
+            t0 = time.perf_counter()
+            result = model.transcribe(audio)
+            times.append((time.perf_counter() - t0) * 1000)
+            pairs.append((text, result.text))
+            fallbacks += mode == "short" and result.path == "padded"
+        out[mode] = {"wer": round(wer(pairs) * 100, 2),
+                     "median_ms": round(float(np.median(times)), 1),
+                     "fallbacks": fallbacks, "texts": [h for _, h in pairs]}
+    out["window_s"] = window_s
+    out["difference_points"] = round(out["short"]["wer"] - out["padded"]["wer"], 2)
+    out["goal_met"] = out["difference_points"] <= 0.5
+    return out
 
 
 # ---------------------------------------------------------------------- 2. hallucination
@@ -522,6 +574,17 @@ def render(results: dict[str, Any]) -> str:
                        f"| {v['offline_wer']:.2f} | {v['difference_points']:+.2f} |")
         out.append(f"\nGoal (streaming within 0.5 points of offline): "
                    f"{'met' if s['goal_met'] else 'NOT met'}.")
+    if "asr_paths" in checks:
+        c = checks["asr_paths"]
+        out += ["", f"## Whisper's two paths on the same {c['clips']} clips ({c['words']} words)",
+                "", "| path | WER % | median ms per clip | fell back to padded |",
+                "|---|---|---|---|",
+                f"| padded (30 s window) | {c['padded']['wer']:.2f} | "
+                f"{c['padded']['median_ms']:.0f} | - |",
+                f"| short ({c['window_s']:g} s window) | {c['short']['wer']:.2f} | "
+                f"{c['short']['median_ms']:.0f} | {c['short']['fallbacks']} |",
+                f"\nGoal (short within 0.5 points of padded): "
+                f"{'met' if c['goal_met'] else 'NOT met'} ({c['difference_points']:+.2f})."]
     if "hallucination" in checks:
         c = checks["hallucination"]
         out += ["", "## Hallucination on non-speech", "",
@@ -573,7 +636,9 @@ def http_url(url: str) -> str:
 
 def run_checks(url: str, checks: list[str], asr: str) -> dict[str, Any]:
     runners: dict[str, Callable[[], dict[str, Any]]] = {
-        "wer": lambda: check_wer(url, asr), "hallucination": lambda: check_hallucination(url),
+        "wer": lambda: check_wer(url, asr),
+        "asr_paths": lambda: check_asr_paths(asr, Settings.asr_window_s),
+        "hallucination": lambda: check_hallucination(url),
         "turns": lambda: check_turns(url), "echo": lambda: check_echo(url),
         "vision": lambda: check_vision(url)}
     return {name: runners[name]() for name in checks}

@@ -38,7 +38,8 @@ class Settings:
     log_level: str = "INFO"
     # Models: an embedded name from the manifest, or a path to a local model.
     asr_model: str = "tiny.en"
-    asr_mode: AsrMode = "padded"
+    asr_mode: AsrMode = "short"
+    asr_window_s: float = 15.0  # the short path's mel window; 0: the utterance's own length
     device: Device = "auto"
     asr_threads: int = 2
     llm_backend: Backend = "local"
@@ -99,6 +100,7 @@ class Settings:
         for name, ok in (
             ("port", 0 <= self.port < 65536),
             ("asr_threads", self.asr_threads >= 1),
+            ("asr_window_s", 0.0 <= self.asr_window_s <= 30.0),
             ("llm_threads", self.llm_threads >= 1),
             ("tts_threads", self.tts_threads >= 1),
             ("vad_threshold", 0.0 < self.vad_threshold < 1.0),
