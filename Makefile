@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: setup run test lint typecheck pytest bench models sysdeps lock clean
+.PHONY: setup run test lint typecheck pytest bench bench-peers models sysdeps lock clean
 
 setup: $(STAMP) models
 
@@ -52,6 +52,18 @@ test: setup sysdeps lint typecheck pytest
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# Pipecat beside Voxwire on the same models, client and run (bench/peers). Optional: Pipecat
+# lives in its own venv and is never a dependency of Voxwire.
+PEERS := .venv-peers
+$(PEERS)/.installed: bench/peers/requirements.txt
+	@test -x $(PEERS)/bin/python || $(PY) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --disable-pip-version-check -q -r bench/peers/requirements.txt
+	@! $(PEERS)/bin/pip show torch >/dev/null 2>&1 || (echo "torch must not be installed" && exit 1)
+	@touch $@
+
+bench-peers: setup $(PEERS)/.installed
+	$(BIN)/python -m bench.peers $(PEERS_ARGS)
+
 lock: $(STAMP)
 	@{ echo "# Exact versions of everything Voxwire installs (make setup). Regenerate with: make lock"; \
 	  echo "# llama-cpp-python builds from source once (CMAKE_ARGS=-DGGML_NATIVE=OFF), then pip's cache serves it."; \
@@ -59,4 +71,4 @@ lock: $(STAMP)
 	  echo "llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache

@@ -65,7 +65,10 @@ def make_fixtures(questions: list[str], voice: str = "piper") -> list[Fixture]:
 # ---------------------------------------------------------------------- through the server
 
 
-async def one_turn(url: str, fx: Fixture) -> dict[str, Any]:
+async def one_turn(url: str, fx: Fixture, metrics_event: str = "voxwire.turn.metrics"
+                   ) -> dict[str, Any]:
+    """One spoken question in a fresh session; the turn ends with the server's `metrics_event`
+    (its own stage breakdown: `stages_ms`, `status`)."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(api_key="bench", base_url=f"{url}/v1")
@@ -85,7 +88,7 @@ async def one_turn(url: str, fx: Fixture) -> dict[str, Any]:
                 first_audio = time.monotonic()
             elif ev.type == "conversation.item.input_audio_transcription.completed":
                 transcript = ev.transcript
-            elif ev.type == "voxwire.turn.metrics":
+            elif ev.type == metrics_event:
                 metrics = ev.model_dump()
                 break
         await sender
@@ -95,6 +98,7 @@ async def one_turn(url: str, fx: Fixture) -> dict[str, Any]:
             "client_v2v_ms": round((first_audio - spoken_end) * 1000, 1) if first_audio else None,
             "stages_ms": metrics.get("stages_ms", {}), "compute_ms": metrics.get("compute_ms", {}),
             "overhead_ms": metrics.get("overhead_ms"),
+            "endpoint_ms": round((stopped - spoken_end) * 1000, 1) if stopped else None,
             # How much later than the configured silence the server declared the turn over.
             "endpoint_lag_ms": round((stopped - spoken_end) * 1000 - SILENCE_MS, 1)
             if stopped else None}

@@ -76,6 +76,45 @@ def load_section(load: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def peers_section(peers: dict[str, Any]) -> list[str]:
+    """Voxwire and Pipecat side by side (`make bench-peers`): same machine, models and run."""
+    m, vox, pc = peers["machine"], peers["systems"]["voxwire"], peers["systems"]["pipecat"]
+    lines = ["## Beside Pipecat: same machine, models, client and run", "",
+             f"`make bench-peers` installs Pipecat {peers['peer_versions']['pipecat-ai']} from "
+             "PyPI in its own environment (`.venv-peers`) and wires it to Voxwire's embedded "
+             "models: silero VAD, Whisper `tiny.en` (int8, CPU), SmolLM2-135M through "
+             "llama.cpp's OpenAI-compatible server (Voxwire's LLM threads and context) and "
+             "piper `joe`, with Voxwire's system prompt, temperature 0 and answer length. "
+             "Pipecat keeps its own defaults (VAD stop 0.2 s, Smart Turn v3, Whisper beam 5, "
+             "a full sentence before synthesis); Voxwire keeps its own. The same client (the "
+             "`openai` SDK's realtime client; Pipecat gets a small serializer for the "
+             f"Realtime events) speaks the same {vox['turns']} questions to each, one fresh "
+             "session per question, in the same run. Voice to voice runs from the end of "
+             "speech in the audio sent to the first synthesized audio received.", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}.", "",
+             "| | Voxwire | Pipecat |", "|---|---|---|",
+             f"| turns completed | {vox['completed']}/{vox['turns']} | "
+             f"{pc['completed']}/{pc['turns']} |"]
+    for label, key in (("voice to voice p50 ms", "p50"), ("voice to voice p95 ms", "p95"),
+                       ("voice to voice min ms", "min"), ("voice to voice max ms", "max")):
+        lines.append(f"| {label} | {vox['v2v_ms'][key]:.0f} | {pc['v2v_ms'][key]:.0f} |")
+    lines += [f"| end of speech to end of turn, p50 ms | {vox['turn_end_ms']['p50']:.0f} | "
+              f"{pc['turn_end_ms']['p50']:.0f} |",
+              f"| transcript WER | {vox['wer']:.3f} | {pc['wer']:.3f} |", "",
+              f"Pipecat's median voice to voice is {peers['p50_ratio']:.2f} times Voxwire's.", "",
+              "Each system's own breakdown, p50 ms, on its own clock from its own estimate "
+              "of the end of speech (Voxwire's `stages_ms`; the contributions of Pipecat's "
+              "latency observer). Pipecat's parts add up to its voice to voice; Voxwire's "
+              "overlap the end of turn, as it transcribes and starts answering during that "
+              "wait and releases the answer when the turn is confirmed.", "",
+              "| stage | Voxwire | Pipecat |", "|---|---|---|"]
+    for stage, keys in peers["stage_keys"].items():
+        names = " / ".join(" + ".join(f"`{k}`" for k in keys[s]) for s in ("voxwire", "pipecat"))
+        lines.append(f"| {stage} ({names}) | {vox['stages_ms'][stage]['p50']:.0f} | "
+                     f"{pc['stages_ms'][stage]['p50']:.0f} |")
+    return [*lines, ""]
+
+
 def write(results: Path, docs: Path, eval_markdown: str | None = None) -> Path:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -91,6 +130,9 @@ def write(results: Path, docs: Path, eval_markdown: str | None = None) -> Path:
     if load:
         sessions_plot(load, img / "sessions.png")
         parts += load_section(load)
+    peers = _load(results / "peers.json")
+    if peers:
+        parts += peers_section(peers)
     if eval_markdown:  # one heading level down, under this page's title
         parts += [re.sub(r"^(#+) ", r"#\1 ", eval_markdown, flags=re.M), ""]
     parts += ["## GPU", "", "With an NVIDIA GPU, `voxwire serve --device cuda` (or `make bench "
