@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="voxwire bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--asr", default="tiny.en,base", help="comma-separated Whisper models")
-    ap.add_argument("--asr-mode", default="padded", choices=["padded", "short"])
+    ap.add_argument("--asr-mode", default="short", choices=["padded", "short"])
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--questions", type=int, default=len(QUESTIONS))
     ap.add_argument("--sessions", default="1,2,4,8", help="concurrency levels to sweep")

@@ -373,11 +373,21 @@ def paused_fixture(clips: list[str], gaps_ms: list[int]) -> Fixture:
 
 
 async def paused_item(url: str, fx: Fixture, gaps_ms: list[int]) -> dict[str, Any]:
-    heard = await converse(url, streamed(fx.audio, realtime=True))
+    # Spoken answers: the server prepares them speculatively in every pause; none of that
+    # may reach the client before the turn really ends.
+    heard = await converse(url, streamed(fx.audio, realtime=True),
+                           session={"output_modalities": ["audio"]})
     stopped = heard.count("input_audio_buffer.speech_stopped")
+    names = [e["type"] for _, e in heard.events]
+    end = max((i for i, n in enumerate(names) if n == "input_audio_buffer.speech_stopped"),
+              default=len(names))
+    early = [n for n in names[:end] if n.startswith("response.")]
     return {"text": fx.text, "pauses_ms": gaps_ms, "speech_stopped": stopped,
             "turns": heard.count("input_audio_buffer.committed"),
             "false_turn_ends": max(0, stopped - 1), "transcripts": heard.transcripts(),
+            "early_response_events": len(early),
+            "early_audio_deltas": early.count("response.output_audio.delta"),
+            "answered": heard.count("response.output_audio.delta") > 0,
             "settled": heard.settled, "errors": heard.errors()}
 
 
@@ -393,7 +403,11 @@ def check_turns(url: str) -> dict[str, Any]:
                         "one_turn": sum(i["speech_stopped"] == 1 for i in items),
                         "false_turn_ends": false_ends,
                         "missed": sum(i["speech_stopped"] == 0 for i in items),
-                        "goal_met": all(i["speech_stopped"] == 1 for i in items)},
+                        "early_response_events": sum(i["early_response_events"] for i in items),
+                        "early_audio_deltas": sum(i["early_audio_deltas"] for i in items),
+                        "answered": sum(i["answered"] for i in items),
+                        "goal_met": all(i["speech_stopped"] == 1 and not i["early_response_events"]
+                                        for i in items)},
             "items": items}
 
 
@@ -604,7 +618,10 @@ def render(results: dict[str, Any]) -> str:
                 f"| {i['false_turn_ends']} |" for i in c["items"]]
         s = c["summary"]
         out.append(f"\n{s['one_turn']}/{s['utterances']} utterances were one turn; "
-                   f"{s['false_turn_ends']} false turn ends, {s['missed']} missed.")
+                   f"{s['false_turn_ends']} false turn ends, {s['missed']} missed; "
+                   f"{s['answered']} answered aloud; response events before the turn ended "
+                   f"(speculative work leaking out): {s['early_response_events']}, of them "
+                   f"audio deltas: {s['early_audio_deltas']}.")
     if "echo" in checks:
         c = checks["echo"]
         out += ["", f"## Echo: the answer played back at {ECHO_GAIN_DB:g} dB, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-STACK = ["endpoint", "asr", "llm_first_token", "first_sentence", "tts_first_audio", "send"]
+STACK = ["endpoint", "asr", "llm_first_token", "first_sentence", "tts_first_audio", "held",
+         "send"]
 
 
 def stage_bars(latency: dict[str, Any], out: Path) -> Path:
@@ -20,7 +22,7 @@ def stage_bars(latency: dict[str, Any], out: Path) -> Path:
     names = list(runs)
     left = [0.0] * len(names)
     for stage in STACK:
-        widths = [runs[n]["stages_ms"][stage]["p50"] for n in names]
+        widths = [_ms(runs[n]["stages_ms"].get(stage, {}).get("p50")) for n in names]
         ax.barh(names, widths, left=left, label=stage)
         left = [a + b for a, b in zip(left, widths, strict=True)]
     for i, n in enumerate(names):
@@ -54,3 +56,8 @@ def sessions_plot(load: dict[str, Any], out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _ms(value: float | None) -> float:
+    """A stage's p50, or 0 where no turn had that stage (NaN or missing)."""
+    return 0.0 if value is None or math.isnan(value) else value

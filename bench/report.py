@@ -9,8 +9,8 @@ from typing import Any
 
 from bench.plots import sessions_plot, stage_bars
 
-STAGES = ["endpoint", "asr", "llm_first_token", "first_sentence", "tts_first_audio", "send",
-          "voice_to_voice", "client_voice_to_voice"]
+STAGES = ["endpoint", "asr", "llm_first_token", "first_sentence", "tts_first_audio", "held",
+          "send", "voice_to_voice", "client_voice_to_voice"]
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -30,6 +30,9 @@ def latency_section(lat: dict[str, Any]) -> list[str]:
     for stage in STAGES:
         cells = []
         for n in names:
+            if stage not in lat["runs"][n]["stages_ms"]:
+                cells.append(" | | ")
+                continue
             v = lat["runs"][n]["stages_ms"][stage]
             alone = lat["runs"][n]["direct_compute_ms"].get(stage)
             cells.append(f"{v['p50']:.0f} | {v['p95']:.0f} | "
@@ -39,12 +42,17 @@ def latency_section(lat: dict[str, Any]) -> list[str]:
     for n in names:
         r = lat["runs"][n]
         beyond = r["beyond_alone_ms"]
-        why = (" (negative: the transcription ran during the end-of-turn wait, speculatively)"
-               if beyond < 0 else "")
+        why = (" (negative: transcription, LLM and first-clause TTS ran during the end-of-turn "
+               "wait, speculatively)" if beyond < 0 else "")
         lines.append(f"- {n}: {r['completed']}/{r['turns']} turns completed; end of turn to "
                      f"first audio beyond the models alone: {beyond:.0f} ms{why}; "
                      f"of it outside any model call: p50 {r['server_overhead_ms']:.1f} ms, "
                      f"p95 {r['server_overhead_p95_ms']:.1f} ms.")
+        alone = r["direct_compute_ms"]
+        if "llm_ttft_cold" in alone:
+            lines.append(f"- {n}: LLM time to first token alone, median: "
+                         f"{alone['llm_ttft_cold']:.0f} ms cold (llama.cpp's cache empty), "
+                         f"{alone['llm_ttft_warm']:.0f} ms warm (system prompt cached).")
     return [*lines, ""]
 
 

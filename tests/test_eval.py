@@ -95,6 +95,15 @@ async def test_one_sentence_streamed_and_offline(server_url: str, sentence: Fixt
     assert ev.normalise(offline[0]) == ev.normalise(SENTENCE)
 
 
+async def test_a_paused_sentence_is_one_turn_and_nothing_leaks_before_its_end(
+        server_url: str) -> None:
+    clips, gaps = ev.PAUSED[0]
+    item = await ev.paused_item(server_url, ev.paused_fixture(clips, gaps), gaps)
+    assert item["settled"] and not item["errors"]
+    assert (item["speech_stopped"], item["turns"]) == (1, 1)
+    assert item["early_response_events"] == 0 and item["answered"]
+
+
 async def test_non_speech_counting(server_url: str, hello: Float32) -> None:
     quiet = await ev.listen_item(server_url, "silence", silence(1000, RATE))
     assert (quiet["speech_started"], quiet["turns"], quiet["transcripts"], quiet["responses"]) \
