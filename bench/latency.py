@@ -40,7 +40,12 @@ QUESTIONS = [
     "Tell me something interesting about the moon.",
     "Turn on the kitchen lights please.",
     "How do I make a cup of tea?",
+    "What time is it in Tokyo right now?",
+    "Can you recommend a good book to read?",
+    "Remind me to call my mother tomorrow.",
+    "Why is the sky blue?",
 ]
+VOICE_ORDER = ("piper", "espeak")  # every question in each voice: 24 turns
 SILENCE_MS = 500  # the server's default end-of-turn silence
 LEAD_MS, TAIL_MS = 400, 1500
 
@@ -192,10 +197,36 @@ def direct(fixtures: list[Fixture], asr_model: str, asr_mode: str, device: str
                 out.append({"asr": (t1 - t0) * 1000,
                             "llm_first_token": ((first_token or t3) - t1) * 1000,
                             "first_sentence": (first_piece - (first_token or t3)) * 1000,
-                            "tts_first_audio": (t4 - t3) * 1000})
+                            "tts_first_audio": (t4 - t3) * 1000,
+                            # After the turn: its time to first token with llama.cpp's
+                            # cache emptied, and holding the system prompt only.
+                            "llm_ttft_cold": first_token_ms(eng.llm, settings, fx.text, True),
+                            "llm_ttft_warm": first_token_ms(eng.llm, settings, fx.text, False)})
     finally:
         eng.close()
     return out
+
+
+def first_token_ms(llm: Any, settings: Any, question: str, cold: bool) -> float:
+    """Time to the first token of an answer to `question` after the system prompt, with
+    llama.cpp's prefix cache emptied first (cold) or holding the system prompt (warm)."""
+    from server.stages import ChatMessage
+
+    if cold:
+        llm.llm.reset()
+    else:  # put the system prompt (and nothing of this question) in the cache first
+        list(llm.stream([ChatMessage("system", settings.instructions),
+                         ChatMessage("user", "Hello.")], temperature=0.0, max_tokens=1,
+                        stop=threading.Event()))
+    t0 = time.perf_counter()
+    stream = llm.stream([ChatMessage("system", settings.instructions),
+                         ChatMessage("user", question)], temperature=0.0, max_tokens=2,
+                        stop=threading.Event())
+    next(iter(stream), None)
+    ms = (time.perf_counter() - t0) * 1000
+    for _ in stream:
+        pass
+    return ms
 
 
 # ---------------------------------------------------------------------- report
@@ -206,8 +237,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summarize(turns: list[dict[str, Any]], alone: list[dict[str, float]]) -> dict[str, Any]:
-    stages = ["endpoint", "asr", "llm_first_token", "first_sentence", "tts_first_audio", "send",
-              "voice_to_voice"]
+    stages = ["endpoint", "asr", "llm_first_token", "first_sentence", "tts_first_audio", "held",
+              "send", "voice_to_voice"]
     table: dict[str, Any] = {}
     for stage in stages:
         vals = [t["stages_ms"][stage] for t in turns if stage in t["stages_ms"]]
@@ -219,7 +250,9 @@ def summarize(turns: list[dict[str, Any]], alone: list[dict[str, float]]) -> dic
     # Time after the end of turn that the server spends beyond the models called alone:
     after_turn = [t["stages_ms"]["voice_to_voice"] - t["stages_ms"]["endpoint"] for t in turns
                   if "voice_to_voice" in t["stages_ms"]]
-    beyond_alone = statistics.median(after_turn) - sum(compute.values()) if compute else None
+    chain = ("asr", "llm_first_token", "first_sentence", "tts_first_audio")
+    beyond_alone = (statistics.median(after_turn) - sum(compute[k] for k in chain)
+                    if compute else None)
     # ... of which the server's own software (hand-offs, queues, encoding, socket) is:
     own = [t["overhead_ms"] for t in turns if t.get("overhead_ms") is not None]
     return {"stages_ms": table, "direct_compute_ms": compute,
@@ -263,9 +296,10 @@ def render(results: dict[str, Any]) -> str:
 
 def run(asr_models: list[str], asr_mode: str, device: str, questions: int, port: int,
         url: str | None, out: Path) -> dict[str, Any]:
-    fixtures = make_fixtures(QUESTIONS[:questions])
+    fixtures = [fx for voice in VOICE_ORDER for fx in make_fixtures(QUESTIONS[:questions], voice)]
     results: dict[str, Any] = {"machine": machine(), "settings": {
-        "asr_mode": asr_mode, "device": device, "questions": len(fixtures),
+        "asr_mode": asr_mode, "device": device, "questions": questions,
+        "turns": len(fixtures), "voices": list(VOICE_ORDER),
         "pacing": "real time, 40 ms chunks, one fresh session per question"}, "runs": {}}
     for model in asr_models:
         args = ["--asr-model", model, "--asr-mode", asr_mode, "--device", device,
