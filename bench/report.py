@@ -108,8 +108,17 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
         lines.append(f"| {label} | {vox['v2v_ms'][key]:.0f} | {pc['v2v_ms'][key]:.0f} |")
     lines += [f"| end of speech to end of turn, p50 ms | {vox['turn_end_ms']['p50']:.0f} | "
               f"{pc['turn_end_ms']['p50']:.0f} |",
+              f"| turns ended more than 2 s after the speech | {vox['late_turn_ends']} | "
+              f"{pc['late_turn_ends']} |",
               f"| transcript WER | {vox['wer']:.3f} | {pc['wer']:.3f} |", "",
-              f"Pipecat's median voice to voice is {peers['p50_ratio']:.2f} times Voxwire's.", "",
+              f"Pipecat's median voice to voice is {peers['p50_ratio']:.2f} times Voxwire's."]
+    held = [t for t in pc["raw"] if t["stages_ms"].get("turn_detection", 0) > 1000]
+    if held:
+        voices = ", ".join(sorted({t.get("voice", "?") for t in held}))
+        lines.append(f"In {len(held)} of Pipecat's turns (voices: {voices}) Smart Turn judged "
+                     "the speech unfinished, and Pipecat waited out its user-turn stop timeout "
+                     "(5 s by default): `turn_detection` below.")
+    lines += ["",
               "Each system's own breakdown, p50 ms, on its own clock from its own estimate "
               "of the end of speech (Voxwire's `stages_ms`; the contributions of Pipecat's "
               "latency observer). Pipecat's parts add up to its voice to voice; Voxwire's "

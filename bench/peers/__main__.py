@@ -39,6 +39,7 @@ PEERS_PYTHON = Path(__file__).resolve().parents[2] / ".venv-peers/bin/python"
 SERVER = Path(__file__).with_name("pipecat_server.py")
 PEER_PACKAGES = ("pipecat-ai", "faster-whisper", "ctranslate2", "piper-tts", "onnxruntime")
 TURN_TIMEOUT_S = 90.0
+LATE_TURN_END_MS = 2000.0  # a turn declared over this long after the speech ended
 # Each system's own stages, mapped onto one timeline. Pipecat's add up to its voice to voice;
 # Voxwire's overlap the end of turn when it transcribes and answers during that wait.
 STAGES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -56,10 +57,15 @@ STAGES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def fixtures_for(turns: int, voices: list[str]) -> list[Fixture]:
+def fixtures_for(turns: int, voices: list[str]) -> list[tuple[str, Fixture]]:
     """All questions in each voice, in turn, until there are `turns` of them."""
-    pool = [fx for voice in voices for fx in make_fixtures(QUESTIONS, voice)]
+    pool = [(voice, fx) for voice in voices for fx in make_fixtures(QUESTIONS, voice)]
     return [pool[i % len(pool)] for i in range(turns)]
+
+
+def run(url: str, spoken: list[tuple[str, Fixture]], metrics_event: str) -> list[dict[str, Any]]:
+    turns = asyncio.run(measure(url, [fx for _, fx in spoken], metrics_event))
+    return [{**turn, "voice": voice} for (voice, _), turn in zip(spoken, turns, strict=True)]
 
 
 async def measure(url: str, fixtures: list[Fixture], metrics_event: str) -> list[dict[str, Any]]:
@@ -90,6 +96,7 @@ def summarize(system: str, turns: list[dict[str, Any]]) -> dict[str, Any]:
             "v2v_ms": {"p50": pct(v2v, 50), "p95": pct(v2v, 95), "min": min(v2v, default=0),
                        "max": max(v2v, default=0)},
             "turn_end_ms": {"p50": pct(endpoint, 50), "p95": pct(endpoint, 95)},
+            "late_turn_ends": sum(e > LATE_TURN_END_MS for e in endpoint),
             "wer": wer([(t["question"], t["transcript"]) for t in turns]),
             "stages_ms": stages, "raw": turns}
 
@@ -151,15 +158,17 @@ def peer_versions() -> dict[str, str]:
 
 def render(res: dict[str, Any]) -> str:
     vox, pc = res["systems"]["voxwire"], res["systems"]["pipecat"]
-    lines = [f"{'':32} {'Voxwire':>10} {'Pipecat':>10}",
-             f"{'turns completed':32} {vox['completed']:>7}/{vox['turns']:<2} "
-             f"{pc['completed']:>7}/{pc['turns']:<2}"]
+    lines = [f"{'':40} {'Voxwire':>10} {'Pipecat':>10}",
+             f"{'turns completed':40} {vox['completed']:>7}/{vox['turns']:<2} "
+             f"{pc['completed']:>7}/{pc['turns']:<2}",
+             f"{'turns ended > 2 s after the speech':40} {vox['late_turn_ends']:10} "
+             f"{pc['late_turn_ends']:10}"]
     for label, key in (("voice to voice p50 ms", "p50"), ("voice to voice p95 ms", "p95")):
-        lines.append(f"{label:32} {vox['v2v_ms'][key]:10.0f} {pc['v2v_ms'][key]:10.0f}")
+        lines.append(f"{label:40} {vox['v2v_ms'][key]:10.0f} {pc['v2v_ms'][key]:10.0f}")
     for stage in STAGES:
-        lines.append(f"{stage + ' p50 ms':32} {vox['stages_ms'][stage]['p50']:10.0f} "
+        lines.append(f"{stage + ' p50 ms':40} {vox['stages_ms'][stage]['p50']:10.0f} "
                      f"{pc['stages_ms'][stage]['p50']:10.0f}")
-    lines.append(f"{'transcript WER':32} {vox['wer']:10.3f} {pc['wer']:10.3f}")
+    lines.append(f"{'transcript WER':40} {vox['wer']:10.3f} {pc['wer']:10.3f}")
     lines.append(f"Pipecat's p50 / Voxwire's: {res['p50_ratio']:.2f}")
     return "\n".join(lines)
 
@@ -175,22 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=Path("bench/results"))
     ap.add_argument("--docs", type=Path, default=Path("docs"))
     args = ap.parse_args(argv)
-    fixtures = fixtures_for(args.turns, args.voices.split(","))
+    spoken = fixtures_for(args.turns, args.voices.split(","))
     res: dict[str, Any] = {"machine": machine(), "peer_versions": peer_versions(), "settings": {
-        "asr_model": args.asr, "turns": len(fixtures), "voices": args.voices,
+        "asr_model": args.asr, "turns": len(spoken), "voices": args.voices,
         "pacing": "real time, 40 ms chunks, one fresh session per question, one warm-up turn",
         "voxwire": "default settings", "pipecat": "its defaults (VAD stop 0.2 s, Smart Turn "
         "v3, Whisper beam 5); llama.cpp server with Voxwire's LLM threads and context"},
         "stage_keys": STAGES, "systems": {}}
-    print(f"Voxwire, {len(fixtures)} turns", flush=True)
+    print(f"Voxwire, {len(spoken)} turns", flush=True)
     with server_process(args.port, ["--asr-model", args.asr, "--log-level", "WARNING"]) as (
             url, _):
-        vox = asyncio.run(measure(url, fixtures, "voxwire.turn.metrics"))
+        vox = run(url, spoken, "voxwire.turn.metrics")
     res["systems"]["voxwire"] = summarize("voxwire", vox)
-    print(f"Pipecat, {len(fixtures)} turns", flush=True)
+    print(f"Pipecat, {len(spoken)} turns", flush=True)
     with tempfile.TemporaryDirectory() as logs, pipecat(
             args.port + 1, args.port + 2, args.asr, Path(logs)) as url:
-        pc = asyncio.run(measure(url, fixtures, "pipecat.turn.metrics"))
+        pc = run(url, spoken, "pipecat.turn.metrics")
     res["systems"]["pipecat"] = summarize("pipecat", pc)
     res["p50_ratio"] = (res["systems"]["pipecat"]["v2v_ms"]["p50"]
                         / res["systems"]["voxwire"]["v2v_ms"]["p50"])
