@@ -31,7 +31,7 @@ from server.config import Settings
 from server.engines import Engines
 from server.errors import LimitError, ProtocolError
 from server.session import Session
-from server.store import SQLiteStore, Store, open_store
+from server.store import SqlStore, Store, open_store
 
 log = logging.getLogger(__name__)
 REALTIME_PATH = "/v1/realtime"
@@ -250,7 +250,7 @@ class App:
                   f"ws://{host}:{port}{REALTIME_PATH})", flush=True)
             if self.engines is None:
                 await self.load()
-            if isinstance(self.store, SQLiteStore) and self.settings.retention_days > 0:
+            if isinstance(self.store, SqlStore) and self.settings.retention_days > 0:
                 gone = await self.store.expire(self.settings.retention_days)
                 log.info("history: %d sessions older than %g days deleted", gone,
                          self.settings.retention_days)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
+from pathlib import Path
+from typing import Any
 
 from server import config
 from server.errors import VoxwireError
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                          "$VOXWIRE_STORE")
     history.add_argument("--session", default=None, help="export this session's turns")
     history.add_argument("--all", action="store_true", help="export every session's turns")
+    history.add_argument("--audio", default=None, metavar="DIR", help="with --session or --all: "
+                         "write recordings as DIR/<session>/<response_id>-<role>.wav")
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("bench", "eval"):  # they own their flags
         if argv[0] == "bench":
@@ -77,15 +82,16 @@ def show_history(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from server.store import SQLiteStore, open_store
+    from server.errors import StoreError
+    from server.store import NullStore, open_store
 
     url = args.store or os.environ.get("VOXWIRE_STORE") or config.Settings.store
-    store = open_store(url)
-    if not isinstance(store, SQLiteStore):
+    store = open_store(url, create=False)
+    if isinstance(store, NullStore):
         print("voxwire history: no store configured (--store none)", file=sys.stderr)
         return 2
-    if not store.path.is_file():
-        print(f"voxwire history: no history at {store.path}", file=sys.stderr)
+    if args.audio and not (args.session or args.all):
+        print("voxwire history: --audio needs --session ID or --all", file=sys.stderr)
         return 2
     try:
         sessions = store.sessions()
@@ -95,12 +101,36 @@ def show_history(args: argparse.Namespace) -> int:
                 print(f"voxwire history: no session {args.session!r}", file=sys.stderr)
                 return 2
             out = [{**s, "turns": store.turns(s["id"])} for s in wanted]
+            if args.audio:
+                for session in out:
+                    export_audio(store.audio(session["id"]), session,
+                                 Path(args.audio) / safe_name(session["id"]))
         else:
             out = sessions
         print(json.dumps(out, indent=2))
         return 0
+    except (StoreError, OSError) as exc:
+        print(f"voxwire history: {exc}", file=sys.stderr)
+        return 2
     finally:
         store.close()
+
+
+def export_audio(recordings: list[tuple[str, str, bytes]], session: dict[str, Any],
+                 folder: Path) -> None:
+    """Write each recording as a WAV file and name it in the session's exported turns."""
+    listed = {(t["response_id"], r["role"]): r for t in session["turns"] for r in t["recordings"]}
+    for response_id, role, wav in recordings:
+        name = f"{safe_name(response_id)}-{role}.wav"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(wav)
+        if (response_id, role) in listed:  # else recorded after the turns were read
+            listed[response_id, role]["file"] = str(folder / name)
+
+
+def safe_name(name: str) -> str:
+    """An id as a file name: nothing but letters, digits, '-', '_' and '.' (no '..')."""
+    return re.sub(r"[^A-Za-z0-9_.-]|^\.+", "_", name) or "_"
 
 
 if __name__ == "__main__":

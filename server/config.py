@@ -82,7 +82,9 @@ class Settings:
     send_queue: int = 512
     first_token_timeout_s: float = 20.0
     shutdown_grace_s: float = 5.0
-    store: str = "sqlite:///~/.local/share/voxwire/history.db"  # or "none"
+    # sqlite:///path.db, postgresql://user:pass@host/db or "none" (repr hides a password)
+    store: str = field(default="sqlite:///~/.local/share/voxwire/history.db", repr=False)
+    record: bool = False  # also keep each turn's audio (user and assistant) in the store
     retention_days: float = 0.0  # 0 keeps history forever
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000

@@ -10,6 +10,7 @@ __all__ = [
     "ModelError",
     "ProtocolError",
     "StageError",
+    "StoreError",
     "VoxwireError",
 ]
 
@@ -67,3 +68,9 @@ class BackendError(StageError):
     def __init__(self, message: str, *, code: str = "llm_failed") -> None:
         super().__init__("llm", message)
         self.code = code
+
+
+class StoreError(VoxwireError):
+    """The history store failed to read or write (a database error, an unreachable server)."""
+
+    code = "store_failed"

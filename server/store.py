@@ -1,28 +1,46 @@
 """Conversation history: every finished turn, stored before its `response.done` is sent.
 
-SQLite by default (WAL mode: a committed turn survives the process being killed). All
-database work runs in one worker thread; the event loop only awaits it.
+SQLite by default (WAL mode: a committed turn survives the process being killed), or
+PostgreSQL (`--store postgresql://user:pass@host/db`). Writes run in the store's own worker
+thread; the event loop only awaits them. Audio is kept only with `--record`: one WAV per
+turn and role, written in the turn's transaction.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
+import wave
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from server.errors import ConfigError
+from server.errors import ConfigError, StoreError
 from server.lanes import Lane
 
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Row = dict[str, Any]
+Statement = tuple[str, Sequence[Any]]
+
+# One schema for both databases; only the column types differ.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     model TEXT NOT NULL,
     dialect TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL
+    started_at {real} NOT NULL,
+    ended_at {real}
 );
 CREATE TABLE IF NOT EXISTS turns (
     response_id TEXT PRIMARY KEY,
@@ -31,14 +49,25 @@ CREATE TABLE IF NOT EXISTS turns (
     user_text TEXT NOT NULL,
     assistant_text TEXT NOT NULL,
     status TEXT NOT NULL,
-    interrupted INTEGER NOT NULL,
+    interrupted {bool} NOT NULL,
     backend TEXT NOT NULL,
-    metrics TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL NOT NULL
+    metrics {json} NOT NULL,
+    started_at {real} NOT NULL,
+    finished_at {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS turns_by_session ON turns(session_id, finished_at);
+CREATE TABLE IF NOT EXISTS recordings (
+    response_id TEXT NOT NULL REFERENCES turns(response_id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    sample_rate INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    wav {blob} NOT NULL,
+    PRIMARY KEY (response_id, role)
+);
 """
+SQLITE_TYPES = {"real": "REAL", "bool": "INTEGER", "json": "TEXT", "blob": "BLOB"}
+POSTGRES_TYPES = {"real": "DOUBLE PRECISION", "bool": "BOOLEAN", "json": "JSONB",
+                  "blob": "BYTEA"}
 
 
 @dataclass(frozen=True)
@@ -56,12 +85,34 @@ class Turn:
     finished_at: float
 
 
+@dataclass(frozen=True)
+class Recording:
+    role: str  # "user" or "assistant"
+    sample_rate: int
+    pcm16: bytes  # mono little-endian int16
+
+    def __post_init__(self) -> None:
+        if self.role not in ("user", "assistant"):
+            raise StoreError(f"a recording's role is user or assistant, not {self.role!r}")
+        if self.sample_rate <= 0 or len(self.pcm16) % 2:
+            raise StoreError("a recording is mono int16 samples at a positive sample rate")
+
+    def wav(self) -> bytes:
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(self.sample_rate)
+            w.writeframes(self.pcm16)
+        return out.getvalue()
+
+
 class Store(Protocol):
     async def open_session(self, session_id: str, model: str, dialect: str) -> None: ...
 
     async def close_session(self, session_id: str) -> None: ...
 
-    async def record(self, turn: Turn) -> None: ...
+    async def record(self, turn: Turn, recordings: Sequence[Recording] = ()) -> None: ...
 
     def close(self) -> None: ...
 
@@ -75,95 +126,265 @@ class NullStore:
     async def close_session(self, session_id: str) -> None:
         return None
 
-    async def record(self, turn: Turn) -> None:
+    async def record(self, turn: Turn, recordings: Sequence[Recording] = ()) -> None:
         return None
 
     def close(self) -> None:
         return None
 
 
-class SQLiteStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lane = Lane("store")
-        self._db: sqlite3.Connection | None = None
+_COLUMNS = [f.name for f in fields(Turn)]
+_ADD_SESSION = ("INSERT INTO sessions (id, model, dialect, started_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (id) DO NOTHING")
+_END_SESSION = "UPDATE sessions SET ended_at = %s WHERE id = %s"
+_ADD_TURN = (f"INSERT INTO turns ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * 11)}) "
+             "ON CONFLICT (response_id) DO UPDATE SET "
+             + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:]))
+_ADD_RECORDING = ("INSERT INTO recordings (response_id, role, sample_rate, samples, wav) "
+                  "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (response_id, role) DO UPDATE SET "
+                  "sample_rate = excluded.sample_rate, samples = excluded.samples, "
+                  "wav = excluded.wav")
+_SESSIONS = ("SELECT s.id, s.model, s.dialect, s.started_at, s.ended_at, "
+             "COUNT(t.response_id) AS turns FROM sessions s "
+             "LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id ORDER BY s.started_at")
+_TURNS = f"SELECT {', '.join(_COLUMNS)} FROM turns WHERE session_id = %s ORDER BY finished_at"
+_OF_SESSION = "FROM recordings r JOIN turns t ON t.response_id = r.response_id " \
+              "WHERE t.session_id = %s ORDER BY t.finished_at, r.role DESC"  # user first
+_RECORDINGS = f"SELECT r.response_id, r.role, r.sample_rate, r.samples {_OF_SESSION}"
+_AUDIO = f"SELECT r.response_id, r.role, r.wav {_OF_SESSION}"
+_PURGE = "DELETE FROM sessions WHERE COALESCE(ended_at, started_at) < %s"
 
-    def _conn(self) -> sqlite3.Connection:
-        """The connection, opened in (and only used from) the store's own thread."""
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
-            db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(SCHEMA)
-            self._db = db
-        return self._db
+
+class SqlStore:
+    """What SQLite and PostgreSQL share: the tables, the queries and the worker thread.
+
+    Writes run in the worker thread, one transaction each, committed before they return.
+    Reads (`voxwire history`, tests) and `purge` run in the caller's thread.
+    """
+
+    def __init__(self) -> None:
+        self._lane = Lane("store")
+
+    # Where the two databases differ.
+
+    def _write(self, statements: Sequence[Statement]) -> int:
+        """Run ``statements`` in one committed transaction; the last one's row count."""
+        raise NotImplementedError
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        raise NotImplementedError
+
+    def _json(self, value: Any) -> Any:
+        """A JSON value as a query parameter."""
+        return json.dumps(value)
+
+    def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    # Writing, per session and per turn.
 
     async def open_session(self, session_id: str, model: str, dialect: str) -> None:
-        await self._lane.run(lambda: self._conn().execute(
-            "INSERT OR IGNORE INTO sessions (id, model, dialect, started_at) VALUES (?,?,?,?)",
-            (session_id, model, dialect, time.time())))
+        await self._lane.run(lambda: self._write(
+            [(_ADD_SESSION, (session_id, model, dialect, time.time()))]))
 
     async def close_session(self, session_id: str) -> None:
-        await self._lane.run(lambda: self._conn().execute(
-            "UPDATE sessions SET ended_at=? WHERE id=?", (time.time(), session_id)))
+        await self._lane.run(lambda: self._write([(_END_SESSION, (time.time(), session_id))]))
 
-    async def record(self, turn: Turn) -> None:
-        row = asdict(turn)
-        row["metrics"] = json.dumps(turn.metrics)
-        row["interrupted"] = int(turn.interrupted)
-        await self._lane.run(lambda: self._conn().execute(
-            "INSERT OR REPLACE INTO turns (response_id, session_id, user_item_id, user_text, "
-            "assistant_text, status, interrupted, backend, metrics, started_at, finished_at) "
-            "VALUES (:response_id, :session_id, :user_item_id, :user_text, :assistant_text, "
-            ":status, :interrupted, :backend, :metrics, :started_at, :finished_at)", row))
+    async def record(self, turn: Turn, recordings: Sequence[Recording] = ()) -> None:
+        def statements() -> list[Statement]:
+            row = list(astuple(turn))
+            row[_COLUMNS.index("metrics")] = self._json(turn.metrics)
+            return [(_ADD_TURN, row)] + [
+                (_ADD_RECORDING, (turn.response_id, r.role, r.sample_rate, len(r.pcm16) // 2,
+                                  r.wav())) for r in recordings]
 
-    # Reading and housekeeping: used by `voxwire history` and at start-up, not per turn.
+        await self._lane.run(lambda: self._write(statements()))
 
-    def sessions(self) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
-            "SELECT s.id, s.model, s.dialect, s.started_at, s.ended_at, COUNT(t.response_id) "
-            "FROM sessions s LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id "
-            "ORDER BY s.started_at").fetchall()
-        keys = ("id", "model", "dialect", "started_at", "ended_at", "turns")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+    # Reading and housekeeping: `voxwire history`, and expiry at start-up.
 
-    def turns(self, session_id: str) -> list[dict[str, Any]]:
-        cur = self._conn().execute(
-            "SELECT * FROM turns WHERE session_id=? ORDER BY finished_at", (session_id,))
-        names = [d[0] for d in cur.description]
-        out = []
-        for r in cur.fetchall():
-            row = dict(zip(names, r, strict=True))
-            row["metrics"] = json.loads(row["metrics"])
+    def sessions(self) -> list[Row]:
+        return self._read(_SESSIONS)
+
+    def turns(self, session_id: str) -> list[Row]:
+        """The session's turns, each listing its recordings (without their audio)."""
+        kept: dict[str, list[Row]] = {}
+        for r in self._read(_RECORDINGS, (session_id,)):
+            kept.setdefault(r["response_id"], []).append({
+                "role": r["role"], "sample_rate": r["sample_rate"],
+                "duration_s": round(r["samples"] / r["sample_rate"], 3)})
+        out = self._read(_TURNS, (session_id,))
+        for row in out:
+            if isinstance(row["metrics"], str):
+                row["metrics"] = json.loads(row["metrics"])
             row["interrupted"] = bool(row["interrupted"])
-            out.append(row)
+            row["recordings"] = kept.get(row["response_id"], [])
         return out
+
+    def audio(self, session_id: str) -> list[tuple[str, str, bytes]]:
+        """(response_id, role, WAV bytes) of each recording of the session."""
+        return [(r["response_id"], r["role"], bytes(r["wav"]))
+                for r in self._read(_AUDIO, (session_id,))]
 
     async def expire(self, older_than_days: float) -> int:
         """Delete sessions that ended more than ``older_than_days`` ago (in the store's thread)."""
         return await self._lane.run(lambda: self.purge(older_than_days))
 
     def purge(self, older_than_days: float) -> int:
-        cutoff = time.time() - older_than_days * 86400
-        cur = self._conn().execute(
-            "DELETE FROM sessions WHERE COALESCE(ended_at, started_at) < ?", (cutoff,))
-        return cur.rowcount
+        return self._write([(_PURGE, (time.time() - older_than_days * 86400,))])
 
     def close(self) -> None:
         self._lane.close()
+        self._disconnect()
+
+
+def _rows(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Row]:
+    return [dict(zip(names, r, strict=True)) for r in rows]
+
+
+class SQLiteStore(SqlStore):
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        super().__init__()
+        self.path = path
+        self.create = create  # False: a missing file is an error, not a new empty history
+        self._db: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        """The connection, opened on first use; sqlite3 errors become StoreErrors."""
+        try:
+            if self._db is None:
+                if not self.create and not self.path.is_file():
+                    raise StoreError(f"no history at {self.path}")
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
+                db.execute("PRAGMA foreign_keys=ON")
+                db.executescript(SCHEMA.format(**SQLITE_TYPES))
+                self._db = db
+            yield self._db
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"history database {self.path}: {exc}") from exc
+
+    def _write(self, statements: Sequence[Statement]) -> int:
+        rows = 0
+        with self._conn() as db, db:  # commits, or rolls back on an exception
+            db.execute("BEGIN IMMEDIATE")
+            for sql, params in statements:
+                rows = db.execute(sql.replace("%s", "?"), params).rowcount
+        return rows
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self._conn() as db:
+            cur = db.execute(sql.replace("%s", "?"), params)
+            return _rows([d[0] for d in cur.description], cur.fetchall())
+
+    def _disconnect(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
 
 
-def open_store(url: str) -> SQLiteStore | NullStore:
-    """`sqlite:///path/to/file.db` (or a bare path), or `none`."""
+class PostgresStore(SqlStore):
+    """PostgreSQL through psycopg. A dropped connection (a restarted server) is opened again
+    and the work retried once; the password never appears in errors, logs or repr."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._url = url
+        self.url = redact(url)
+        self._db: psycopg.Connection[tuple[Any, ...]] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.url!r})"
+
+    def _conn(self) -> psycopg.Connection[tuple[Any, ...]]:
+        import psycopg
+
+        if self._db is None or self._db.closed:
+            self._db = None
+            db = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            db.execute(SCHEMA.format(**POSTGRES_TYPES))
+            self._db = db
+        return self._db
+
+    def _run(self, work: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
+        import psycopg
+
+        connected = self._db is not None
+        try:
+            return work(self._conn())
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._disconnect()  # say, a restarted server: connect again and retry once
+            if not connected:
+                raise self._failure(exc) from None
+            log.warning("PostgreSQL at %s: %s; connecting again", self.url,
+                        redact(str(exc), self._url).strip())
+        except psycopg.Error as exc:
+            raise self._failure(exc) from None
+        try:
+            return work(self._conn())
+        except psycopg.Error as exc:
+            self._disconnect()
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: Exception) -> StoreError:
+        return StoreError(redact(f"PostgreSQL at {self.url}: {exc}".strip(), self._url))
+
+    def _write(self, statements: Sequence[Statement]) -> int:
+        def work(db: psycopg.Connection[tuple[Any, ...]]) -> int:
+            rows = 0
+            with db.transaction():  # committed when the block ends
+                for sql, params in statements:
+                    rows = db.execute(sql, params).rowcount
+            return rows
+
+        return self._run(work)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        def work(db: psycopg.Connection[tuple[Any, ...]]) -> list[Row]:
+            cur = db.execute(sql, params)
+            return _rows([d.name for d in cur.description or ()], cur.fetchall())
+
+        return self._run(work)
+
+    def _json(self, value: Any) -> Any:
+        from psycopg.types.json import Jsonb
+
+        return Jsonb(value)
+
+    def _disconnect(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` with the password of ``url`` (by default ``text`` itself) replaced by ***."""
+    try:
+        parts = urlsplit(url if url is not None else text)
+        secrets = {parts.password or ""} | set(parse_qs(parts.query).get("password", []))
+    except ValueError:  # not even a URL: hide whatever follows "user:" up to "@"
+        return re.sub(r"(://[^/@]*?:)[^@]*@", r"\1***@", text)
+    for secret in sorted(secrets | {unquote(s) for s in secrets}, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def open_store(url: str, *, create: bool = True) -> SqlStore | NullStore:
+    """`sqlite:///path/to/file.db` (or a bare path), `postgresql://user:pass@host/db`, or
+    `none`. ``create=False``: reading an existing history only, never making a new one."""
     if url in ("", "none"):
         return NullStore()
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
     if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")).expanduser())
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")).expanduser(), create=create)
     if "://" not in url:
-        return SQLiteStore(Path(url).expanduser())
-    raise ConfigError(f"unsupported --store {url!r}: use sqlite:///path.db or none")
+        return SQLiteStore(Path(url).expanduser(), create=create)
+    raise ConfigError(f"unsupported --store {redact(url)!r}: use sqlite:///path.db, "
+                      "postgresql://user:pass@host/db or none")
