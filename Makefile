@@ -27,7 +27,7 @@ run: setup
 	$(BIN)/voxwire serve --host $(HOST) --port $(PORT)
 
 # Test fixtures are spoken by piper and by espeak-ng (a second, different voice); the widget
-# and kiosk tests run in headless Chromium.
+# and kiosk tests run in headless Chromium; the history tests start their own PostgreSQL.
 sysdeps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -37,6 +37,10 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
 	  else echo "tests need chromium: sudo apt-get install chromium chromium-driver"; exit 1; fi; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	  else echo "tests need postgresql: sudo apt-get install postgresql"; exit 1; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check server client models tests bench
