@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -30,11 +31,15 @@ from server import protocol as p
 from server.config import Settings
 from server.engines import Engines
 from server.errors import LimitError, ProtocolError
+from server.http_edge import connection_class, json_error, json_response, response
 from server.session import Session
 from server.store import SqlStore, Store, open_store
+from server.tokens import Grant, Shape, Tokens, mint_request
 
 log = logging.getLogger(__name__)
 REALTIME_PATH = "/v1/realtime"
+MINT_PATHS: dict[str, Shape] = {"/v1/realtime/client_secrets": "ga",
+                                "/v1/realtime/sessions": "beta"}
 CLOSE_TRY_AGAIN = 1013
 PAGES = {"/": "index.html", "/kiosk": "kiosk.html"}
 STATIC_TYPES = {
@@ -42,19 +47,6 @@ STATIC_TYPES = {
     ".css": "text/css; charset=utf-8", ".json": "application/json", ".svg": "image/svg+xml",
     ".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".ico": "image/x-icon",
 }
-
-
-def _response(status: HTTPStatus, body: bytes, content_type: str,
-              cache: str = "no-store") -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                       ("Cache-Control", cache)])
-    return Response(status.value, status.phrase, headers, body)
-
-
-def _json_error(status: HTTPStatus, code: str, message: str) -> Response:
-    body = json.dumps({"error": {"type": "invalid_request_error", "code": code,
-                                 "message": message}}).encode()
-    return _response(status, body, "application/json")
 
 
 @dataclass(frozen=True)
@@ -95,6 +87,10 @@ class App:
     static: dict[str, StaticFile] = field(default_factory=load_static)
     store: Store | None = None
     per_key: dict[str, int] = field(default_factory=dict)  # open sessions by key fingerprint
+    tokens: Tokens = field(default_factory=Tokens)
+    # what a token granted its connection, from the handshake to the session's start
+    grants: weakref.WeakKeyDictionary[ServerConnection, Grant] = field(
+        default_factory=weakref.WeakKeyDictionary)
 
     def __post_init__(self) -> None:
         self.keys = auth.load_keys(self.settings)
@@ -118,31 +114,80 @@ class App:
     async def process_request(self, connection: ServerConnection,
                               request: Request) -> Response | None:
         path = urlsplit(request.path).path.rstrip("/") or "/"
+        if path in MINT_PATHS:
+            return self.answer_http(request.method, request.path, request.headers, b"")
         if path == REALTIME_PATH:
-            if self.keys and not auth.key_ok(auth.offered_key(request.headers), self.keys):
-                log.info("refused a connection without a valid key from %s",
-                         connection.remote_address)
-                return _json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
-                                   "missing or invalid API key")
+            offered = auth.offered_key(request.headers)
+            if self.keys and not auth.key_ok(offered, self.keys):
+                grant = self.tokens.redeem(offered)  # a token is used up by trying it
+                if grant is None:
+                    log.info("refused a connection without a valid key from %s",
+                             connection.remote_address)
+                    return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                                      "missing or invalid API key")
+                self.grants[connection] = grant
             if not auth.origin_ok(request.headers, self.origins):
-                return _json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
-                                   f"origin {request.headers.get('Origin')} is not allowed")
+                return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
+                                  f"origin {request.headers.get('Origin')} is not allowed")
             if self.engines is None:
                 reason = self.load_error or "models are still loading"
-                return _response(HTTPStatus.SERVICE_UNAVAILABLE, reason.encode(), "text/plain")
+                return response(HTTPStatus.SERVICE_UNAVAILABLE, reason.encode(), "text/plain")
             return None  # upgrade to a WebSocket
         if path == "/healthz":
             if self.engines is not None:
-                return _response(HTTPStatus.OK, b"ok\n", "text/plain")
+                return response(HTTPStatus.OK, b"ok\n", "text/plain")
             body = (self.load_error or "loading") + "\n"
-            return _response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "text/plain")
+            return response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "text/plain")
         if path == "/metrics":
             text = self.engines.registry.render() if self.engines else ""
-            return _response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
+            return response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
         static = self.static.get(PAGES.get(path, path.removeprefix("/")))
         if static is not None:
             return static.response(request.headers.get("If-None-Match"))
-        return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        return response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    def answer_http(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
+        """Requests other than GET (see server.http_edge): minting browser tokens."""
+        path = urlsplit(target).path.rstrip("/") or "/"
+        shape = MINT_PATHS.get(path)
+        if shape is None:
+            return json_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {path}")
+        if method != "POST":
+            reply = json_error(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
+                               f"{path} takes POST only")
+            reply.headers["Allow"] = "POST"
+            return reply
+        if not self.keys:
+            return json_error(HTTPStatus.NOT_FOUND, "tokens_disabled",
+                              "this server has no API keys, so it mints no tokens: "
+                              "connect without a key")
+        offered = auth.offered_key(headers)
+        if not auth.key_ok(offered, self.keys):
+            return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                              "minting a token needs Authorization: Bearer <API key>")
+        if self.engines is None:
+            return json_error(HTTPStatus.SERVICE_UNAVAILABLE, "loading",
+                              self.load_error or "models are still loading")
+        try:
+            request = json.loads(body or b"{}")
+        except (ValueError, RecursionError):
+            return json_error(HTTPStatus.BAD_REQUEST, "invalid_json",
+                              "the body is not a JSON document")
+        try:
+            config, ttl_s = mint_request(shape, request, self.settings.token_ttl_s)
+            # the session the token will open, as its session.created will show it
+            probe = Session(self.engines, self.settings, dialect=shape)
+            wire = p.session_to_wire(p.apply_session_update(probe.cfg, config, shape),
+                                     probe.id, shape)
+            token, expires_at = self.tokens.mint(auth.key_id(offered), config, ttl_s)
+        except LimitError as exc:
+            return json_error(HTTPStatus.TOO_MANY_REQUESTS, exc.code, str(exc))
+        except ProtocolError as exc:
+            return json_error(HTTPStatus.BAD_REQUEST, exc.code, str(exc))
+        log.info("minted a token for %g s (%d live)", ttl_s, len(self.tokens))
+        secret = {"value": token, "expires_at": expires_at}
+        return json_response(HTTPStatus.OK, {**wire, "client_secret": secret}
+                             if shape == "beta" else {**secret, "session": wire})
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -156,7 +201,10 @@ class App:
             return
         request = ws.request
         headers = request.headers if request is not None else Headers()
+        grant = self.grants.pop(ws, None)
         key = auth.key_id(auth.offered_key(headers)) if self.keys else ""
+        if grant is not None:
+            key = grant.key_id  # a token's session counts against the key that minted it
         if key and self.per_key.get(key, 0) >= self.settings.max_sessions_per_key:
             await ws.close(CLOSE_TRY_AGAIN, "this key is at its session limit")
             return
@@ -165,6 +213,10 @@ class App:
         model = query.get("model", ["voxwire"])[0][:200]
         session = Session(engines, self.settings, dialect=dialect, model=model,
                           store=self.store)
+        if grant is not None and grant.session:
+            # the configuration given at minting (validated then): session.created shows it
+            await session.handle(p.SessionUpdate(None, grant.session))
+            await session.outbox.get()  # its session.updated, before anything is sent
         self.sessions.add(session)
         self.per_key[key] = self.per_key.get(key, 0) + 1
         engines.registry.gauge("sessions_active", len(self.sessions))
@@ -284,6 +336,8 @@ class App:
     def start_server(self) -> contextlib.AbstractAsyncContextManager[Server]:
         return serve(self.handle, self.settings.host, self.settings.port,
                      process_request=self.process_request,
+                     create_connection=connection_class(self.answer_http),
+                     open_timeout=10,  # also how long a POST may take to arrive
                      max_size=self.settings.max_message_bytes,
                      max_queue=self.settings.input_queue,
                      select_subprotocol=_select_subprotocol,

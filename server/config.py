@@ -35,6 +35,7 @@ class Settings:
     api_keys_file: str = ""  # one key per line
     insecure_public: bool = False  # listen beyond loopback without keys
     allowed_origins: str = ""  # comma-separated; empty allows any browser origin
+    token_ttl_s: float = 60.0  # lifetime of a browser token (POST /v1/realtime/sessions)
     log_level: str = "INFO"
     # Models: an embedded name from the manifest, or a path to a local model.
     asr_model: str = "tiny.en"
@@ -101,6 +102,7 @@ class Settings:
             raise ConfigError(f"--llm-backend {self.llm_backend} needs --llm-model")
         for name, ok in (
             ("port", 0 <= self.port < 65536),
+            ("token_ttl_s", 1.0 <= self.token_ttl_s <= 3600.0),
             ("asr_threads", self.asr_threads >= 1),
             ("asr_window_s", 0.0 <= self.asr_window_s <= 30.0),
             ("llm_threads", self.llm_threads >= 1),

@@ -1,0 +1,98 @@
+"""Short-lived tokens for browsers (the Realtime API's ephemeral keys).
+
+An app's backend mints one with a real key (`POST /v1/realtime/client_secrets`, or the beta
+`POST /v1/realtime/sessions`) and hands it to the page, which connects with it where it
+would pass a key. A token opens one connection, before it expires; the session it opens
+starts with the configuration given at minting and counts against the minting key's
+session limit. Only a hash of each token is kept, in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from server.errors import LimitError, ProtocolError
+from server.protocol import Json
+
+PREFIX = "ek_"
+MAX_LIVE = 1024
+MIN_TTL_S, MAX_TTL_S = 10, 3600  # what `expires_after.seconds` may ask for
+Shape = Literal["beta", "ga"]
+
+
+@dataclass(frozen=True)
+class Grant:
+    key_id: str  # fingerprint of the key that minted it
+    session: Json  # session configuration, applied when the connection opens
+    deadline: float  # time.monotonic()
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Tokens:
+    def __init__(self, max_live: int = MAX_LIVE) -> None:
+        self.max_live = max_live
+        self._live: dict[str, Grant] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def mint(self, key_id: str, session: Json, ttl_s: float) -> tuple[str, int]:
+        """A new token and when it expires (Unix seconds)."""
+        self.sweep()
+        if len(self._live) >= self.max_live:
+            raise LimitError(f"{self.max_live} tokens are live; wait for some to expire",
+                             code="too_many_tokens")
+        token = PREFIX + secrets.token_urlsafe(32)
+        self._live[_digest(token)] = Grant(key_id, session, time.monotonic() + ttl_s)
+        return token, int(time.time() + ttl_s)
+
+    def redeem(self, token: str | None) -> Grant | None:
+        """The token's grant if it is live; it cannot be used again either way."""
+        if not token or not token.startswith(PREFIX):
+            return None
+        grant = self._live.pop(_digest(token), None)
+        if grant is None or grant.deadline <= time.monotonic():
+            return None
+        return grant
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        for digest in [d for d, g in self._live.items() if g.deadline <= now]:
+            del self._live[digest]
+
+
+def mint_request(shape: Shape, body: object, default_ttl_s: float) -> tuple[Json, float]:
+    """The session configuration and lifetime a mint request asks for.
+
+    Beta (`/v1/realtime/sessions`): the body is the session configuration. GA
+    (`/v1/realtime/client_secrets`): ``{"session": {...}, "expires_after": {"anchor":
+    "created_at", "seconds": N}}``, both optional.
+    """
+    if not isinstance(body, dict):
+        raise ProtocolError("the body must be a JSON object", code="invalid_value")
+    if shape == "beta":
+        return body, default_ttl_s
+    session = body.get("session", {})
+    if not isinstance(session, dict):
+        raise ProtocolError("session must be an object", code="invalid_value", param="session")
+    if session.get("type", "realtime") != "realtime":
+        raise ProtocolError("only realtime sessions can be minted (session.type: realtime)",
+                            code="invalid_value", param="session.type")
+    expires = body.get("expires_after", {})
+    if not isinstance(expires, dict) or expires.get("anchor", "created_at") != "created_at":
+        raise ProtocolError('expires_after must be {"anchor": "created_at", "seconds": N}',
+                            code="invalid_value", param="expires_after")
+    seconds = expires.get("seconds", default_ttl_s)
+    if "seconds" in expires and (type(seconds) is not int
+                                 or not MIN_TTL_S <= seconds <= MAX_TTL_S):
+        raise ProtocolError(f"expires_after.seconds must be a whole number in "
+                            f"[{MIN_TTL_S}, {MAX_TTL_S}]", code="invalid_value",
+                            param="expires_after.seconds")
+    return session, float(seconds)
