@@ -4,8 +4,9 @@
  *   <voxwire-widget></voxwire-widget>
  *
  * Attributes: url (the Realtime WebSocket; default ws(s)://<this script's host>/v1/realtime),
- * instructions (the session's system prompt), key (an API key, for servers that require one;
- * sent the way browser Realtime clients send it, as a WebSocket subprotocol), kiosk (full-screen, always listening, camera,
+ * instructions (the session's system prompt), key (for servers that need one: a short-lived
+ * token from POST /v1/realtime/client_secrets, or an API key; sent the way browser Realtime
+ * clients send it, as a WebSocket subprotocol), kiosk (full-screen, always listening, camera,
  * reconnects by itself) and idle (kiosk: seconds without speech before the idle screen, 60).
  *
  * The element exposes `state` (connected, transcripts, answers, metrics, playedSeconds,
