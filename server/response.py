@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import numpy as np
+
 from server import audio as audio_codec
 from server import protocol as p
 from server.config import Settings
@@ -35,7 +37,7 @@ from server.stages import (
     ToolCallArguments,
     ToolCallStart,
 )
-from server.store import NullStore, Store, Turn
+from server.store import NullStore, Recording, Store, Turn
 from server.text import SentenceSplitter
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class Response:
     message: Json | None = None  # the assistant message item, once there is text
     outputs: list[Json] = field(default_factory=list)
     calls: dict[int, Json] = field(default_factory=dict)
+    user_audio: Float32 | None = None  # the user's utterance (16 kHz), kept with --record
+    sent_audio: list[Float32] = field(default_factory=list)  # the answer as sent, 16 kHz
 
     @property
     def audio(self) -> bool:
@@ -355,6 +359,8 @@ class ResponseRun:
                     resp.audio_ms += ms
                     await self.ctx.emit({"type": "response.output_audio.delta", **ids,
                                          "delta": data}, on_sent(reference))
+                    if self.ctx.settings.record:
+                        resp.sent_audio.append(reference)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -411,8 +417,12 @@ class ResponseRun:
                     {"stages_ms": resp.clock.stages_ms(),
                      "tools": [i["name"] for i in resp.outputs if i["type"] == "function_call"]},
                     self.started_at, time.time())
+        recordings = [Recording(role, 16000, audio_codec.to_pcm16(audio).tobytes())
+                      for role, audio in (("user", resp.user_audio),
+                                          ("assistant", _joined(resp.sent_audio)))
+                      if ctx.settings.record and audio is not None and len(audio)]
         try:
-            await ctx.store.record(turn)
+            await ctx.store.record(turn, recordings)
         except Exception as exc:
             log.exception("could not store turn %s", resp.id)
             await ctx.emit(p.error_event(f"the turn could not be saved: {exc}",
@@ -433,3 +443,7 @@ class ResponseRun:
             registry.observe_turn(stages)
         turn_log.info(json.dumps({"session": self.ctx.session_id, **record}))
         await self.ctx.emit({"type": "voxwire.turn.metrics", **record})
+
+
+def _joined(chunks: list[Float32]) -> Float32 | None:
+    return np.concatenate(chunks) if chunks else None

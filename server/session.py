@@ -574,11 +574,12 @@ class Session:
         await self.emit({"type": "conversation.item.done", "item": item})
         if job.respond and result.text.strip():
             early = job.early.answer if job.early is not None else None
-            await self._respond({}, job.clock, None, user_item_id=job.item_id, early=early)
+            await self._respond({}, job.clock, None, user_item_id=job.item_id, early=early,
+                                user_audio=job.audio)
 
     async def _respond(self, params: Json, clock: TurnClock | None, event_id: str | None,
-                       user_item_id: str | None = None,
-                       early: EarlyAnswer | None = None) -> None:
+                       user_item_id: str | None = None, early: EarlyAnswer | None = None,
+                       user_audio: Float32 | None = None) -> None:
         if self.response is not None:
             if clock is None:  # an explicit response.create
                 raise ProtocolError("a response is already in progress",
@@ -600,6 +601,7 @@ class Session:
                 and early.resp.user_item_id == user_item_id and self.response is None):
             # The turn is confirmed and nothing changed: release what was prepared.
             early.adopted = True
+            early.resp.user_audio = user_audio
             clock.compute_ms["speculative"] = 1.0
             self.response = early.resp
             await early.gate.open()
@@ -607,7 +609,8 @@ class Session:
         if early is not None:
             early.discard()
         resp = Response(p.new_id("resp"), modalities, clock, user_item_id,
-                        params.get("conversation", "auto") != "none", params.get("metadata"))
+                        params.get("conversation", "auto") != "none", params.get("metadata"),
+                        user_audio=user_audio)
         ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
                               self.cfg.output_format, self.store, self.echo)
         self.response = resp

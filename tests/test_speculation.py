@@ -120,3 +120,4 @@ async def test_a_confirmed_turn_releases_the_prepared_answer(
     assert stages["held"] > 0, stages
     assert stages["voice_to_voice"] >= stages["endpoint"]
     assert metrics["overhead_ms"] is not None and metrics["overhead_ms"] >= 0
+
