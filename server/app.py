@@ -214,9 +214,7 @@ class App:
         session = Session(engines, self.settings, dialect=dialect, model=model,
                           store=self.store)
         if grant is not None and grant.session:
-            # the configuration given at minting (validated then): session.created shows it
-            await session.handle(p.SessionUpdate(None, grant.session))
-            await session.outbox.get()  # its session.updated, before anything is sent
+            session.configure(grant.session)  # validated at minting; session.created shows it
         self.sessions.add(session)
         self.per_key[key] = self.per_key.get(key, 0) + 1
         engines.registry.gauge("sessions_active", len(self.sessions))

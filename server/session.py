@@ -249,7 +249,13 @@ class Session:
                 await self._cancel_response("client_cancelled")
 
     async def _update_session(self, ev: p.SessionUpdate) -> None:
-        new = p.apply_session_update(self.cfg, ev.session, self.dialect)
+        self.configure(ev.session)
+        await self.emit({"type": "session.updated", "session": self._session_wire()})
+
+    def configure(self, session: Json) -> None:
+        """Apply a `session.update`'s `session` object (raises ProtocolError, changes
+        nothing, when a value is invalid). Before `start`, `session.created` shows it."""
+        new = p.apply_session_update(self.cfg, session, self.dialect)
         if new.input_format != self.cfg.input_format:
             self._resampler = audio_codec.StreamResampler(new.input_format.rate, 16000)
         changed_td = new.turn_detection != self.cfg.turn_detection
@@ -257,7 +263,6 @@ class Session:
         if changed_td:
             self._detector = self._new_detector()
             self._speech_item = None
-        await self.emit({"type": "session.updated", "session": self._session_wire()})
 
     def _session_wire(self) -> Json:
         return p.session_to_wire(self.cfg, self.id, self.dialect)
