@@ -35,3 +35,22 @@ def test_runaway_text_without_punctuation_is_cut_at_a_space() -> None:
 def test_newlines_end_pieces_and_empty_input_gives_nothing() -> None:
     assert feed_all("One\nTwo") == ["One", "Two"]
     assert feed_all("   ") == []
+
+
+def test_a_long_first_sentence_is_cut_before_a_conjunction_or_preposition() -> None:
+    text = ("The sky looks blue because molecules in the air scatter the blue light of the sun "
+            "more than the red light. Sunsets are red.")
+    pieces = feed_all(text)
+    assert pieces[0] == "The sky looks blue"  # before "because" (word 5), not mid-phrase
+    assert " ".join(pieces) == text
+    assert pieces[-1] == "Sunsets are red."  # later pieces are whole sentences
+
+
+def test_a_first_sentence_with_no_natural_break_is_cut_after_the_word_limit() -> None:
+    text = "Twelve eleven ten nine eight seven six five four three two one zero."
+    pieces = feed_all(text, first_max_words=6)
+    assert pieces == ["Twelve eleven ten nine eight seven", "six five four three two one zero."]
+
+
+def test_a_short_first_sentence_is_not_cut() -> None:
+    assert feed_all("It is sunny and warm today.") == ["It is sunny and warm today."]
