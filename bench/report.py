@@ -94,11 +94,13 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
              "llama.cpp's OpenAI-compatible server (Voxwire's LLM threads and context) and "
              "piper `joe`, with Voxwire's system prompt, temperature 0 and answer length. "
              "Pipecat keeps its own defaults (VAD stop 0.2 s, Smart Turn v3, Whisper beam 5, "
-             "a full sentence before synthesis); Voxwire keeps its own. The same client (the "
+             "a full sentence before synthesis, the libraries' own thread counts for Whisper "
+             "and piper, which it does not set); Voxwire keeps its own. The same client (the "
              "`openai` SDK's realtime client; Pipecat gets a small serializer for the "
-             f"Realtime events) speaks the same {vox['turns']} questions to each, one fresh "
-             "session per question, in the same run. Voice to voice runs from the end of "
-             "speech in the audio sent to the first synthesized audio received.", "",
+             f"Realtime events) speaks the same {vox['turns']} questions to each (voices: "
+             f"{peers['settings']['voices']}), one fresh session per question, in the same "
+             "run. Voice to voice runs from the end of speech in the audio sent to the first "
+             "synthesized audio received.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}.", "",
              "| | Voxwire | Pipecat |", "|---|---|---|",
              f"| turns completed | {vox['completed']}/{vox['turns']} | "
