@@ -44,6 +44,7 @@ async def test_pipecat_speaks_the_clients_events_and_the_report_shows_both(
     assert turn["client_v2v_ms"] > 0 and turn["endpoint_ms"] > 0
     assert turn["stages_ms"]["endpointing_wait"] > 0 and turn["stages_ms"]["voice_to_voice"] > 0
     res = {"machine": {"cpu": "test", "cores": 2, "python": "3.11"},
+           "settings": {"voices": "piper"},
            "peer_versions": peers.peer_versions(), "stage_keys": peers.STAGES,
            "systems": {"voxwire": peers.summarize("voxwire", vox),
                        "pipecat": peers.summarize("pipecat", pc)}, "p50_ratio": 2.0}
@@ -52,3 +53,4 @@ async def test_pipecat_speaks_the_clients_events_and_the_report_shows_both(
     page = report.write(tmp_path, tmp_path / "docs").read_text()
     assert "## Beside Pipecat" in page and "| turns completed | 1/1 | 1/1 |" in page
     assert "(`endpoint` / `endpointing_wait` + `turn_detection`)" in page
+    assert "| turns ended more than 2 s after the speech |" in page
