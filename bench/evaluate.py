@@ -619,9 +619,9 @@ def render(results: dict[str, Any]) -> str:
         s = c["summary"]
         out.append(f"\n{s['one_turn']}/{s['utterances']} utterances were one turn; "
                    f"{s['false_turn_ends']} false turn ends, {s['missed']} missed; "
-                   f"{s['answered']} answered aloud; response events before the turn ended "
-                   f"(speculative work leaking out): {s['early_response_events']}, of them "
-                   f"audio deltas: {s['early_audio_deltas']}.")
+                   f"{s.get('answered', '-')} answered aloud; response events before the turn "
+                   f"ended (speculative work leaking out): {s.get('early_response_events', '-')}"
+                   f", of them audio deltas: {s.get('early_audio_deltas', '-')}.")
     if "echo" in checks:
         c = checks["echo"]
         out += ["", f"## Echo: the answer played back at {ECHO_GAIN_DB:g} dB, "
