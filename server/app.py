@@ -41,6 +41,10 @@ REALTIME_PATH = "/v1/realtime"
 MINT_PATHS: dict[str, Shape] = {"/v1/realtime/client_secrets": "ga",
                                 "/v1/realtime/sessions": "beta"}
 CLOSE_TRY_AGAIN = 1013
+# A client that takes in nothing for this long is dropped. Its socket backed up, so the
+# keepalive pings, queued behind the same writes, would never time out: without this it
+# would be held forever, its answer waiting for it.
+SEND_TIMEOUT_S = 10.0
 PAGES = {"/": "index.html", "/kiosk": "kiosk.html"}
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -279,16 +283,25 @@ class App:
 
     @staticmethod
     async def _drain(ws: ServerConnection, session: Session, dialect: p.Dialect) -> None:
-        try:
-            async for event, on_sent in session.outbox:
-                text = p.encode(event, dialect)
-                if text is None:
-                    continue
-                await ws.send(text)
+        """Send the outbox; once the client is gone, drop what comes, so that nothing
+        waiting for room in the outbox (the reader, an answer, closing) waits forever."""
+        gone = False
+        async for event, on_sent in session.outbox:
+            text = None if gone else p.encode(event, dialect)
+            if text is None:
+                continue
+            try:
+                await asyncio.wait_for(ws.send(text), SEND_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("session %s: the client read nothing for %g s; dropped",
+                            session.id, SEND_TIMEOUT_S)
+                ws.transport.abort()
+                gone = True
+            except ConnectionClosed:
+                gone = True
+            else:
                 if on_sent is not None:
                     on_sent()
-        except ConnectionClosed:
-            pass
 
     # ------------------------------------------------------------------ serving
 
