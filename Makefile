@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: setup run test lint typecheck pytest bench bench-peers models sysdeps lock clean
+.PHONY: setup run test lint typecheck pytest bench bench-soak bench-peers models sysdeps lock clean
 
 setup: $(STAMP) models
 
@@ -55,6 +55,12 @@ test: setup sysdeps lint typecheck pytest
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The soak alone (SOAK_S seconds, 180 by default), then the report page again.
+SOAK_S ?= 180
+bench-soak: setup
+	$(BIN)/python -m bench --only soak --soak-s $(SOAK_S) $(BENCH_ARGS)
+	$(BIN)/python -m bench --only report
 
 # Pipecat beside Voxwire on the same models, client and run (bench/peers). Optional: Pipecat
 # lives in its own venv and is never a dependency of Voxwire.

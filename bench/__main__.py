@@ -2,8 +2,9 @@
 
 1. voice-to-voice latency per stage, through the server and with the models alone;
 2. concurrent sessions: latency, keeping up with real time, CPU and memory;
-3. the evaluation suite (`voxwire eval`): WER, hallucination, turn-taking, echo, vision;
-4. the report: JSON in bench/results/, plots in docs/img/, docs/benchmarks.md.
+3. the soak: many sessions, idle and misbehaving ones among them, held for minutes;
+4. the evaluation suite (`voxwire eval`): WER, hallucination, turn-taking, echo, vision;
+5. the report: JSON in bench/results/, plots in docs/img/, docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from bench import evaluate, load, report
+from bench import evaluate, load, report, soak
 from bench.latency import QUESTIONS, make_fixtures, render, run, server_process
 
 
@@ -28,12 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", default="1,2,4,8", help="concurrency levels to sweep")
     ap.add_argument("--port", type=int, default=8799)
     ap.add_argument("--url", help="measure latency against a running server instead")
-    ap.add_argument("--only", choices=["latency", "load", "eval", "report"])
+    ap.add_argument("--soak-s", type=float, default=180.0, help="how long the soak lasts")
+    ap.add_argument("--only", choices=["latency", "load", "soak", "eval", "report"])
     ap.add_argument("--results", type=Path, default=Path("bench/results"))
     ap.add_argument("--docs", type=Path, default=Path("docs"))
     args = ap.parse_args(argv)
     started = time.monotonic()
-    steps = [args.only] if args.only else ["latency", "load", "eval", "report"]
+    steps = [args.only] if args.only else ["latency", "load", "soak", "eval", "report"]
     if "latency" in steps:
         results = run(args.asr.split(","), args.asr_mode, args.device, args.questions,
                       args.port, args.url, args.results / "latency.json")
@@ -49,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             swept = asyncio.run(load.sweep(url, fixtures, levels, pid))
         (args.results / "load.json").write_text(json.dumps(swept, indent=2))
         print("\n".join(report.load_section(swept)))
+    if "soak" in steps:
+        soaked = soak.run(soak.Plan(duration_s=args.soak_s), args.port,
+                          ["--asr-model", args.asr.split(",")[0], "--device", args.device],
+                          args.results / "soak.json")
+        print("\n".join(soak.section(soaked)))
     eval_md = None
     if "eval" in steps:
         evaluate.main(["--asr", args.asr.split(",")[0], "--port", str(args.port + 1),

@@ -80,23 +80,29 @@ async def one_turn(url: str, fx: Fixture, metrics_event: str = "voxwire.turn.met
     async with client.realtime.connect(model="voxwire") as typed_conn:
         conn: Any = typed_conn  # our extension events are not in the SDK's event union
         await conn.session.update(session={"type": "realtime", "temperature": 0.0})
-        start = time.monotonic()
-        sender = asyncio.create_task(send_audio(conn, fx.audio, RATE))
-        first_audio: float | None = None
-        stopped: float | None = None
-        metrics: dict[str, Any] = {}
-        transcript = ""
-        async for ev in conn:
-            if ev.type == "input_audio_buffer.speech_stopped" and stopped is None:
-                stopped = time.monotonic()
-            elif ev.type == "response.output_audio.delta" and first_audio is None:
-                first_audio = time.monotonic()
-            elif ev.type == "conversation.item.input_audio_transcription.completed":
-                transcript = ev.transcript
-            elif ev.type == metrics_event:
-                metrics = ev.model_dump()
-                break
-        await sender
+        return await turn_on(conn, fx, metrics_event)
+
+
+async def turn_on(conn: Any, fx: Fixture, metrics_event: str = "voxwire.turn.metrics"
+                  ) -> dict[str, Any]:
+    """One spoken question on an open SDK connection (`conn`), as in `one_turn`."""
+    start = time.monotonic()
+    sender = asyncio.create_task(send_audio(conn, fx.audio, RATE))
+    first_audio: float | None = None
+    stopped: float | None = None
+    metrics: dict[str, Any] = {}
+    transcript = ""
+    async for ev in conn:
+        if ev.type == "input_audio_buffer.speech_stopped" and stopped is None:
+            stopped = time.monotonic()
+        elif ev.type == "response.output_audio.delta" and first_audio is None:
+            first_audio = time.monotonic()
+        elif ev.type == "conversation.item.input_audio_transcription.completed":
+            transcript = ev.transcript
+        elif ev.type == metrics_event:
+            metrics = ev.model_dump()
+            break
+    await sender
     # Pacing is anchored at `start`, so the speech end left the client at this moment.
     spoken_end = start + fx.speech_end_s
     return {"question": fx.text, "transcript": transcript, "status": metrics.get("status"),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plots import sessions_plot, stage_bars
+from bench.soak import section as soak_section
 
 STAGES = ["endpoint", "asr", "llm_first_token", "first_sentence", "tts_first_audio", "held",
           "send", "voice_to_voice", "client_voice_to_voice"]
@@ -140,7 +141,8 @@ def write(results: Path, docs: Path, eval_markdown: str | None = None) -> Path:
     lat, load = _load(results / "latency.json"), _load(results / "load.json")
     parts = ["# Voxwire benchmarks", "",
              "Rerun everything with `make bench` (latency for `tiny.en` and `base`, the "
-             "concurrency sweep, the evaluation suite, then this page): JSON lands in "
+             "concurrency sweep, the soak, the evaluation suite, then this page; `make bench-soak` "
+             "the soak alone): JSON lands in "
              "`bench/results/`, plots in `docs/img/`. Single runs on a shared machine vary "
              "by 20-40 %: compare figures from the same run only.", ""]
     if lat:
@@ -149,6 +151,9 @@ def write(results: Path, docs: Path, eval_markdown: str | None = None) -> Path:
     if load:
         sessions_plot(load, img / "sessions.png")
         parts += load_section(load)
+    soak = _load(results / "soak.json")
+    if soak:
+        parts += soak_section(soak)
     peers = _load(results / "peers.json")
     if peers:
         parts += peers_section(peers)

@@ -1,0 +1,539 @@
+"""The soak: many sessions held for minutes, idle and misbehaving ones among them.
+
+Against a real `voxwire serve` on loopback, for a bounded time:
+- talkers: a few sessions speak the fixtures at real-time pace, several turns per
+  connection, measuring voice to voice on the client's clock;
+- idle: many sessions connect and say nothing (the client library pings now and then);
+- misbehavers, one lane per kind, each repeating its misdeed and checking what the server
+  answers: garbage JSON, wrong types, oversized messages, event floods, bad audio, a client
+  that never reads its socket, clients leaving mid-answer, connection churn, and TCP
+  connections that never finish the WebSocket handshake;
+- the server process sampled every few seconds: RSS, open file descriptors, threads and
+  the sessions it holds (its `sessions_active` gauge on /metrics).
+When the clients have left, the server must hold no session and be back to the file
+descriptors and threads it had before they came; its memory must be flat under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import socket
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from bench.fixtures import RATE
+from bench.latency import (
+    QUESTIONS,
+    Fixture,
+    machine,
+    make_fixtures,
+    one_turn,
+    server_process,
+    turn_on,
+)
+from bench.load import proc_stats
+from client.realtime import pcm16
+
+FLAT_MIB = 16.0  # RSS growth from the middle third to the last third still called flat
+# A client that does not read gets its socket backed up within seconds; the server must
+# drop it (it gives a stuck send 10 s) well before this.
+SLOW_HOLD_S = 60.0
+HANDSHAKE_S = 10.0  # the server's open_timeout: a handshake must be over by then
+TURNS_PER_SESSION = 4
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the server's default --max-message-bytes
+LONG_ASK = "Tell me a long story about a lighthouse keeper and the sea."
+
+
+@dataclass
+class Plan:
+    duration_s: float = 180.0
+    talkers: int = 2
+    idle: int = 50
+    sample_s: float = 3.0
+    pause_s: float = 4.0  # between two misdeeds of one lane
+
+    @property
+    def max_sessions(self) -> int:
+        """The server's session limit: everyone at once, with room to spare."""
+        return self.idle + self.talkers + 2 * len(MISDEEDS) + 16
+
+
+@dataclass
+class Tally:
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: defaultdict[str, Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter))
+    codes: defaultdict[str, Counter[str]] = field(  # what the server answered
+        default_factory=lambda: defaultdict(Counter))
+    unexpected: list[str] = field(default_factory=list)
+    slow_dropped_s: list[float] = field(default_factory=list)  # how long each took
+
+    def fail(self, who: str, what: str) -> None:
+        self.unexpected.append(f"{who}: {what}")
+
+
+def metrics_gauge(url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    found = re.search(rf"^voxwire_{name} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def server_stats(pid: int) -> dict[str, float]:
+    stats = proc_stats(pid)
+    return {"rss_mib": round(stats["rss_mib"], 1), "threads": stats["threads"],
+            "fds": float(len(os.listdir(f"/proc/{pid}/fd")))}
+
+
+def event(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields})
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+ASK_LONG = [event("conversation.item.create", item={
+    "type": "message", "role": "user", "content": [{"type": "input_text", "text": LONG_ASK}]}),
+    event("response.create")]
+
+
+class Soak:
+    def __init__(self, url: str, pid: int, plan: Plan, fixtures: list[Fixture]) -> None:
+        self.url, self.pid, self.plan, self.fixtures = url, pid, plan, fixtures
+        self.ws_url = url.replace("http://", "ws://") + "/v1/realtime"
+        self.deadline = 0.0
+        self.tally = Tally()
+        self.samples: list[dict[str, float]] = []
+        self._t0 = 0.0
+        self._leaves = 0
+
+    # ------------------------------------------------------------------ measuring
+
+    async def sample(self) -> dict[str, float]:
+        sessions = await asyncio.to_thread(metrics_gauge, self.url, "sessions_active")
+        return {"t_s": round(time.monotonic() - self._t0, 1), **server_stats(self.pid),
+                "sessions": sessions}
+
+    async def sampler(self) -> None:
+        while True:
+            self.samples.append(await self.sample())
+            await asyncio.sleep(self.plan.sample_s)
+
+    async def until_released(self, within_s: float = 30.0) -> float:
+        """Wait for the server to hold no session; how many it still holds."""
+        end = time.monotonic() + within_s
+        held = await asyncio.to_thread(metrics_gauge, self.url, "sessions_active")
+        while held and time.monotonic() < end:
+            await asyncio.sleep(0.5)
+            held = await asyncio.to_thread(metrics_gauge, self.url, "sessions_active")
+        return held
+
+    # ------------------------------------------------------------------ well-behaved
+
+    async def talker(self, n: int) -> None:
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(api_key="bench", base_url=f"{self.url}/v1")
+        turn = n
+        while time.monotonic() < self.deadline:
+            try:
+                async with client.realtime.connect(model="voxwire") as typed_conn:
+                    conn: Any = typed_conn
+                    await conn.session.update(session={"type": "realtime", "temperature": 0.0})
+                    for _ in range(TURNS_PER_SESSION):
+                        if time.monotonic() >= self.deadline:
+                            break
+                        fx = self.fixtures[turn % len(self.fixtures)]
+                        turn += 1
+                        result = await asyncio.wait_for(turn_on(conn, fx), 120)
+                        result["t_s"] = round(time.monotonic() - self._t0, 1)
+                        self.tally.turns.append(result)
+                        if result["status"] != "completed" or result["client_v2v_ms"] is None:
+                            self.tally.fail(f"talker {n}", f"turn {result['status']}")
+            except Exception as exc:  # a well-behaved session must not fail
+                self.tally.fail(f"talker {n}", f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1)
+
+    async def hold_idle(self, count: int) -> list[ClientConnection]:
+        conns = []
+        for _ in range(count):
+            ws = await connect(self.ws_url)
+            created = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if created["type"] != "session.created":
+                self.tally.fail("idle", f"got {created['type']} first")
+            conns.append(ws)
+            await asyncio.sleep(0.02)
+        return conns
+
+    # ------------------------------------------------------------------ misbehavers
+
+    async def expect_errors(self, kind: str, messages: list[str | bytes], codes: list[str]
+                            ) -> str:
+        """Send `messages`, expect one error each with these codes, then a live session."""
+        async with connect(self.ws_url) as ws:
+            for message in messages:
+                await ws.send(message)
+            got: list[str] = []
+            while len(got) < len(codes):
+                ev = json.loads(await ws.recv())
+                if ev["type"] == "error":
+                    got.append(ev["error"]["code"])
+            self.tally.codes[kind].update(got)
+            if got != codes:
+                return f"answered {got}"
+            return await self.still_alive(ws, "errors, then the session went on")
+
+    @staticmethod
+    async def still_alive(ws: ClientConnection, label: str) -> str:
+        await ws.send(event("input_audio_buffer.clear"))
+        while True:
+            ev = json.loads(await ws.recv())
+            if ev["type"] == "input_audio_buffer.cleared":
+                return label
+
+    async def garbage_json(self) -> str:
+        junk = ["{not json", "", "[1, 2", '{"type": "session.update", ', "\u0000\u0001 ~~~"]
+        return await self.expect_errors("garbage_json", list(junk), ["invalid_json"] * len(junk))
+
+    async def wrong_types(self) -> str:
+        cases: list[tuple[str | bytes, str]] = [
+            ("[1, 2, 3]", "invalid_event"),
+            ('{"type": 5}', "invalid_event"),
+            (event("no.such.event"), "unknown_event"),
+            (event("session.update", session="loud"), "invalid_value"),
+            (event("input_audio_buffer.append", audio=12), "invalid_value"),
+            (event("conversation.item.truncate", item_id="x", audio_end_ms=-5), "invalid_value"),
+            (event("response.create", response=[1]), "invalid_value"),
+            (b"\x00\x01binary", "invalid_message"),
+        ]
+        return await self.expect_errors("wrong_types", [m for m, _ in cases],
+                                        [c for _, c in cases])
+
+    async def bad_audio(self) -> str:
+        return await self.expect_errors("bad_audio", [
+            event("input_audio_buffer.append", audio="!!not base64!!"),
+            event("input_audio_buffer.append", audio=b64(b"\x01\x02\x03")),  # odd byte count
+            event("input_audio_buffer.append", audio="QUJD="),  # bad padding
+        ], ["invalid_audio"] * 3)
+
+    async def huge(self) -> str:
+        """One message beyond --max-message-bytes: the server closes with 1009."""
+        async with connect(self.ws_url) as ws:
+            await ws.recv()  # session.created
+            big = event("input_audio_buffer.append", audio="A" * MAX_MESSAGE_BYTES)
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(big)
+                while True:
+                    await ws.recv()
+        self.tally.codes["huge"][str(ws.close_code)] += 1
+        return f"closed {ws.close_code}"
+
+    async def flood(self) -> str:
+        """Four seconds' worth of events at once: throttled, and the session goes on."""
+        chunk = event("input_audio_buffer.append", audio=b64(b"\x00\x00" * (RATE // 100)))
+        async with connect(self.ws_url) as ws:
+            for _ in range(4 * 100):  # the server's default --max-events-per-s is 100
+                await ws.send(chunk)
+            await asyncio.sleep(1.5)  # the bucket refills
+            await ws.send(event("input_audio_buffer.clear"))
+            codes = []
+            while (ev := json.loads(await ws.recv()))["type"] != "input_audio_buffer.cleared":
+                if ev["type"] == "error":
+                    codes.append(ev["error"]["code"])
+        self.tally.codes["flood"].update(codes)
+        if codes and set(codes) == {"rate_limited"} and len(codes) <= 3:
+            return "throttled, then the session went on"
+        return f"answered {codes}"
+
+    async def leave_mid_answer(self) -> str:
+        """Ask for a long answer and leave at its first audio (a clean close or a reset)."""
+        self._leaves += 1
+        abrupt = self._leaves % 2 == 0
+        ws = await connect(self.ws_url)
+        try:
+            for message in ASK_LONG:
+                await ws.send(message)
+            while json.loads(await ws.recv())["type"] != "response.output_audio.delta":
+                pass
+        finally:
+            if abrupt:
+                ws.transport.abort()
+            else:
+                await ws.close()
+        return "left at the first audio" + (" (reset)" if abrupt else "")
+
+    async def churn(self) -> str:
+        """Connections that open and close at once, some before reading anything."""
+        for n in range(6):
+            ws = await connect(self.ws_url)
+            if n % 3 == 0:
+                await ws.recv()
+            if n % 3 == 2:
+                ws.transport.abort()
+            else:
+                await ws.close()
+        return "opened and closed"
+
+    async def half_open(self) -> str:
+        """TCP connections that never finish the handshake: the server must drop them."""
+        host, port = self.url.removeprefix("http://").split(":")
+        partial = [b"", b"GET /v1/realtime HTTP/1.1\r\n",
+                   b"GET /v1/realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"]
+        started = time.monotonic()
+
+        async def one(head: bytes) -> bool:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(head)
+            try:
+                with contextlib.suppress(ConnectionResetError):
+                    while await asyncio.wait_for(reader.read(4096), HANDSHAKE_S + 10):
+                        pass
+                return True
+            except TimeoutError:
+                return False
+            finally:
+                writer.close()
+
+        closed = await asyncio.gather(*(one(head) for head in partial))
+        if not all(closed):
+            return f"{closed.count(False)} still open after {HANDSHAKE_S + 10:g} s"
+        took = time.monotonic() - started
+        return "dropped by the server" if took < HANDSHAKE_S + 5 else f"dropped after {took:.0f} s"
+
+    async def slow_reader(self) -> str:
+        """Send audio and ask for long answers, never read: once its socket has backed up,
+        the server must drop it (and not hold everyone else's answers meanwhile)."""
+        host, port = self.url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        # A small receive window: the server's side backs up after a few seconds of audio.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        proto = ClientProtocol(parse_uri(self.ws_url), max_size=None)
+        proto.send_request(proto.connect())
+        started = time.monotonic()
+
+        async def flush() -> None:
+            writer.write(b"".join(proto.data_to_send()))
+            with contextlib.suppress(TimeoutError):  # the server may have stopped reading
+                await asyncio.wait_for(writer.drain(), 1)
+
+        try:
+            await flush()
+            while proto.state is State.CONNECTING:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                if not data:
+                    return "closed during the handshake"
+                proto.receive_data(data)
+            speech = self.fixtures[0].audio[: RATE * 2]
+            proto.send_text(event("input_audio_buffer.append", audio=b64(pcm16(speech))).encode())
+            for n in range(int(SLOW_HOLD_S)):  # a long answer asked for every 4 s; nothing read
+                for message in ASK_LONG if n % 4 == 0 else []:
+                    proto.send_text(message.encode())
+                await flush()
+                await asyncio.sleep(1)
+        except (ConnectionResetError, BrokenPipeError):
+            self.tally.slow_dropped_s.append(round(time.monotonic() - started, 1))
+            return "dropped by the server"
+        finally:
+            writer.transport.abort()
+        return f"still held after {SLOW_HOLD_S:g} s without reading"
+
+    # ------------------------------------------------------------------ the run
+
+    async def lane(self, kind: str, misdeed: Callable[[], Awaitable[str]]) -> None:
+        while time.monotonic() < self.deadline:
+            try:
+                outcome = await asyncio.wait_for(misdeed(), SLOW_HOLD_S + 30)
+            except Exception as exc:  # every failure is a finding
+                outcome = f"{type(exc).__name__}: {exc}"
+            self.tally.outcomes[kind][outcome] += 1
+            if not EXPECTED[kind](outcome):
+                self.tally.fail(kind, outcome)
+            await asyncio.sleep(self.plan.pause_s)
+
+    def misdeeds(self) -> dict[str, Callable[[], Awaitable[str]]]:
+        return {kind: getattr(self, kind) for kind in MISDEEDS}
+
+    async def run(self) -> dict[str, Any]:
+        plan = self.plan
+        self._t0 = time.monotonic()
+        # Warm up: a turn, and each quick misdeed once, so that lazily made threads and
+        # caches exist before the baseline.
+        await one_turn(self.url, self.fixtures[0])
+        for kind, misdeed in self.misdeeds().items():
+            if kind not in ("slow_reader", "half_open"):
+                await misdeed()
+        await self.until_released()
+        await asyncio.sleep(1.0)
+        baseline = await self.sample()
+        self.tally = Tally()
+        self.deadline = time.monotonic() + plan.duration_s
+        sampler = asyncio.create_task(self.sampler())
+        idle = await self.hold_idle(plan.idle)
+        lanes = [self.lane(kind, misdeed) for kind, misdeed in self.misdeeds().items()]
+        await asyncio.gather(*(self.talker(n) for n in range(plan.talkers)), *lanes)
+        loaded = await self.sample()
+        dropped = [ws.close_code for ws in idle if ws.state is not State.OPEN]
+        if dropped:
+            self.tally.fail("idle", f"{len(dropped)} sessions closed by the server: {dropped}")
+        for ws in idle:
+            await ws.close()
+        sampler.cancel()
+        held_after = await self.until_released()
+        await asyncio.sleep(2.0)  # threads that were finishing a piece of work
+        after = await self.sample()
+        after["sessions"] = held_after
+        return summarize(plan, baseline, self.samples, loaded, after, self.tally)
+
+
+MISDEEDS = ("garbage_json", "wrong_types", "bad_audio", "huge", "flood", "slow_reader",
+            "leave_mid_answer", "churn", "half_open")
+EXPECTED: dict[str, Callable[[str], bool]] = {
+    "garbage_json": lambda o: o == "errors, then the session went on",
+    "wrong_types": lambda o: o == "errors, then the session went on",
+    "bad_audio": lambda o: o == "errors, then the session went on",
+    "huge": lambda o: o == "closed 1009",
+    "flood": lambda o: o == "throttled, then the session went on",
+    "slow_reader": lambda o: o == "dropped by the server",
+    "leave_mid_answer": lambda o: o.startswith("left at the first audio"),
+    "churn": lambda o: o == "opened and closed",
+    "half_open": lambda o: o == "dropped by the server",
+}
+
+
+MISDEED_DOCS = {
+    "garbage_json": "garbage JSON (5 messages)",
+    "wrong_types": "wrong types: not an object, no type, unknown type, bad fields, binary",
+    "bad_audio": "bad audio: not base64, bad padding, an odd byte count",
+    "huge": "a message beyond `--max-message-bytes` (4 MiB)",
+    "flood": "400 events at once (`--max-events-per-s` 100)",
+    "slow_reader": "never reads: audio in, a long answer asked for every 4 s, a small "
+                   "receive window",
+    "leave_mid_answer": "leaves at the first audio of a long answer (close, or TCP reset)",
+    "churn": "6 connections opened and closed at once",
+    "half_open": "3 TCP connections that never finish the handshake",
+}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, float]],
+              loaded: dict[str, float], after: dict[str, float], tally: Tally
+              ) -> dict[str, Any]:
+    under_load = [*samples, loaded]
+    third = max(1, len(under_load) // 3)
+    middle = [s["rss_mib"] for s in under_load[third:2 * third]] or [baseline["rss_mib"]]
+    last = [s["rss_mib"] for s in under_load[-third:]]
+    growth = round(float(np.median(last) - np.median(middle)), 1)
+    v2v = [t["client_v2v_ms"] for t in tally.turns if t["client_v2v_ms"] is not None]
+    resources = {name: {"start": baseline[name], "end": loaded[name],
+                        "max": max(s[name] for s in under_load), "after": after[name]}
+                 for name in ("rss_mib", "fds", "threads")}
+    verdict = {"memory_flat": growth < FLAT_MIB,
+               "fds_back": after["fds"] <= baseline["fds"],
+               "threads_back": after["threads"] <= baseline["threads"],
+               "sessions_released": after["sessions"] == 0,
+               "no_unexpected_errors": not tally.unexpected}
+    return {
+        "machine": machine(), "plan": {**asdict(plan), "max_sessions": plan.max_sessions,
+                                       "flat_mib": FLAT_MIB, "misdeeds": list(MISDEEDS)},
+        "sessions": {"peak": max(s["sessions"] for s in under_load), "end": loaded["sessions"],
+                     "after": after["sessions"]},
+        "turns": {"completed": sum(t["status"] == "completed" for t in tally.turns),
+                  "total": len(tally.turns), "v2v_p50_ms": percentile(v2v, 50),
+                  "v2v_p95_ms": percentile(v2v, 95), "v2v_max_ms": max(v2v, default=None)},
+        "misbehavers": {kind: {"runs": sum(tally.outcomes[kind].values()),
+                               "outcomes": dict(tally.outcomes[kind]),
+                               "server_answers": dict(tally.codes[kind])}
+                        for kind in MISDEEDS},
+        "unexpected": tally.unexpected,
+        "slow_reader_dropped_after_s": tally.slow_dropped_s,
+        "resources": resources, "rss_growth_mib": growth,
+        "verdict": {**verdict, "flat": all(verdict.values())},
+        "samples": [baseline, *under_load, after],
+    }
+
+
+def run(plan: Plan, port: int, server_args: list[str], out: Path) -> dict[str, Any]:
+    """The soak against a fresh `voxwire serve`; the result also lands in `out` (JSON)."""
+    from openai import AsyncOpenAI
+
+    _ = AsyncOpenAI(api_key="bench").realtime  # the SDK's lazy imports, before the loop runs
+    fixtures = make_fixtures(QUESTIONS[:6])
+    args = [*server_args, "--max-sessions", str(plan.max_sessions), "--log-level", "WARNING"]
+    with server_process(port, args) as (url, pid):
+        result = asyncio.run(Soak(url, pid, plan, fixtures).run())
+    result["server_args"] = args
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def section(soak: dict[str, Any]) -> list[str]:
+    """The soak's part of docs/benchmarks.md."""
+    m, plan, res, v = soak["machine"], soak["plan"], soak["resources"], soak["verdict"]
+    turns, held = soak["turns"], soak["sessions"]
+    lines = ["## Soak: many sessions for minutes, idle and misbehaving ones among them", "",
+             f"`make bench-soak` holds {plan['idle']} idle sessions and {plan['talkers']} "
+             f"talking ones for {plan['duration_s']:.0f} s against one `voxwire serve` on "
+             "loopback, while one lane of each misbehaviour below repeats it every "
+             f"{plan['pause_s']:g} s; the talkers speak the fixtures at real-time pace, "
+             f"{TURNS_PER_SESSION} turns per connection. The server process is sampled every "
+             f"{plan['sample_s']:g} s; its start is after a warm-up, with no client connected.",
+             "", f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}.", "",
+             "| server | start | end of the load | max | after the clients left |",
+             "|---|---|---|---|---|"]
+    for name, label in (("rss_mib", "RSS MiB"), ("fds", "file descriptors"),
+                        ("threads", "threads")):
+        r = res[name]
+        lines.append(f"| {label} | {r['start']:.0f} | {r['end']:.0f} | {r['max']:.0f} | "
+                     f"{r['after']:.0f} |")
+    lines += [f"| sessions held | 0 | {held['end']:.0f} | {held['peak']:.0f} | "
+              f"{held['after']:.0f} |", "",
+              f"- Talkers: {turns['completed']}/{turns['total']} turns completed, voice to "
+              f"voice p50 {turns['v2v_p50_ms'] or 0:.0f} ms, p95 {turns['v2v_p95_ms'] or 0:.0f}"
+              " ms (on the client's clock, with everything else going on).",
+              f"- Memory: RSS grew {soak['rss_growth_mib']:.1f} MiB from the middle third of "
+              f"the run to the last (median of the samples; flat below {plan['flat_mib']:g} "
+              "MiB).",
+              "- Verdict: " + ("**flat**: memory flat, file descriptors and threads back to "
+                               "where they started, no session left behind, no unexpected "
+                               "error." if v["flat"] else "**not flat**: " + ", ".join(
+                                   k.replace("_", " ") for k, ok in v.items()
+                                   if not ok and k != "flat") + " failed."), "",
+              "| misbehaviour | runs | outcome | the server's answers |", "|---|---|---|---|"]
+    for kind, mis in soak["misbehavers"].items():
+        outcomes = "; ".join(f"{o}: {n}" for o, n in mis["outcomes"].items())
+        answers = ", ".join(f"`{c}`: {n}" for c, n in mis["server_answers"].items())
+        lines.append(f"| {MISDEED_DOCS[kind]} | {mis['runs']} | {outcomes} | {answers} |")
+    lines.append("")
+    dropped = soak["slow_reader_dropped_after_s"]
+    if dropped:
+        lines += [f"A client that does not read was dropped {min(dropped):.0f}-"
+                  f"{max(dropped):.0f} s after it connected (its socket backs up, then the "
+                  "server gives a stuck send 10 s).", ""]
+    if soak["unexpected"]:
+        lines += ["Unexpected failures:", "", *(f"- {u}" for u in soak["unexpected"][:20]), ""]
+    return lines
