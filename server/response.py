@@ -130,6 +130,7 @@ class ResponseRun:
         self.ctx, self.resp, self.request, self.notice = ctx, resp, request, notice
         self.started_at = time.time()
         self._stream_resampler: audio_codec.StreamResampler | None = None
+        self._first_sent = asyncio.Event()  # the first audio (or text) left the socket
         self.base: Json = {"object": "realtime.response", "id": resp.id,
                            "metadata": resp.metadata, "output_modalities": list(resp.modalities)}
 
@@ -226,7 +227,7 @@ class ResponseRun:
             item = await self._message()
             self.resp.clock.mark("released")
             await self.ctx.emit({"type": "response.output_text.delta", **self.resp.ids(item),
-                                 "delta": delta}, lambda: self.resp.clock.mark("first_audio_sent"))
+                                 "delta": delta}, self._mark_sent)
 
         await self._consume(on_text)
 
@@ -332,7 +333,7 @@ class ResponseRun:
 
         def on_sent(reference: Float32) -> Callable[[], None]:
             def sent() -> None:
-                resp.clock.mark("first_audio_sent")
+                self._mark_sent()
                 self.ctx.echo.sent(reference, time.monotonic())
             return sent
 
@@ -428,8 +429,18 @@ class ResponseRun:
             await ctx.emit(p.error_event(f"the turn could not be saved: {exc}",
                                          code="store_failed", kind="server_error"))
 
+    def _mark_sent(self) -> None:
+        self.resp.clock.mark("first_audio_sent")
+        self._first_sent.set()
+
     async def _report(self, status: str) -> None:
         resp = self.resp
+        if (status == "completed" and "released" in resp.clock.marks
+                and not self._first_sent.is_set()):
+            # Output is queued but not sent yet (a released speculative answer arrives all
+            # at once): the turn's figures are only whole once its first audio has left.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_sent.wait(), 2)
         stages = resp.clock.stages_ms()
         record = {"response_id": resp.id, "item_id": resp.user_item_id, "status": status,
                   "stages_ms": stages, "overhead_ms": resp.clock.overhead_ms(),
