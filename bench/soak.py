@@ -51,7 +51,10 @@ from bench.latency import (
 from bench.load import proc_stats
 from client.realtime import pcm16
 
-FLAT_MIB = 16.0  # RSS growth from the middle third to the last third still called flat
+# Memory is flat when RSS over the last two thirds of the run (the first third is the
+# warm-up to this load) fits a line rising less than this.
+FLAT_MIB_PER_MIN = 2.0
+IDLE_TIMEOUT_S = 600.0  # the server's default --idle-timeout-s: idle sessions end there
 # A client that does not read gets its socket backed up within seconds; the server must
 # drop it (it gives a stuck send 10 s) well before this.
 SLOW_HOLD_S = 60.0
@@ -172,16 +175,33 @@ class Soak:
                 self.tally.fail(f"talker {n}", f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(1)
 
-    async def hold_idle(self, count: int) -> list[ClientConnection]:
-        conns = []
-        for _ in range(count):
-            ws = await connect(self.ws_url)
-            created = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            if created["type"] != "session.created":
-                self.tally.fail("idle", f"got {created['type']} first")
-            conns.append(ws)
-            await asyncio.sleep(0.02)
-        return conns
+    async def idle(self, n: int) -> ClientConnection | None:
+        """An idle session held to the end of the run; one the server closes at its idle
+        timeout is replaced. The open connection, or None after a failure."""
+        await asyncio.sleep(0.02 * n)  # not all in the same instant
+        try:
+            while True:
+                ws = await connect(self.ws_url)
+                opened = time.monotonic()
+                codes = []
+                try:
+                    while True:
+                        left = max(0.0, self.deadline - time.monotonic())
+                        ev = json.loads(await asyncio.wait_for(ws.recv(), left))
+                        if ev["type"] == "error":
+                            codes.append(ev["error"]["code"])
+                except TimeoutError:
+                    return ws
+                except ConnectionClosed:
+                    held = time.monotonic() - opened
+                    if codes != ["idle_timeout"] or held < IDLE_TIMEOUT_S - 1:
+                        self.tally.fail(f"idle {n}", f"closed after {held:.0f} s "
+                                                     f"({ws.close_code}, errors {codes})")
+                        return None
+                    self.tally.codes["idle"]["idle_timeout"] += 1
+        except Exception as exc:  # a well-behaved session must not fail
+            self.tally.fail(f"idle {n}", f"{type(exc).__name__}: {exc}")
+            return None
 
     # ------------------------------------------------------------------ misbehavers
 
@@ -237,13 +257,17 @@ class Soak:
     async def huge(self) -> str:
         """One message beyond --max-message-bytes: the server closes with 1009."""
         # No compression: deflating megabytes would stall this client's own event loop.
-        async with connect(self.ws_url, compression=None) as ws:
+        ws = await connect(self.ws_url, compression=None)
+        try:
             await ws.recv()  # session.created
             big = event("input_audio_buffer.append", audio="A" * MAX_MESSAGE_BYTES)
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(big)
                 while True:
                     await ws.recv()
+        finally:  # not `async with`: closing again what the server closed mid-write fails
+            if ws.state is not State.CLOSED:
+                ws.transport.abort()
         self.tally.codes["huge"][str(ws.close_code)] += 1
         return f"closed {ws.close_code}"
 
@@ -399,15 +423,14 @@ class Soak:
         self.tally = Tally()
         self.deadline = time.monotonic() + plan.duration_s
         sampler = asyncio.create_task(self.sampler())
-        idle = await self.hold_idle(plan.idle)
+        idle = [asyncio.create_task(self.idle(n)) for n in range(plan.idle)]
         lanes = [self.lane(kind, misdeed) for kind, misdeed in self.misdeeds().items()]
         await asyncio.gather(*(self.talker(n) for n in range(plan.talkers)), *lanes)
+        held = await asyncio.gather(*idle)
         loaded = await self.sample()
-        dropped = [ws.close_code for ws in idle if ws.state is not State.OPEN]
-        if dropped:
-            self.tally.fail("idle", f"{len(dropped)} sessions closed by the server: {dropped}")
-        for ws in idle:
-            await ws.close()
+        for ws in held:
+            if ws is not None:
+                await ws.close()
         sampler.cancel()
         held_after = await self.until_released()
         await asyncio.sleep(2.0)  # threads that were finishing a piece of work
@@ -453,22 +476,24 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
               loaded: dict[str, float], after: dict[str, float], tally: Tally
               ) -> dict[str, Any]:
     under_load = [*samples, loaded]
-    third = max(1, len(under_load) // 3)
-    middle = [s["rss_mib"] for s in under_load[third:2 * third]] or [baseline["rss_mib"]]
-    last = [s["rss_mib"] for s in under_load[-third:]]
-    growth = round(float(np.median(last) - np.median(middle)), 1)
+    settled = under_load[len(under_load) // 3:]
+    slope = 0.0
+    if len(settled) >= 2 and settled[-1]["t_s"] > settled[0]["t_s"]:
+        fit = np.polyfit([s["t_s"] / 60 for s in settled], [s["rss_mib"] for s in settled], 1)
+        slope = round(float(fit[0]), 2)
     v2v = [t["client_v2v_ms"] for t in tally.turns if t["client_v2v_ms"] is not None]
     resources = {name: {"start": baseline[name], "end": loaded[name],
                         "max": max(s[name] for s in under_load), "after": after[name]}
                  for name in ("rss_mib", "fds", "threads")}
-    verdict = {"memory_flat": growth < FLAT_MIB,
+    verdict = {"memory_flat": slope < FLAT_MIB_PER_MIN,
                "fds_back": after["fds"] <= baseline["fds"],
                "threads_back": after["threads"] <= baseline["threads"],
                "sessions_released": after["sessions"] == 0,
                "no_unexpected_errors": not tally.unexpected}
     return {
         "machine": machine(), "plan": {**asdict(plan), "max_sessions": plan.max_sessions,
-                                       "flat_mib": FLAT_MIB, "misdeeds": list(MISDEEDS)},
+                                       "flat_mib_per_min": FLAT_MIB_PER_MIN,
+                                       "misdeeds": list(MISDEEDS)},
         "sessions": {"peak": max(s["sessions"] for s in under_load), "end": loaded["sessions"],
                      "after": after["sessions"]},
         "turns": {"completed": sum(t["status"] == "completed" for t in tally.turns),
@@ -480,7 +505,8 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
                         for kind in MISDEEDS},
         "unexpected": tally.unexpected,
         "slow_reader_dropped_after_s": tally.slow_dropped_s,
-        "resources": resources, "rss_growth_mib": growth,
+        "idle_sessions_replaced": tally.codes["idle"]["idle_timeout"],
+        "resources": resources, "rss_mib_per_min": slope,
         "verdict": {**verdict, "flat": all(verdict.values())},
         "samples": [baseline, *under_load, after],
     }
@@ -525,9 +551,12 @@ def section(soak: dict[str, Any]) -> list[str]:
               f"- Talkers: {turns['completed']}/{turns['total']} turns completed, voice to "
               f"voice p50 {turns['v2v_p50_ms'] or 0:.0f} ms, p95 {turns['v2v_p95_ms'] or 0:.0f}"
               " ms (on the client's clock, with everything else going on).",
-              f"- Memory: RSS grew {soak['rss_growth_mib']:.1f} MiB from the middle third of "
-              f"the run to the last (median of the samples; flat below {plan['flat_mib']:g} "
-              "MiB).",
+              *([f"- Idle sessions the server closed at its idle timeout "
+                 f"({IDLE_TIMEOUT_S:g} s), each replaced: {soak['idle_sessions_replaced']}."]
+                if soak["idle_sessions_replaced"] else []),
+              f"- Memory: over the last two thirds of the run RSS rose "
+              f"{soak['rss_mib_per_min']:.1f} MiB a minute (a least-squares line through the "
+              f"samples; flat below {plan['flat_mib_per_min']:g}).",
               "- Verdict: " + ("**flat**: memory flat, file descriptors and threads back to "
                                "where they started, no session left behind, no unexpected "
                                "error." if v["flat"] else "**not flat**: " + ", ".join(

@@ -26,14 +26,17 @@ def test_a_short_soak_answers_every_misbehaviour_and_leaks_nothing(tmp_path: Pat
 
 def test_the_verdict_sees_growth_and_leaks() -> None:
     base = {"t_s": 0.0, "rss_mib": 500.0, "fds": 12.0, "threads": 11.0, "sessions": 0.0}
-    growing = [{**base, "rss_mib": 500.0 + 5 * n, "sessions": 9.0} for n in range(30)]
+    minutes = [{**base, "t_s": 60.0 * n, "sessions": 9.0} for n in range(1, 31)]
+    growing = [{**s, "rss_mib": 500.0 + 3 * n} for n, s in enumerate(minutes)]
     leaky = {**base, "fds": 14.0, "threads": 12.0, "sessions": 1.0}
     tally = soak.Tally()
     tally.fail("talker 0", "turn failed")
     result = soak.summarize(soak.Plan(), base, growing[:-1], growing[-1], leaky, tally)
-    assert result["rss_growth_mib"] == 50.0
+    assert result["rss_mib_per_min"] == 3.0
     assert not any(result["verdict"].values())
     assert result["resources"]["fds"] == {"start": 12.0, "end": 12.0, "max": 12.0,
                                           "after": 14.0}
-    flat = soak.summarize(soak.Plan(), base, growing[:3] * 10, growing[2], base, soak.Tally())
-    assert flat["verdict"]["flat"]
+    # a step early on, then level, with the usual jitter: flat
+    level = [{**s, "rss_mib": (550.0 if n > 3 else 500.0) + n % 2} for n, s in enumerate(minutes)]
+    flat = soak.summarize(soak.Plan(), base, level[:-1], level[-1], base, soak.Tally())
+    assert flat["verdict"]["flat"], flat["rss_mib_per_min"]
