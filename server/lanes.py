@@ -8,6 +8,7 @@ TTS of a third) run in parallel. Generators are iterated inside the lane's threa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,54 +31,73 @@ class Lane:
     ) -> AsyncGenerator[T, None]:
         """Iterate ``make()`` in the lane's thread; yield its items here, with backpressure.
 
-        Set ``stop`` (or stop consuming) to make the thread abandon the generator.
+        At most ``maxsize`` items wait for the consumer. When they do, the producer parks:
+        it gives the lane's thread back to other callers and is resumed (in the lane again)
+        once the consumer takes an item, so a consumer that stops reading never holds the
+        lane. Set ``stop`` (or stop consuming) to make the producer abandon the generator.
         """
         loop = asyncio.get_running_loop()
-        halt = threading.Event()  # this stream only: the consumer went away
+        queue: asyncio.Queue[object] = asyncio.Queue()  # bounded by `free`, below
+        lock = threading.Lock()
+        free, parked, halted = maxsize, False, False
+        gen: Iterator[T] | None = None
 
-        def stopped() -> bool:
-            return halt.is_set() or stop.is_set()
+        def deliver(item: object) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        # The queue itself is unbounded; the slots bound it: the thread takes one per item
-        # and the consumer gives it back, so a slow consumer holds the producer back.
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        slots = threading.Semaphore(maxsize)
+        def close() -> None:
+            close_gen = getattr(gen, "close", None)
+            if close_gen is not None:
+                close_gen()
 
-        def put(item: object) -> bool:
-            while not stopped():
-                if slots.acquire(timeout=0.05):
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-                    return True
-            return False
-
-        def work() -> None:
+        def pump() -> None:  # in the lane's thread; never raises: failures are queued
+            nonlocal gen, free, parked
             try:
-                gen = make()
-                try:
-                    for item in gen:
-                        if stopped() or not put(item):
+                if gen is None:
+                    gen = make()
+                while True:
+                    with lock:
+                        if halted or stop.is_set():
                             break
-                finally:
-                    close = getattr(gen, "close", None)
-                    if close is not None:
-                        close()
+                        if free == 0:
+                            parked = True  # the consumer resubmits us when it takes one
+                            return
+                        free -= 1
+                    try:
+                        item = next(gen)
+                    except StopIteration:
+                        break
+                    deliver(item)
+                close()
+                deliver(_DONE)
             except BaseException as exc:  # handed to the consumer, raised there
-                put(_Failure(exc))
-                return
-            put(_DONE)
+                with contextlib.suppress(BaseException):
+                    close()
+                deliver(_Failure(exc))
 
-        loop.run_in_executor(self._pool, work)  # work() never raises: failures are queued
+        def resume() -> None:
+            nonlocal parked
+            with lock:
+                again, parked = parked, False
+            if again:
+                loop.run_in_executor(self._pool, pump)
+
+        loop.run_in_executor(self._pool, pump)
         try:
             while True:
                 item = await queue.get()
-                slots.release()
                 if item is _DONE:
                     break
                 if isinstance(item, _Failure):
                     raise item.exc
+                with lock:
+                    free += 1
+                resume()
                 yield item  # type: ignore[misc]
         finally:
-            halt.set()  # the thread notices within 50 ms; the loop never waits for it
+            with lock:
+                halted = True  # a running producer stops at its next item
+            resume()  # a parked one is woken to close its generator in the lane
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
