@@ -16,6 +16,9 @@ _ABBREVIATIONS = frozenset((
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "a.m",
     "p.m", "approx", "no", "fig", "inc", "ltd", "co",
 ))
+# The longest piece handed to TTS: a sentence longer than this is cut at a word boundary.
+# Piper's working memory grows with its input, so this also bounds that (tts.py).
+MAX_PIECE_CHARS = 200
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
 _CLAUSE_END = re.compile(r"[,;:]+(?=\s)|\s[-\u2013\u2014]\s")
 _WORD = re.compile(r"\S+(?=\s)")  # a complete word: something follows it
@@ -28,7 +31,7 @@ _BREAKS = frozenset((
 
 class SentenceSplitter:
     def __init__(self, *, first_clause_words: int = 4, first_max_words: int = 8,
-                 max_chars: int = 300) -> None:
+                 max_chars: int = MAX_PIECE_CHARS) -> None:
         self.first_clause_words = first_clause_words
         self.first_max_words = max(first_max_words, first_clause_words)
         self.max_chars = max_chars
