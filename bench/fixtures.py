@@ -33,7 +33,7 @@ def _piper() -> Any:
     from models import locate
     from server.stages.tts import PiperSynthesizer
 
-    return PiperSynthesizer(locate("joe", "tts"), warm_chars=0).voice
+    return PiperSynthesizer(locate("joe", "tts"), warm=False).voice
 
 
 def speak_piper(text: str, rate: int = RATE) -> Float32:

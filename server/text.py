@@ -17,8 +17,7 @@ _ABBREVIATIONS = frozenset((
     "p.m", "approx", "no", "fig", "inc", "ltd", "co",
 ))
 # The longest piece handed to TTS: a sentence longer than this is cut at a word boundary.
-# Piper's working memory grows with its input, so this also bounds that (tts.py).
-MAX_PIECE_CHARS = 200
+MAX_PIECE_CHARS = 300
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
 _CLAUSE_END = re.compile(r"[,;:]+(?=\s)|\s[-\u2013\u2014]\s")
 _WORD = re.compile(r"\S+(?=\s)")  # a complete word: something follows it

@@ -146,6 +146,31 @@ def test_tts_speaks_at_a_plausible_length(engines: Engines) -> None:
     assert {"capital", "france"} <= set(heard), heard
 
 
+def test_phonemes_are_cut_at_a_clause_mark_or_between_words() -> None:
+    from server.stages.tts import bounded
+
+    sentence = list("ab cd, ef gh ij.")
+    assert list(bounded(sentence, 100)) == [sentence]
+    assert list(bounded(sentence, 10)) == [list("ab cd,"), list("ef gh ij.")]
+    assert list(bounded(sentence, 12)) == [list("ab cd, ef"), list("gh ij.")]
+    assert list(bounded(list("abcdef gh"), 6)) == [list("abcdef"), list("gh")]
+    parts = list(bounded(list("aaaa " * 40), 16))
+    assert all(len(p) <= 16 for p in parts) and sum(map(len, parts)) == 4 * 40 + 39
+
+
+def test_tts_speaks_a_long_sentence_in_bounded_runs(engines: Engines) -> None:
+    """Digits make a short text long to speak: piper gets it in parts, so its working
+    memory never grows past what the warm-up at load made it."""
+    text = "The totals were " + ", ".join(f"{n:,}" for n in range(1_234_567, 1_234_587)) + "."
+    phonemes = engines.tts.voice.phonemize(text)
+    assert sum(map(len, phonemes)) > 4 * engines.tts.max_phonemes
+    runs = list(engines.tts.synthesize(text, threading.Event()))
+    assert len(runs) >= 5
+    longest = max(len(r) for r in runs) / engines.tts.sample_rate
+    assert 2.0 < longest < 16.0, longest  # the longest run is about ten seconds at most
+    assert all(np.abs(r).max() > 0.1 for r in runs)
+
+
 def test_llm_history_is_trimmed_to_the_context_window(engines: Engines) -> None:
     from server.stages.llm import LlamaModel
 

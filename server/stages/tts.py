@@ -1,10 +1,11 @@
 """Piper text-to-speech (onnxruntime), one piece of text at a time.
 
-Memory: onnxruntime's default CPU arena grows in powers of two and, with memory patterns
-on, plans each new input length anew, so a server speaking ever new sentences grows for
-hours. Piper sessions here share one arena that extends only by what is requested, with
-memory patterns off, and are warmed at load with the longest piece the splitter can
-produce: the arena reaches its size then, and stays there.
+Memory: piper's working memory grows with the length of what it speaks in one run, and
+onnxruntime keeps what a run needed for the next ones. A long run of digits makes a
+short piece of text a long one to speak ("1,234,567" is 44 phonemes), so what bounds
+the memory is the phonemes per run: a sentence longer than ``max_phonemes`` is spoken
+in parts, cut at a clause mark or else between words. The synthesizer speaks one run of
+the longest size at load, so its memory reaches its full size then and stays there.
 """
 
 from __future__ import annotations
@@ -21,56 +22,69 @@ from piper.config import PiperConfig
 
 from server.errors import ConfigError
 from server.stages import Float32
-from server.text import MAX_PIECE_CHARS
 
-_ARENA_LOCK = threading.Lock()
-_arena_registered = False
-# Ordinary words, one sentence of the longest piece: what the warm-up speaks.
+MAX_PHONEMES = 160  # about ten seconds of speech in one run
+_CLAUSE_MARKS = frozenset(",;:")
+# Ordinary words: what the warm-up speaks, one run of the longest size.
 _WARM_WORDS = ("the quick brown fox jumps over the lazy dog while the sky turns blue "
                "because light scatters in the air and the water reflects it back ")
 
 
-def _exact_arena(opts: ort.SessionOptions) -> None:
-    """Make ``opts`` use the process's shared CPU arena, which grows only as requested."""
-    global _arena_registered
-    with _ARENA_LOCK:
-        if not _arena_registered:
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
-                                     ort.OrtMemType.DEFAULT)
-            # max_mem 0 (no cap), extend strategy 1 (kSameAsRequested), defaults for the rest
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
-            _arena_registered = True
-    opts.add_session_config_entry("session.use_env_allocators", "1")
-    opts.enable_mem_pattern = False
+def bounded(phonemes: list[str], limit: int) -> Iterator[list[str]]:
+    """``phonemes`` in parts of at most ``limit``: cut after the last clause mark in the
+    second half of the window, else at the last gap between words, else at the limit."""
+    while len(phonemes) > limit:
+        window = phonemes[:limit]
+        marks = [i + 1 for i, p in enumerate(window) if p in _CLAUSE_MARKS and i >= limit // 2]
+        gaps = [i for i, p in enumerate(window) if p == " " and i > 0]
+        cut = marks[-1] if marks else gaps[-1] if gaps else limit
+        yield phonemes[:cut]
+        phonemes = phonemes[cut:]
+        while phonemes and phonemes[0] == " ":
+            phonemes = phonemes[1:]
+    if phonemes:
+        yield phonemes
 
 
 class PiperSynthesizer:
-    def __init__(self, path: Path, *, threads: int = 1, warm_chars: int = MAX_PIECE_CHARS
-                 ) -> None:
+    def __init__(self, path: Path, *, threads: int = 1, max_phonemes: int = MAX_PHONEMES,
+                 warm: bool = True) -> None:
         config = Path(str(path) + ".json")
         if not path.is_file() or not config.is_file():
             raise ConfigError(f"no Piper voice at {path} (needs {path.name} and {config.name})")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        _exact_arena(opts)
+        # Memory patterns are planned (and kept) per input length: one per length ever
+        # spoken. Without them the arena serves every length from the same blocks.
+        opts.enable_mem_pattern = False
         session = ort.InferenceSession(str(path), sess_options=opts,
                                        providers=["CPUExecutionProvider"])
         self.voice = PiperVoice(session=session,
                                 config=PiperConfig.from_dict(json.loads(config.read_text())))
         self.sample_rate: int = self.voice.config.sample_rate
         self.name = path.stem
-        if warm_chars > 0:
-            self.warm_up(warm_chars)
+        self.max_phonemes = max_phonemes
+        if warm:
+            self.warm_up()
 
-    def warm_up(self, chars: int) -> None:
-        """Speak one sentence of ``chars`` characters: the arena takes its full size now."""
-        text = (_WARM_WORDS * (chars // len(_WARM_WORDS) + 1))[:chars].rsplit(" ", 1)[0]
-        for _ in self.synthesize(text + ".", threading.Event()):
-            pass
+    def warm_up(self) -> None:
+        """Speak one run of the longest size: the arena takes its full size now."""
+        sentence = self.voice.phonemize(_WARM_WORDS * (self.max_phonemes // 100 + 1))[0]
+        self._speak(next(bounded(sentence, self.max_phonemes)))
 
     def synthesize(self, text: str, stop: threading.Event) -> Iterator[Float32]:
-        for chunk in self.voice.synthesize(text):
-            if stop.is_set():
-                return
-            yield np.asarray(chunk.audio_float_array, dtype=np.float32)
+        for sentence in self.voice.phonemize(text):
+            for part in bounded(sentence, self.max_phonemes):
+                if stop.is_set():
+                    return
+                yield self._speak(part)
+
+    def _speak(self, phonemes: list[str]) -> Float32:
+        audio = np.asarray(self.voice.phoneme_ids_to_audio(
+            self.voice.phonemes_to_ids(phonemes)), dtype=np.float32).reshape(-1)
+        peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+        if peak < 1e-8:  # piper's own normalization: each run peaks at full scale
+            return np.zeros_like(audio)
+        out: Float32 = np.clip(audio / peak, -1.0, 1.0).astype(np.float32)
+        return out
