@@ -15,8 +15,15 @@ speech (``asr_paths``); a 15 s window matched the padded path there, 8-10 s did 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
+
+# oneDNN (CTranslate2's convolutions on the CPU) keeps a compiled primitive, with its
+# buffers, for every input shape it sees, up to 1024 of them. Partials come in every
+# length, so the default cache grew the server by megabytes a minute; the final window
+# is one shape, and a handful of slots keep it. Read when oneDNN first runs.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
 
 import ctranslate2
 import numpy as np
