@@ -149,6 +149,19 @@ class Soak:
             held = await asyncio.to_thread(metrics_gauge, self.url, "sessions_active")
         return held
 
+    async def until_settled(self, baseline: dict[str, float], within_s: float = 30.0
+                            ) -> dict[str, float]:
+        """Sample until file descriptors and threads are back to the baseline, or
+        `within_s` passed: a half-open connection lasts until the server's handshake
+        timeout, and a thread may be finishing a piece of work."""
+        end = time.monotonic() + within_s
+        after = await self.sample()
+        while time.monotonic() < end and (after["fds"] > baseline["fds"]
+                                          or after["threads"] > baseline["threads"]):
+            await asyncio.sleep(1.0)
+            after = await self.sample()
+        return after
+
     # ------------------------------------------------------------------ well-behaved
 
     async def talker(self, n: int) -> None:
@@ -433,8 +446,7 @@ class Soak:
                 await ws.close()
         sampler.cancel()
         held_after = await self.until_released()
-        await asyncio.sleep(2.0)  # threads that were finishing a piece of work
-        after = await self.sample()
+        after = await self.until_settled(baseline)
         after["sessions"] = held_after
         return summarize(plan, baseline, self.samples, loaded, after, self.tally)
 
