@@ -186,3 +186,34 @@ def test_llm_history_is_trimmed_to_the_context_window(engines: Engines) -> None:
     assert kept[0].role == "system" and kept[-1].content == "Hello?"
     assert 1 < len(kept) < len(history)
     assert sum(llm.count_tokens(m.content) + 8 for m in kept) <= llm.context - 160
+
+
+def test_llm_frees_each_answers_sampler_when_its_stream_ends(engines: Engines) -> None:
+    """Each completion's native sampler chain is freed at once, whether the answer ran to
+    its end, was stopped, or its reader left; none is left for the garbage collector."""
+    import gc
+
+    from llama_cpp._internals import LlamaSampler
+
+    def live() -> int:
+        return sum(isinstance(o, LlamaSampler) and o.sampler is not None
+                   for o in gc.get_objects())
+
+    gc.collect()
+    before = live()
+    gc.disable()
+    try:
+        question = [ChatMessage("user", "Count from one to twenty.")]
+        for _ in range(2):  # to the end
+            list(engines.llm.stream(question, temperature=0.0, max_tokens=12,
+                                    stop=threading.Event()))
+        stop = threading.Event()
+        for _ in engines.llm.stream(question, temperature=0.0, max_tokens=50, stop=stop):
+            stop.set()  # stopped
+        left = engines.llm.stream(question, temperature=0.0, max_tokens=50,
+                                  stop=threading.Event())
+        next(left)
+        left.close()  # its reader left
+        assert live() == before
+    finally:
+        gc.enable()

@@ -61,12 +61,28 @@ class LlamaModel:
             messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
             temperature=temperature, max_tokens=max_tokens, stream=True, repeat_penalty=1.1,
         )
-        for chunk in chunks:
-            if stop.is_set():
-                return
-            delta = chunk["choices"][0].get("delta", {}).get("content")
-            if delta:
-                yield delta
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                delta = chunk["choices"][0].get("delta", {}).get("content")
+                if delta:
+                    yield delta
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+            self._free_sampler()
+
+    def _free_sampler(self) -> None:
+        """Free the completion's sampler chain now. llama-cpp-python keeps the last one
+        and drops it in a reference cycle when the next call makes its own, so each one's
+        native memory waited for a full garbage collection: the server grew by about
+        300 KiB an answer between those."""
+        sampler = getattr(self.llm, "_sampler", None)
+        if sampler is not None:
+            self.llm._sampler = None
+            sampler.close()
 
 
 def as_text(message: ChatMessage) -> ChatMessage:
