@@ -31,6 +31,7 @@ from server import protocol as p
 from server.config import Settings
 from server.engines import Engines
 from server.errors import LimitError, ProtocolError
+from server.heap import trim_every
 from server.http_edge import connection_class, json_error, json_response, response
 from server.session import Session
 from server.store import SqlStore, Store, open_store
@@ -104,7 +105,7 @@ class App:
         if self.store is None:
             self.store = open_store(self.settings.store)
 
-    async def load(self) -> None:
+    async def load(self) -> Engines:
         """Load the models in a thread, so /healthz answers (503) while they load."""
         try:
             self.engines = await asyncio.to_thread(Engines.load, self.settings)
@@ -112,6 +113,7 @@ class App:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model loading failed")
             raise
+        return self.engines
 
     # ------------------------------------------------------------------ HTTP
 
@@ -311,17 +313,21 @@ class App:
             host, port = server.sockets[0].getsockname()[:2]
             print(f"Voxwire listening on http://{host}:{port}/  (realtime: "
                   f"ws://{host}:{port}{REALTIME_PATH})", flush=True)
-            if self.engines is None:
-                await self.load()
+            engines = self.engines or await self.load()
             if isinstance(self.store, SqlStore) and self.settings.retention_days > 0:
                 gone = await self.store.expire(self.settings.retention_days)
                 log.info("history: %d sessions older than %g days deleted", gone,
                          self.settings.retention_days)
+            trimmer = asyncio.create_task(
+                trim_every(self.settings.heap_trim_s, engines.registry), name="heap-trim")
             log.info("ready")
             if ready is not None:
                 ready.set()
             stop = stop or _stop_on_signals()
-            await stop
+            try:
+                await stop
+            finally:
+                trimmer.cancel()
             await self.drain(server)
         if self.engines is not None:
             self.engines.close()

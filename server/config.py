@@ -83,6 +83,7 @@ class Settings:
     send_queue: int = 512
     first_token_timeout_s: float = 20.0
     shutdown_grace_s: float = 5.0
+    heap_trim_s: float = 10.0  # hand freed native memory back this often; 0: never
     # sqlite:///path.db, postgresql://user:pass@host/db or "none" (repr hides a password)
     store: str = field(default="sqlite:///~/.local/share/voxwire/history.db", repr=False)
     record: bool = False  # also keep each turn's audio (user and assistant) in the store
@@ -116,6 +117,7 @@ class Settings:
             ("llm_retries", 0 <= self.llm_retries <= 10),
             ("llm_timeout_s", self.llm_timeout_s > 0),
             ("image_max_side", 64 <= self.image_max_side <= 4096),
+            ("heap_trim_s", self.heap_trim_s >= 0),
         ):
             if not ok:
                 raise ConfigError(f"invalid setting {name}={getattr(self, name)!r}")
