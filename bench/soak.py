@@ -448,7 +448,12 @@ class Soak:
         held_after = await self.until_released()
         after = await self.until_settled(baseline)
         after["sessions"] = held_after
-        return summarize(plan, baseline, self.samples, loaded, after, self.tally)
+        result = summarize(plan, baseline, self.samples, loaded, after, self.tally)
+        trims = await asyncio.to_thread(metrics_gauge, self.url, "heap_trims_total")
+        spent = await asyncio.to_thread(metrics_gauge, self.url, "heap_trim_seconds_total")
+        result["heap_trims"] = {"count": trims,
+                                "mean_ms": round(1000 * spent / trims, 2) if trims else None}
+        return result
 
 
 MISDEEDS = ("garbage_json", "wrong_types", "bad_audio", "huge", "flood", "slow_reader",
@@ -569,6 +574,10 @@ def section(soak: dict[str, Any]) -> list[str]:
               f"- Memory: over the last two thirds of the run RSS rose "
               f"{soak['rss_mib_per_min']:.1f} MiB a minute (a least-squares line through the "
               f"samples; flat below {plan['flat_mib_per_min']:g}).",
+              *([f"- The server handed freed memory back (`--heap-trim-s`) "
+                 f"{soak['heap_trims']['count']:.0f} times, {soak['heap_trims']['mean_ms']} ms "
+                 "each on average, in a worker thread."]
+                if soak.get("heap_trims", {}).get("count") else []),
               "- Verdict: " + ("**flat**: memory flat, file descriptors and threads back to "
                                "where they started, no session left behind, no unexpected "
                                "error." if v["flat"] else "**not flat**: " + ", ".join(
