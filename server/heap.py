@@ -37,10 +37,11 @@ def malloc_trim() -> Callable[[int], int] | None:
 async def trim_every(interval_s: float, registry: Registry) -> None:
     """Trim the heap every `interval_s` seconds, in a worker thread (it walks every
     arena), until cancelled; counts each trim and its time in the registry."""
+    if interval_s <= 0:
+        return
     trim = malloc_trim()
-    if interval_s <= 0 or trim is None:
-        if trim is None:
-            log.info("heap trimming unavailable: this C library has no malloc_trim")
+    if trim is None:
+        log.info("heap trimming unavailable: this C library has no malloc_trim")
         return
     while True:
         await asyncio.sleep(interval_s)
