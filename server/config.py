@@ -18,6 +18,7 @@ DEFAULT_MODELS = {"local": "smollm2-135m", "openai": "gpt-4o-mini",
 KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
                  "openai-compatible": "OPENAI_API_KEY"}
 AsrMode = Literal["short", "padded"]
+CacheScope = Literal["shared", "session"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are Voxwire, a helpful voice assistant. Always answer in English, in one to three short "
@@ -52,6 +53,9 @@ class Settings:
     llm_vision: Toggle = "auto"
     llm_threads: int = 1
     llm_context: int = 2048
+    # "session": never reuse a KV-cache prefix across sessions (no prompt timing between
+    # clients; a cold prefill when sessions alternate); "shared": reuse it (faster)
+    llm_cache_scope: CacheScope = "shared"
     tts_voice: str = "joe"
     tts_threads: int = 1
     # Conversation defaults (a client may change them with session.update).
@@ -73,6 +77,9 @@ class Settings:
     # Limits.
     max_message_bytes: int = 4 * 1024 * 1024
     max_utterance_s: float = 30.0
+    max_append_s: float = 15.0  # audio in one input_audio_buffer.append
+    audio_rate: float = 1.5  # audio seconds a session may send per second, after the burst
+    audio_burst_s: float = 30.0  # audio a session may send at once, faster than real time
     max_buffer_s: float = 120.0
     max_sessions: int = 64
     max_sessions_per_key: int = 16
@@ -118,6 +125,9 @@ class Settings:
             ("llm_timeout_s", self.llm_timeout_s > 0),
             ("image_max_side", 64 <= self.image_max_side <= 4096),
             ("heap_trim_s", self.heap_trim_s >= 0),
+            ("max_append_s", 0.1 <= self.max_append_s <= 60.0),
+            ("audio_rate", self.audio_rate >= 1.0),
+            ("audio_burst_s", self.audio_burst_s >= self.max_append_s),
         ):
             if not ok:
                 raise ConfigError(f"invalid setting {name}={getattr(self, name)!r}")

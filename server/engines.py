@@ -62,7 +62,7 @@ class Engines:
         llm: LlamaModel | None = None
         if settings.llm_backend == "local":
             llm = LlamaModel(resolve(settings.llm_model, "llm"), threads=settings.llm_threads,
-                             context=settings.llm_context)
+                             context=settings.llm_context, cache_scope=settings.llm_cache_scope)
         responder = make_responder(settings, llm, llm_lane)
         log.info("models loaded in %.1f s (asr %s on %s, mode %s; llm %s via %s; tts %s)",
                  time.monotonic() - t0, settings.asr_model, asr.device, settings.asr_mode,
@@ -70,18 +70,22 @@ class Engines:
         return cls(vad, asr, llm, responder, tts, Registry(), Lane("vad"), Lane("asr"),
                    llm_lane, Lane("tts"))
 
+    @property
+    def lanes(self) -> tuple[Lane, ...]:
+        return (self.vad_lane, self.asr_lane, self.llm_lane, self.tts_lane)
+
     def close(self) -> None:
-        for lane in (self.vad_lane, self.asr_lane, self.llm_lane, self.tts_lane):
+        for lane in self.lanes:
             lane.close()
 
 
 def make_responder(settings: Settings, llm: LanguageModel | None, lane: Lane) -> Responder:
     """The configured language backend behind the one Responder interface."""
     from server.stages.cloud import AnthropicResponder, OpenAIResponder
-    from server.stages.llm import LocalResponder
+    from server.stages.llm import LlamaModel, LocalResponder
 
     if settings.llm_backend == "local":
-        if llm is None:
+        if not isinstance(llm, LlamaModel):
             raise ConfigError("the local backend needs its model loaded")
         return LocalResponder(llm, lane)
     common: dict[str, Any] = {"model": settings.llm_model, "api_key": settings.llm_api_key,

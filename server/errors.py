@@ -12,6 +12,7 @@ __all__ = [
     "StageError",
     "StoreError",
     "VoxwireError",
+    "WorkCancelled",
 ]
 
 
@@ -74,3 +75,10 @@ class StoreError(VoxwireError):
     """The history store failed to read or write (a database error, an unreachable server)."""
 
     code = "store_failed"
+
+
+class WorkCancelled(VoxwireError):
+    """Work that nobody waits for any more (a dropped speculation, a closed session) was
+    stopped before its end."""
+
+    code = "cancelled"

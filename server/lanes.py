@@ -1,8 +1,16 @@
 """Worker lanes: every CPU-bound model call runs in a thread, never on the event loop.
 
-Each engine gets its own lane (a one-thread executor), so calls to the same model are
-serialized in arrival order while different stages (ASR of one session, LLM of another,
-TTS of a third) run in parallel. Generators are iterated inside the lane's thread too.
+Each engine gets its own lane (one worker thread), so calls to the same model are
+serialized while different stages (ASR of one session, LLM of another, TTS of a third)
+run in parallel. Generators are iterated inside the lane's thread too.
+
+Lanes are shared by every session, so they are fair and cancellable:
+
+- Each job belongs to an owner (a session id). The lane takes one job from each owner in
+  turn (round robin), so a session that queues a lot only waits behind itself.
+- Each job carries a token (a ``threading.Event``). A job whose token is set before it
+  starts never runs; a long job may check it as it goes. ``cancel_owner`` sets the token
+  of every job an owner has queued or running (a session closing).
 """
 
 from __future__ import annotations
@@ -10,64 +18,190 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
 
 
+@dataclass(eq=False)
+class _Job:
+    fn: Callable[[], Any]
+    token: threading.Event
+    owner: str
+    settle: Callable[[Any, BaseException | None], None] = field(repr=False)
+    must_run: bool = False  # a parked generator's resumption: it closes what it started
+
+
+class LaneClosed(RuntimeError):
+    """The lane was shut down with this job still waiting."""
+
+
 class Lane:
     def __init__(self, name: str) -> None:
         self.name = name
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"voxwire-{name}")
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[_Job]] = {}
+        self._turns: deque[str] = deque()  # owners with queued jobs, in the order they go
+        self._running: _Job | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=f"voxwire-{name}",
+                                        daemon=True)
+        self._thread.start()
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+    # ------------------------------------------------------------------ the worker
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._turns and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                owner = self._turns.popleft()
+                queue = self._queues[owner]
+                job = queue.popleft()
+                if queue:
+                    self._turns.append(owner)  # its next job waits for everyone else's
+                else:
+                    del self._queues[owner]
+                self._running = job
+            try:
+                if job.token.is_set() and not job.must_run:
+                    job.settle(None, asyncio.CancelledError())
+                    continue
+                try:
+                    result = job.fn()
+                except BaseException as exc:  # handed to the caller, raised there
+                    job.settle(None, exc)
+                else:
+                    job.settle(result, None)
+            finally:
+                with self._cond:
+                    self._running = None
+
+    def _submit(self, job: _Job) -> None:
+        with self._cond:
+            if self._closed:
+                job.settle(None, LaneClosed(f"the {self.name} lane is closed"))
+                return
+            queue = self._queues.get(job.owner)
+            if queue is None:
+                queue = self._queues[job.owner] = deque()
+                self._turns.append(job.owner)
+            queue.append(job)
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ callers
+
+    async def run(self, fn: Callable[[], T], *, owner: str = "",
+                  token: threading.Event | None = None) -> T:
+        """Run ``fn`` in the lane. Cancelling the caller cancels the job if it has not
+        started (and sets its token, for a job that checks it)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        token = token or threading.Event()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            _call_soon(loop, _settle, future, result, exc)
+
+        self._submit(_Job(fn, token, owner, settle))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            token.set()
+            raise
+
+    def cancel_owner(self, owner: str) -> int:
+        """Cancel everything ``owner`` has queued, and ask its running job to stop."""
+        with self._cond:
+            jobs = list(self._queues.get(owner, ()))
+            if self._running is not None and self._running.owner == owner:
+                jobs.append(self._running)
+        for job in jobs:
+            job.token.set()
+        return len(jobs)
+
+    def pending(self, owner: str | None = None) -> int:
+        with self._cond:
+            if owner is not None:
+                return len(self._queues.get(owner, ()))
+            return sum(len(q) for q in self._queues.values())
 
     async def stream(
-        self, make: Callable[[], Iterator[T]], stop: threading.Event, maxsize: int = 16
+        self, make: Callable[[], Iterator[T]], stop: threading.Event, maxsize: int = 16, *,
+        owner: str = "", park: bool = True, step: bool = False,
+        on_closed: Callable[[], None] | None = None,
     ) -> AsyncGenerator[T, None]:
-        """Iterate ``make()`` in the lane's thread; yield its items here, with backpressure.
+        """Iterate ``make()`` in the lane's thread; yield its items here.
 
-        At most ``maxsize`` items wait for the consumer. When they do, the producer parks:
-        it gives the lane's thread back to other callers and is resumed (in the lane again)
-        once the consumer takes an item, so a consumer that stops reading never holds the
-        lane. Set ``stop`` (or stop consuming) to make the producer abandon the generator.
+        With ``park`` (the default), at most ``maxsize`` items wait for the consumer. When
+        they do, the producer parks: it gives the lane's thread back to other callers and
+        is resumed (in the lane again, behind every other owner's job) once the consumer
+        takes an item, so a consumer that stops reading never holds the lane.
+
+        Without ``park`` the producer never waits for its consumer; the generator must
+        bound its own output. With ``step`` it makes one item per turn of the lane and then
+        goes behind every other owner's job, so long generations of different sessions
+        take turns; without it, it runs to its end in one go.
+
+        Set ``stop`` (or stop consuming) to make the producer abandon the generator.
+        ``on_closed`` is called once on the event loop when the producer is done with the
+        generator (it ended, failed, was closed, or never started).
         """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()  # bounded by `free`, below
+        queue: asyncio.Queue[object] = asyncio.Queue()  # bounded by `free`, or by `make`
         lock = threading.Lock()
-        free, parked, halted = maxsize, False, False
+        free, parked, halted, closed = maxsize, False, False, False
         gen: Iterator[T] | None = None
 
         def deliver(item: object) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            _call_soon(loop, queue.put_nowait, item)
+
+        def finished() -> None:  # in the lane's thread, or on the loop; once
+            nonlocal closed
+            with lock:
+                if closed:
+                    return
+                closed = True
+            if on_closed is not None:
+                _call_soon(loop, on_closed)
 
         def close() -> None:
             close_gen = getattr(gen, "close", None)
-            if close_gen is not None:
-                close_gen()
+            try:
+                if close_gen is not None:
+                    close_gen()
+            finally:
+                finished()
+
+        def again() -> None:
+            self._submit(_Job(pump, stop, owner, settled, must_run=True))
 
         def pump() -> None:  # in the lane's thread; never raises: failures are queued
             nonlocal gen, free, parked
             try:
-                if gen is None:
-                    gen = make()
                 while True:
                     with lock:
                         if halted or stop.is_set():
                             break
-                        if free == 0:
+                        if park and free == 0:
                             parked = True  # the consumer resubmits us when it takes one
                             return
                         free -= 1
+                    if gen is None:
+                        gen = make()
                     try:
                         item = next(gen)
                     except StopIteration:
                         break
                     deliver(item)
+                    if step:
+                        again()  # the next item waits for everyone else's turn
+                        return
                 close()
                 deliver(_DONE)
             except BaseException as exc:  # handed to the consumer, raised there
@@ -75,20 +209,28 @@ class Lane:
                     close()
                 deliver(_Failure(exc))
 
+        def settled(_result: Any, exc: BaseException | None) -> None:
+            if exc is not None:  # never ran: cancelled before it started, or the lane closed
+                deliver(_Failure(exc))
+                if gen is None or isinstance(exc, LaneClosed):
+                    finished()
+
         def resume() -> None:
             nonlocal parked
             with lock:
-                again, parked = parked, False
-            if again:
-                loop.run_in_executor(self._pool, pump)
+                wake, parked = parked, False
+            if wake:
+                again()
 
-        loop.run_in_executor(self._pool, pump)
+        self._submit(_Job(pump, stop, owner, settled))
         try:
             while True:
                 item = await queue.get()
                 if item is _DONE:
                     break
                 if isinstance(item, _Failure):
+                    if isinstance(item.exc, asyncio.CancelledError):
+                        break  # stopped before it started: an empty stream
                     raise item.exc
                 with lock:
                     free += 1
@@ -100,7 +242,31 @@ class Lane:
             resume()  # a parked one is woken to close its generator in the lane
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._cond:
+            self._closed = True
+            jobs = [job for queue in self._queues.values() for job in queue]
+            self._queues.clear()
+            self._turns.clear()
+            self._cond.notify_all()
+        for job in jobs:
+            job.settle(None, LaneClosed(f"the {self.name} lane is closed"))
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """Hand a result back to the loop, unless the loop is gone (nobody waits any more)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(result)
+    elif isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(exc)
 
 
 class _Failure:

@@ -90,7 +90,15 @@ def _bool(value: Any, param: str) -> bool:
     return value
 
 
-def _str(value: Any, param: str, max_len: int = 100_000) -> str:
+MAX_TEXT_CHARS = 32_768  # every free-text field a client sends: instructions, text parts
+
+
+def text_value(value: Any, param: str) -> str:
+    """A client's free text (instructions, a message): one limit for every such field."""
+    return _str(value, param, MAX_TEXT_CHARS)
+
+
+def _str(value: Any, param: str, max_len: int = MAX_TEXT_CHARS) -> str:
     if not isinstance(value, str) or len(value) > max_len:
         raise ProtocolError(f"{param} must be a string of at most {max_len} characters",
                             code="invalid_value", param=param)
@@ -184,7 +192,7 @@ def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> 
     s = _obj(session, "session")
     ch: dict[str, Any] = {}
     if "instructions" in s:
-        ch["instructions"] = _str(s["instructions"], "session.instructions")
+        ch["instructions"] = text_value(s["instructions"], "session.instructions")
     if "temperature" in s:
         ch["temperature"] = _num(s["temperature"], "session.temperature", 0.0, 2.0)
     if "tools" in s:

@@ -353,7 +353,8 @@ class ResponseRun:
 
             try:
                 async for data, ms, reference in engines.tts_lane.stream(
-                        lambda text=text: encoded(text), resp.stop):  # type: ignore[misc]
+                        lambda text=text: encoded(text), resp.stop,  # type: ignore[misc]
+                        owner=self.ctx.session_id):
                     resp.clock.mark("tts_first_audio")
                     if not started:
                         ids, started = await start(), True

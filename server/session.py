@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -39,6 +40,7 @@ from server.stages import (
 )
 from server.store import NullStore, Store
 from server.turns import (
+    AudioBudget,
     InputBuffer,
     SpeechConfirmed,
     SpeechPaused,
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 ECHO_WINDOW = 4000  # samples (250 ms at 16 kHz) of microphone audio judged for echo
 ASR_TAIL_MS = 200  # trailing silence handed to Whisper with an utterance
 MIN_COMMIT_MS = 100
+IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and minimum speech
 
 OnSent = Callable[[], None]
 
@@ -105,6 +108,7 @@ class Speculation:
     item_id: str
     clock: TurnClock
     result: asyncio.Future[Transcript]
+    stop: threading.Event  # set when the speculation is dropped: its ASR job is not run
     starter: asyncio.Task[None] | None = None
     answer: EarlyAnswer | None = None
 
@@ -143,6 +147,7 @@ class Session:
         )
         self.conv = Conversation()
         self.buffer = InputBuffer(settings.max_buffer_s)
+        self._audio_budget = AudioBudget(settings.audio_rate, settings.audio_burst_s)
         self._vad: VadStream = engines.vad.new_stream()
         self._detector = self._new_detector()
         self._resampler = audio_codec.StreamResampler(self.cfg.input_format.rate, 16000)
@@ -174,6 +179,8 @@ class Session:
 
     async def close(self) -> None:
         self._closed = True
+        for lane in self.engines.lanes:  # nobody waits for what this session queued
+            lane.cancel_owner(self.id)
         self._drop_speculation()
         for answer in list(self._early):
             answer.discard()
@@ -273,20 +280,43 @@ class Session:
         return TurnDetector(window_ms=self._vad.window_ms, threshold=td.threshold,
                             silence_ms=td.silence_duration_ms,
                             prefix_padding_ms=td.prefix_padding_ms,
-                            min_speech_ms=s.min_speech_ms, confirm_ms=s.barge_in_ms)
+                            min_speech_ms=s.min_speech_ms, confirm_ms=s.barge_in_ms,
+                            start_ms=self.buffer.total_ms)
 
     # ------------------------------------------------------------------ audio in
 
     async def _append(self, ev: p.AudioAppend) -> None:
         fmt = self.cfg.input_format
+        per_ms = audio_codec.bytes_per_ms(fmt.type, fmt.rate)
+        seconds = len(ev.audio) / per_ms / 1000
+        limit = self.settings.max_append_s
+        if seconds > limit:
+            raise LimitError(f"one append holds {seconds:.1f} s of audio; at most {limit:g} s "
+                             "per append (send it in smaller chunks)", code="append_too_large")
+        if fmt.type == "audio/pcm" and len(ev.audio) % 2:
+            audio_codec.decode(ev.audio, fmt.type)  # raises: an odd byte count
+        wait = self._audio_budget.take(seconds, time.monotonic())
+        if wait > 0:  # faster than real time past the burst: slowed down, not refused
+            await asyncio.sleep(wait)
+        # At most a second of audio per lane job: the VAD lane takes one job from each
+        # session in turn, so nobody's 20 ms chunk waits behind a long append.
+        step = int(per_ms * 1000) // 2 * 2 or 2
+        for at in range(0, len(ev.audio), step):
+            await self._ingest(ev.audio[at:at + step])
+            if self._closed:
+                return
+        await self._maybe_partial()
+
+    async def _ingest(self, raw: bytes) -> None:
+        fmt = self.cfg.input_format
         vad = self._vad if self.cfg.turn_detection is not None else None
         resampler = self._resampler
-        reference = self._echo_window(len(ev.audio) / audio_codec.bytes_per_ms(
+        reference = self._echo_window(len(raw) / audio_codec.bytes_per_ms(
             fmt.type, fmt.rate) / 1000) if vad is not None else None
         guard, tail = self.settings.echo_guard, self._mic_tail
 
         def ingest() -> tuple[Float32, list[float]]:
-            samples = resampler(audio_codec.decode(ev.audio, fmt.type))
+            samples = resampler(audio_codec.decode(raw, fmt.type))
             probs = vad.probabilities(samples) if vad is not None else []
             if reference is not None:
                 # Judge the last quarter second, not just this chunk: steadier evidence.
@@ -297,14 +327,19 @@ class Session:
                     probs = [0.0] * len(probs)  # the assistant's own voice: not the user
             return samples, probs
 
-        samples, probs = await self.engines.vad_lane.run(ingest)
+        samples, probs = await self.engines.vad_lane.run(ingest, owner=self.id)
         self._mic_tail = np.concatenate([self._mic_tail, samples])[-ECHO_WINDOW:]
         self.buffer.append(samples)
         self._arrivals.append((self.buffer.total_ms, time.monotonic()))
-        for turn_event in self._detector.feed(probs):
-            await self._on_turn_event(turn_event)
-        await self._maybe_partial()
-        await self._enforce_utterance_limit()
+        for prob in probs:  # window by window: the utterance limit holds inside an append
+            for turn_event in self._detector.feed([prob]):
+                await self._on_turn_event(turn_event)
+            await self._enforce_utterance_limit()
+        td = self.cfg.turn_detection
+        if td is not None and self._speech_item is None:
+            # Nobody speaks: keep only what a turn starting now would reach back for.
+            keep_ms = td.prefix_padding_ms + self.settings.min_speech_ms + IDLE_KEEP_MS
+            self.buffer.drop_before_ms(self.buffer.total_ms - keep_ms)
 
     def _echo_window(self, seconds: float) -> Float32 | None:
         """The reference audio a chunk arriving now may echo, if anything was playing."""
@@ -357,16 +392,19 @@ class Session:
         clock = TurnClock()
         clock.mark("speech_end", self._wall_time_of(audio_end_ms))
 
+        stop = threading.Event()
+
         def transcribe() -> Transcript:
             started = time.monotonic()
-            out = asr.transcribe(audio)
+            out = asr.transcribe(audio, stop=stop)
             clock.compute_once("asr", started)
             return out
 
-        result = asyncio.ensure_future(self.engines.asr_lane.run(transcribe))
+        result = asyncio.ensure_future(
+            self.engines.asr_lane.run(transcribe, owner=self.id, token=stop))
         result.add_done_callback(lambda f: f.cancelled() or f.exception())  # never unretrieved
         spec = Speculation(self._utt_start_ms, audio_end_ms, self._speech_item or "",
-                           clock, result)
+                           clock, result, stop)
         self._speculation = spec
         if self._may_answer_early():
             spec.starter = asyncio.create_task(self._answer_early(spec),
@@ -408,6 +446,8 @@ class Session:
         spec, self._speculation = self._speculation, None
         if spec is None:
             return
+        spec.stop.set()  # its transcription is not run, or ends at its next check
+        spec.result.cancel()
         if spec.starter is not None:
             spec.starter.cancel()
         if spec.answer is not None:
@@ -437,13 +477,14 @@ class Session:
     async def _enforce_utterance_limit(self) -> None:
         if self._speech_item is None:
             return
-        if self.buffer.total_ms - self._utt_start_ms >= self.settings.max_utterance_s * 1000:
+        at_ms = self._detector.position_ms
+        if at_ms - self._utt_start_ms >= self.settings.max_utterance_s * 1000:
             self._detector.reset()
             await self.error(LimitError(
                 f"utterance longer than {self.settings.max_utterance_s:g} s; ending the turn here",
                 code="utterance_too_long"))
             td = self.cfg.turn_detection
-            await self._end_of_speech(self.buffer.total_ms, td is not None and td.create_response)
+            await self._end_of_speech(at_ms, td is not None and td.create_response)
 
     async def _commit_manual(self, ev: p.AudioCommit) -> None:
         if self.buffer.held_ms < MIN_COMMIT_MS:
@@ -506,7 +547,8 @@ class Session:
     async def _run_partial(self, item_id: str, audio: Float32) -> None:
         asr = self.engines.asr
         try:
-            result = await self.engines.asr_lane.run(lambda: asr.transcribe(audio, partial=True))
+            result = await self.engines.asr_lane.run(
+                lambda: asr.transcribe(audio, partial=True), owner=self.id)
         except Exception:  # a failed preview costs nothing: the final transcript decides
             log.debug("partial transcription failed", exc_info=True)
             return
@@ -557,7 +599,8 @@ class Session:
                 result = await job.early.result
                 job.clock.compute_ms["asr_speculative"] = 1.0
             else:
-                result = await self.engines.asr_lane.run(lambda: asr.transcribe(job.audio))
+                result = await self.engines.asr_lane.run(lambda: asr.transcribe(job.audio),
+                                                         owner=self.id)
         except Exception as exc:
             log.exception("transcription failed")
             await self.emit({"type": "conversation.item.input_audio_transcription.failed",
@@ -629,10 +672,8 @@ class Session:
         for key in ("output_modalities", "modalities"):
             if key in params:
                 modalities = p.modalities_value(params[key], f"response.{key}")
-        instructions = params.get("instructions", self.cfg.instructions)
-        if not isinstance(instructions, str):
-            raise ProtocolError("response.instructions must be a string", code="invalid_value",
-                                event_id=event_id)
+        instructions = p.text_value(params.get("instructions", self.cfg.instructions),
+                                    "response.instructions")
         temperature = params.get("temperature", self.cfg.temperature)
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise ProtocolError("response.temperature must be a number", code="invalid_value",
@@ -646,7 +687,7 @@ class Session:
         history = self.conv.history(instructions, self.settings.history_turns, pending)
         tools = self._tool_specs() if responder.can_use_tools else ()
         request = ChatRequest(tuple(history), float(temperature), min(asked or limit, limit),
-                              tools, self.cfg.tool_choice)
+                              tools, self.cfg.tool_choice, session=self.id)
         sees_images = any(m.images for m in history)
         notice = CANNOT_SEE if sees_images and not responder.can_see else None
         return request, notice, modalities

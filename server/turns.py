@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,8 @@ class TurnDetector:
     """
 
     def __init__(self, *, window_ms: int, threshold: float, silence_ms: int,
-                 prefix_padding_ms: int, min_speech_ms: int, confirm_ms: int) -> None:
+                 prefix_padding_ms: int, min_speech_ms: int, confirm_ms: int,
+                 start_ms: int = 0) -> None:
         self.window_ms = window_ms
         self.threshold = threshold
         self.neg_threshold = max(threshold - 0.15, 0.01)
@@ -60,7 +62,7 @@ class TurnDetector:
         self.prefix_padding_ms = prefix_padding_ms
         self.min_speech_ms = min_speech_ms
         self.confirm_ms = confirm_ms
-        self.position_ms = 0
+        self.position_ms = start_ms  # on the input buffer's timeline
         self.in_speech = False
         self._run_start: int | None = None  # first window of a candidate speech run
         self._onset = 0
@@ -114,19 +116,24 @@ class TurnDetector:
 
 
 class InputBuffer:
-    """The session's 16 kHz input timeline, holding only what a turn may still need."""
+    """The session's 16 kHz input timeline, holding only what a turn may still need.
+
+    Chunks are kept as they came, in a ring: appending and dropping the oldest cost the
+    chunks they touch, not the whole buffer, and only a slice that is asked for is joined.
+    """
 
     def __init__(self, max_seconds: float) -> None:
         self.max_samples = int(max_seconds * RATE)
-        self._chunks: list[Float32] = []
+        self._chunks: deque[Float32] = deque()
         self._base = 0  # timeline sample index of the first held sample
         self.total = 0  # samples appended since the session started
 
     def append(self, samples: Float32) -> None:
+        if not len(samples):
+            return
         self._chunks.append(samples)
         self.total += len(samples)
-        held = self.total - self._base
-        if held > self.max_samples:
+        if self.total - self._base > self.max_samples:
             self.drop_before(self.total - self.max_samples)
 
     def slice_ms(self, start_ms: int, end_ms: int | None = None) -> Float32:
@@ -134,23 +141,31 @@ class InputBuffer:
         end = self.total if end_ms is None else min(end_ms * RATE // 1000, self.total)
         if end <= start:
             return np.zeros(0, dtype=np.float32)
-        data = np.concatenate(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-        self._chunks = [data]
-        return data[start - self._base:end - self._base]
+        parts: list[Float32] = []
+        at = self._base
+        for chunk in self._chunks:
+            after = at + len(chunk)
+            if after > start:
+                parts.append(chunk[max(start - at, 0):min(end - at, len(chunk))])
+            if after >= end:
+                break
+            at = after
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def drop_before_ms(self, ms: int) -> None:
         self.drop_before(ms * RATE // 1000)
 
     def drop_before(self, sample: int) -> None:
         sample = min(max(sample, self._base), self.total)
-        if sample == self._base or not self._chunks:
-            return
-        data = np.concatenate(self._chunks)
-        self._chunks = [data[sample - self._base:]]
+        while self._chunks and self._base + len(self._chunks[0]) <= sample:
+            self._base += len(self._chunks.popleft())
+        if self._chunks and sample > self._base:
+            self._chunks[0] = self._chunks[0][sample - self._base:]
         self._base = sample
 
     def clear(self) -> None:
-        self._chunks, self._base = [], self.total
+        self._chunks.clear()
+        self._base = self.total
 
     @property
     def held_ms(self) -> int:
@@ -163,3 +178,23 @@ class InputBuffer:
     @property
     def total_ms(self) -> int:
         return self.total * 1000 // RATE
+
+
+class AudioBudget:
+    """Audio seconds a session may send per second of wall time: a token bucket of
+    ``burst_s`` seconds, refilled at ``rate`` times real time. Going over is not refused:
+    ``take`` says how long to wait before the audio is due, so a sender faster than real
+    time is slowed down to it and nothing is lost."""
+
+    def __init__(self, rate: float, burst_s: float) -> None:
+        self.rate, self.burst = rate, burst_s
+        self.level = burst_s
+        self._at: float | None = None
+
+    def take(self, seconds: float, now: float) -> float:
+        """Spend ``seconds`` of audio at ``now``; return the seconds to wait first."""
+        if self._at is not None:
+            self.level = min(self.burst, self.level + (now - self._at) * self.rate)
+        self._at = now
+        self.level -= seconds
+        return max(0.0, -self.level / self.rate)

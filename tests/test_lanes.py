@@ -83,3 +83,98 @@ async def test_stop_ends_the_stream_and_errors_reach_the_consumer() -> None:
         assert seen == [1]
     finally:
         lane.close()
+
+
+async def test_sessions_take_turns_on_a_lane() -> None:
+    """One session's queue of work waits behind itself, not in front of everyone."""
+    lane = Lane("test")
+    order: list[str] = []
+    gate = threading.Event()
+    try:
+        first = asyncio.ensure_future(lane.run(lambda: gate.wait(5), owner="a"))
+        await asyncio.sleep(0.05)  # the lane is busy with a's first job
+        hog = [asyncio.ensure_future(lane.run(lambda i=i: order.append(f"a{i}"), owner="a"))
+               for i in range(10)]
+        await asyncio.sleep(0.01)
+        other = asyncio.ensure_future(lane.run(lambda: order.append("b"), owner="b"))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(first, *hog, other)
+        assert order.index("b") <= 1, order  # b's one job goes before a's second
+    finally:
+        lane.close()
+
+
+async def test_cancelled_jobs_never_run_and_an_owner_can_be_cancelled_at_once() -> None:
+    lane = Lane("test")
+    ran: list[int] = []
+    gate = threading.Event()
+    try:
+        busy = asyncio.ensure_future(lane.run(lambda: gate.wait(5), owner="other"))
+        await asyncio.sleep(0.05)
+        token = threading.Event()
+        dropped = asyncio.ensure_future(lane.run(lambda: ran.append(0), token=token))
+        waiting = [asyncio.ensure_future(lane.run(lambda i=i: ran.append(i), owner="gone"))
+                   for i in range(1, 6)]
+        caller = asyncio.ensure_future(lane.run(lambda: ran.append(99), owner="x"))
+        await asyncio.sleep(0.01)
+        token.set()  # a dropped speculation
+        assert lane.cancel_owner("gone") == 5  # a closed session
+        caller.cancel()  # a caller that stopped waiting
+        await asyncio.sleep(0.01)
+        assert lane.pending() == 7  # still queued, but marked
+        gate.set()
+        await busy
+        for job in (dropped, *waiting, caller):
+            with pytest.raises(asyncio.CancelledError):
+                await job
+        assert ran == [] and lane.pending() == 0
+        # The lane goes on serving others.
+        assert await lane.run(lambda: "next", owner="gone") == "next"
+    finally:
+        lane.close()
+
+
+async def test_a_stream_without_parking_runs_to_its_end_before_the_next_job() -> None:
+    """For one llama.cpp context: a reader that stalls never lets another generation in
+    between two of its items."""
+    lane = Lane("test")
+    events: list[str] = []
+
+    def gen(name: str) -> Iterator[int]:
+        for i in range(30):
+            events.append(f"{name}{i}")
+            yield i
+
+    try:
+        slow = lane.stream(lambda: gen("a"), threading.Event(), maxsize=2, owner="a",
+                           park=False)
+        assert await anext(slow) == 0
+        other = asyncio.ensure_future(lane.run(lambda: events.append("b"), owner="b"))
+        await other
+        assert events.index("b") == 30  # all of a's items were made first
+        assert [x async for x in slow] == list(range(1, 30))
+    finally:
+        lane.close()
+
+
+async def test_a_parked_stream_that_is_stopped_still_closes_its_generator() -> None:
+    lane = Lane("test")
+    closed = threading.Event()
+    stop = threading.Event()
+
+    def endless() -> Iterator[int]:
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    try:
+        stream = lane.stream(endless, stop, maxsize=2)
+        assert await anext(stream) == 0
+        await asyncio.sleep(0.1)  # parked, two items waiting
+        stop.set()
+        await stream.aclose()
+        assert await asyncio.to_thread(closed.wait, 2.0)
+    finally:
+        lane.close()

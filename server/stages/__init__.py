@@ -40,7 +40,8 @@ class Transcript:
 class Transcriber(Protocol):
     name: str
 
-    def transcribe(self, audio: Float32, *, partial: bool = False) -> Transcript: ...
+    def transcribe(self, audio: Float32, *, partial: bool = False,
+                   stop: threading.Event | None = None) -> Transcript: ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class ChatRequest:
     max_tokens: int
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str = "auto"  # "auto" or "required" (with no tools, nothing is sent)
+    session: str = ""  # who asks: lanes take turns between sessions; caches may be per session
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class LanguageModel(Protocol):
 
     def stream(
         self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
-        stop: threading.Event,
+        stop: threading.Event, session: str = "",
     ) -> Iterator[str]: ...
 
 

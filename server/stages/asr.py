@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 # oneDNN (CTranslate2's convolutions on the CPU) keeps a compiled primitive, with its
@@ -30,7 +31,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
-from server.errors import ConfigError
+from server.errors import ConfigError, WorkCancelled
 from server.stages import Float32, Transcript
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ def cut_restart(text: str) -> str:
     return text
 
 
+def _check(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise WorkCancelled("transcription stopped")
+
+
 class WhisperTranscriber:
     def __init__(self, path: Path, *, mode: str = "short", device: str = "auto",
                  threads: int = 2, name: str | None = None, window_s: float = 15.0) -> None:
@@ -94,8 +100,14 @@ class WhisperTranscriber:
         self._prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
         self._suppress = [-1]
 
-    def transcribe(self, audio: Float32, *, partial: bool = False) -> Transcript:
-        """Final transcripts use the configured path; partials always take the cheap one."""
+    def transcribe(self, audio: Float32, *, partial: bool = False,
+                   stop: threading.Event | None = None) -> Transcript:
+        """Final transcripts use the configured path; partials always take the cheap one.
+
+        ``stop`` is checked before each pass and between segments: a transcription nobody
+        waits for any more (a dropped speculation, a closed session) ends early."""
+        stop = stop or threading.Event()
+        _check(stop)
         seconds = len(audio) / RATE
         if (self.mode == "short" or partial) and len(audio) < MAX_FRAMES * HOP - TAIL:
             # Partials are previews: the real length is cheapest, and a slip costs nothing.
@@ -104,7 +116,8 @@ class WhisperTranscriber:
                 return result
             if partial:
                 return Transcript("", "short")
-        return self._padded(audio)
+        _check(stop)
+        return self._padded(audio, stop)
 
     def _short(self, audio: Float32, seconds: float, window: int) -> Transcript | None:
         audio = np.pad(audio, (0, max(TAIL, window - len(audio))))
@@ -127,7 +140,8 @@ class WhisperTranscriber:
             return None
         return Transcript(text, "short", result.no_speech_prob)
 
-    def _padded(self, audio: Float32) -> Transcript:
+    def _padded(self, audio: Float32, stop: threading.Event | None = None) -> Transcript:
+        stop = stop or threading.Event()
         segments, _info = self.model.transcribe(
             audio, language="en", beam_size=1, without_timestamps=True,
             condition_on_previous_text=False, vad_filter=False,
@@ -135,6 +149,7 @@ class WhisperTranscriber:
         kept: list[str] = []
         worst = 0.0
         for seg in segments:  # lazy: iterating is the work, and it happens in this thread
+            _check(stop)
             worst = max(worst, seg.no_speech_prob)
             if seg.no_speech_prob > NO_SPEECH and seg.avg_logprob < -1.0:
                 continue

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from llama_cpp import Llama
 
@@ -14,65 +16,55 @@ from server.lanes import Lane
 from server.stages import (
     ChatMessage,
     ChatRequest,
-    LanguageModel,
     ResponderEvent,
     TextDelta,
 )
 
 _PER_MESSAGE = 8  # chat-template tokens around each message
+BYTES_PER_TOKEN = 32  # more bytes than this per token of the window cannot fit: no tokenizing
+CacheScope = Literal["shared", "session"]
 
 
-class LlamaModel:
-    """Keeps the system prompt and history in llama.cpp's KV cache between turns
-    (it reuses the longest common prefix of consecutive prompts), with pinned threads:
-    its batch threads default to all cores, which collapses under contention."""
+class LlamaContext:
+    """One llama.cpp context: a KV cache, its tokens and its sampler, which hold one
+    conversation's state. Exactly one generation may be live on it at a time, or one
+    session's answer would continue from another's prompt: a second one is refused."""
 
-    def __init__(self, path: Path, *, threads: int = 1, context: int = 2048) -> None:
-        if not path.is_file():
-            raise ConfigError(f"no GGUF model at {path}")
-        self.name = path.stem
+    def __init__(self, path: Path, *, threads: int, context: int, scope: CacheScope) -> None:
         self.llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads,
                          n_threads_batch=threads, verbose=False)
-        self.context = context
+        self.scope = scope
+        self.owner = ""  # whose prompt the KV cache holds
+        self._live = threading.Lock()  # held by the one live generation
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode(), add_bos=False, special=True))
-
-    def fit(self, messages: Sequence[ChatMessage], max_tokens: int) -> list[ChatMessage]:
-        """Drop the oldest turns until the prompt and the answer fit in the context window."""
-        kept = list(messages)
-        budget = self.context - max_tokens
-        cost = [self.count_tokens(m.content) + _PER_MESSAGE for m in kept]
-        first = 1 if kept and kept[0].role == "system" else 0
-        while sum(cost) > budget and len(kept) > first + 1:
-            del kept[first], cost[first]
-        if sum(cost) > budget:
-            raise BackendError(f"the prompt needs {sum(cost)} tokens; the context window "
-                             f"({self.context}) leaves {budget} after the answer's budget",
-                               code="llm_context_exceeded")
-        return kept
-
-    def stream(
-        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
-        stop: threading.Event,
-    ) -> Iterator[str]:
-        messages = self.fit(messages, max_tokens)
-        chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(  # type: ignore[assignment]
-            messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
-            temperature=temperature, max_tokens=max_tokens, stream=True, repeat_penalty=1.1,
-        )
+    def generate(self, messages: Sequence[ChatMessage], *, temperature: float,
+                 max_tokens: int, stop: threading.Event, session: str) -> Iterator[str]:
+        if not self._live.acquire(blocking=False):
+            raise AssertionError("a second generation started on a llama.cpp context "
+                                 "while another one was live")
         try:
-            for chunk in chunks:
-                if stop.is_set():
-                    return
-                delta = chunk["choices"][0].get("delta", {}).get("content")
-                if delta:
-                    yield delta
+            if self.scope == "session" and session != self.owner:
+                self.llm.reset()  # type: ignore[no-untyped-call]  # reuse no prefix of another session's prompt
+            self.owner = session
+            chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(  # type: ignore[assignment]
+                messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
+                temperature=temperature, max_tokens=max_tokens, stream=True,
+                repeat_penalty=1.1,
+            )
+            try:
+                for chunk in chunks:
+                    if stop.is_set():
+                        return
+                    delta = chunk["choices"][0].get("delta", {}).get("content")
+                    if delta:
+                        yield delta
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+                self._free_sampler()
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-            self._free_sampler()
+            self._live.release()
 
     def _free_sampler(self) -> None:
         """Free the completion's sampler chain now. llama-cpp-python keeps the last one
@@ -83,6 +75,121 @@ class LlamaModel:
         if sampler is not None:
             self.llm._sampler = None
             sampler.close()
+
+
+class ContextPool:
+    """Contexts lent to one generation at a time, on the event loop. A session gets the
+    context that last held its prompt when it is free (its prefix is cached there),
+    else the one idle longest; when all are lent, it waits its turn."""
+
+    def __init__(self, contexts: Sequence[LlamaContext]) -> None:
+        self._free: list[LlamaContext] = list(contexts)  # least recently used first
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, session: str) -> LlamaContext:
+        while not self._free:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # it was our turn: pass it on
+                raise
+        mine = next((c for c in self._free if c.owner == session), self._free[0])
+        self._free.remove(mine)
+        return mine
+
+    def release(self, context: LlamaContext) -> None:
+        self._free.append(context)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+
+class LlamaModel:
+    """The embedded model: a few llama.cpp contexts over one GGUF file (mapped once),
+    each keeping its system prompt and history in its KV cache between turns (llama.cpp
+    reuses the longest common prefix of consecutive prompts), with pinned threads: its
+    batch threads default to all cores, which collapses under contention.
+
+    Each generation has a context to itself (``ContextPool``), so generations of
+    different sessions may take turns token by token in the lane and none ever decodes
+    on another's state. With ``cache_scope="session"`` no prefix is reused across
+    sessions, so one client cannot time another's prompt (see the README).
+    """
+
+    def __init__(self, path: Path, *, threads: int = 1, context: int = 2048,
+                 cache_scope: CacheScope = "shared", contexts: int = 2) -> None:
+        if not path.is_file():
+            raise ConfigError(f"no GGUF model at {path}")
+        self.name = path.stem
+        self.contexts = [LlamaContext(path, threads=threads, context=context, scope=cache_scope)
+                         for _ in range(contexts)]
+        self.llm = self.contexts[0].llm  # for tokenizing, and for callers with no pool
+        self.context = context
+        self.pool = ContextPool(self.contexts)
+        self._counts: OrderedDict[str, int] = OrderedDict()  # text -> tokens, most recent last
+
+    def count_tokens(self, text: str) -> int:
+        cached = self._counts.get(text)
+        if cached is not None:
+            self._counts.move_to_end(text)
+            return cached
+        count = len(self.llm.tokenize(text.encode(), add_bos=False, special=True))
+        self._counts[text] = count
+        while len(self._counts) > _COUNT_CACHE:
+            self._counts.popitem(last=False)
+        return count
+
+    def fit(self, messages: Sequence[ChatMessage], max_tokens: int) -> list[ChatMessage]:
+        """Drop the oldest turns until the prompt and the answer fit in the context window.
+
+        Token counts are cached per text, so a turn tokenizes only its new messages, and
+        a prompt too long to fit by its size alone is cut or refused before tokenizing."""
+        kept = list(messages)
+        budget = self.context - max_tokens
+        first = 1 if kept and kept[0].role == "system" else 0
+        too_big = budget * BYTES_PER_TOKEN
+        size = [len(m.content.encode()) for m in kept]
+        while sum(size) > too_big and len(kept) > first + 1:
+            del kept[first], size[first]
+        if sum(size) > too_big:
+            raise _too_long(f"the prompt is {sum(size)} bytes", self.context, budget)
+        cost = [self.count_tokens(m.content) + _PER_MESSAGE for m in kept]
+        total = sum(cost)
+        while total > budget and len(kept) > first + 1:
+            total -= cost[first]
+            del kept[first], cost[first]
+        if total > budget:
+            raise _too_long(f"the prompt needs {total} tokens", self.context, budget)
+        return kept
+
+    def stream(
+        self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
+        stop: threading.Event, session: str = "", context: LlamaContext | None = None,
+    ) -> Iterator[str]:
+        """Fit the prompt, then generate on ``context`` (the first one by default)."""
+        kept = self.fit(messages, max_tokens)
+        yield from (context or self.contexts[0]).generate(
+            kept, temperature=temperature, max_tokens=max_tokens, stop=stop, session=session)
+
+
+_COUNT_CACHE = 4096
+
+
+def _too_long(what: str, context: int, budget: int) -> BackendError:
+    return BackendError(f"{what}; the context window ({context}) leaves {budget} after the "
+                        "answer's budget", code="llm_context_exceeded")
 
 
 def as_text(message: ChatMessage) -> ChatMessage:
@@ -102,15 +209,30 @@ class LocalResponder:
     can_see = False
     can_use_tools = False
 
-    def __init__(self, model: LanguageModel, lane: Lane) -> None:
+    def __init__(self, model: LlamaModel, lane: Lane) -> None:
         self.model, self.lane, self.name = model, lane, model.name
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]:
         stop = threading.Event()
         messages = [as_text(m) for m in request.messages]
+        pool = self.model.pool
+        context = await pool.acquire(request.session)
+        returned = False
+
+        def give_back() -> None:  # once the generator is closed, in the lane
+            nonlocal returned
+            if not returned:
+                returned = True
+                pool.release(context)
+
+        # A token at a time, taking turns with other sessions' generations (each on its
+        # own context); never parked behind a slow reader, so a context is only held
+        # while its answer is made (max_tokens bounds it).
         deltas = self.lane.stream(
             lambda: self.model.stream(messages, temperature=request.temperature,
-                                      max_tokens=request.max_tokens, stop=stop), stop)
+                                      max_tokens=request.max_tokens, stop=stop,
+                                      session=request.session, context=context),
+            stop, owner=request.session, park=False, step=True, on_closed=give_back)
         try:
             async for delta in deltas:
                 yield TextDelta(delta)
