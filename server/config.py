@@ -56,6 +56,7 @@ class Settings:
     # "session": never reuse a KV-cache prefix across sessions (no prompt timing between
     # clients; a cold prefill when sessions alternate); "shared": reuse it (faster)
     llm_cache_scope: CacheScope = "shared"
+    llm_contexts: int = 2  # llama.cpp contexts: answers made at once, taking turns per token
     tts_voice: str = "joe"
     tts_threads: int = 1
     # Conversation defaults (a client may change them with session.update).
@@ -114,6 +115,7 @@ class Settings:
             ("asr_threads", self.asr_threads >= 1),
             ("asr_window_s", 0.0 <= self.asr_window_s <= 30.0),
             ("llm_threads", self.llm_threads >= 1),
+            ("llm_contexts", 1 <= self.llm_contexts <= 16),
             ("tts_threads", self.tts_threads >= 1),
             ("vad_threshold", 0.0 < self.vad_threshold < 1.0),
             ("silence_duration_ms", 0 < self.silence_duration_ms <= 10_000),

@@ -62,7 +62,8 @@ class Engines:
         llm: LlamaModel | None = None
         if settings.llm_backend == "local":
             llm = LlamaModel(resolve(settings.llm_model, "llm"), threads=settings.llm_threads,
-                             context=settings.llm_context, cache_scope=settings.llm_cache_scope)
+                             context=settings.llm_context, cache_scope=settings.llm_cache_scope,
+                             contexts=settings.llm_contexts)
         responder = make_responder(settings, llm, llm_lane)
         log.info("models loaded in %.1f s (asr %s on %s, mode %s; llm %s via %s; tts %s)",
                  time.monotonic() - t0, settings.asr_model, asr.device, settings.asr_mode,
