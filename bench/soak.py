@@ -6,12 +6,16 @@ Against a real `voxwire serve` on loopback, for a bounded time:
 - idle: many sessions connect and say nothing (the client library pings now and then);
 - misbehavers, one lane per kind, each repeating its misdeed and checking what the server
   answers: garbage JSON, wrong types, oversized messages, event floods, bad audio, a client
-  that never reads its socket, clients leaving mid-answer, connection churn, and TCP
-  connections that never finish the WebSocket handshake;
+  that never reads its socket, clients leaving mid-answer, connection churn, TCP
+  connections that never finish the WebSocket handshake, appends too long to take,
+  audio faster than real time, speech whose every pause starts a speculative
+  transcription, prompts too long to take, a client stuffing its own outbox, and POST
+  requests trickled a byte at a time;
 - the server process sampled every few seconds: RSS, open file descriptors, threads and
   the sessions it holds (its `sessions_active` gauge on /metrics).
 When the clients have left, the server must hold no session and be back to the file
-descriptors and threads it had before they came; its memory must be flat under load.
+descriptors and threads it had before they came; its memory must be flat under load, and
+the talkers' voice to voice within 1.5 times what the same talkers measured alone first.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ from client.realtime import pcm16
 # Memory is flat when RSS over the last two thirds of the run (the first third is the
 # warm-up to this load) fits a line rising less than this.
 FLAT_MIB_PER_MIN = 2.0
+# The talkers under load, against the same talkers alone before it (p50 voice to voice).
+LOADED_V2V_RATIO = 1.5
+QUIET_TURNS = 8
 IDLE_TIMEOUT_S = 600.0  # the server's default --idle-timeout-s: idle sessions end there
 # A client that does not read gets its socket backed up within seconds; the server must
 # drop it (it gives a stuck send 10 s) well before this.
@@ -81,6 +88,7 @@ class Plan:
 @dataclass
 class Tally:
     turns: list[dict[str, Any]] = field(default_factory=list)
+    quiet: list[dict[str, Any]] = field(default_factory=list)  # the talkers alone
     outcomes: defaultdict[str, Counter[str]] = field(
         default_factory=lambda: defaultdict(Counter))
     codes: defaultdict[str, Counter[str]] = field(  # what the server answered
@@ -164,24 +172,29 @@ class Soak:
 
     # ------------------------------------------------------------------ well-behaved
 
-    async def talker(self, n: int) -> None:
+    async def talker(self, n: int, quiet_turns: int = 0) -> None:
+        """Speak the fixtures until the deadline; or, with `quiet_turns`, until the talkers
+        have that many turns together, with nothing else going on (the figure the loaded
+        turns are held to)."""
         from openai import AsyncOpenAI
 
         client = AsyncOpenAI(api_key="bench", base_url=f"{self.url}/v1")
         turn = n
-        while time.monotonic() < self.deadline:
+        into = self.tally.quiet if quiet_turns else self.tally.turns
+        while time.monotonic() < self.deadline and (not quiet_turns or len(into) < quiet_turns):
             try:
                 async with client.realtime.connect(model="voxwire") as typed_conn:
                     conn: Any = typed_conn
                     await conn.session.update(session={"type": "realtime", "temperature": 0.0})
                     for _ in range(TURNS_PER_SESSION):
-                        if time.monotonic() >= self.deadline:
+                        if time.monotonic() >= self.deadline or (
+                                quiet_turns and len(into) >= quiet_turns):
                             break
                         fx = self.fixtures[turn % len(self.fixtures)]
                         turn += 1
                         result = await asyncio.wait_for(turn_on(conn, fx), 120)
                         result["t_s"] = round(time.monotonic() - self._t0, 1)
-                        self.tally.turns.append(result)
+                        into.append(result)
                         if result["status"] != "completed" or result["client_v2v_ms"] is None:
                             self.tally.fail(f"talker {n}", f"turn {result['status']}")
             except Exception as exc:  # a well-behaved session must not fail
@@ -405,6 +418,121 @@ class Soak:
             writer.transport.abort()
         return f"still held after {SLOW_HOLD_S:g} s without reading"
 
+    async def big_append(self) -> str:
+        """An append longer than --max-append-s is refused; appends at the limit, faster
+        than real time, are slowed down to it and kept."""
+        too_long = b64(pcm16(np.zeros(RATE * 20, np.float32)))
+        at_limit = b64(pcm16(np.zeros(RATE * 15, np.float32)))
+        async with connect(self.ws_url, max_size=None) as ws:
+            await ws.send(event("input_audio_buffer.append", audio=too_long))
+            for _ in range(4):  # 60 s of audio at once: 30 s of burst, then paced
+                await ws.send(event("input_audio_buffer.append", audio=at_limit))
+            codes = []
+            while (ev := json.loads(await ws.recv()))["type"] != "error":
+                pass
+            codes.append(ev["error"]["code"])
+            self.tally.codes["big_append"].update(codes)
+            if codes != ["append_too_large"]:
+                return f"answered {codes}"
+            return await self.still_alive(ws, "refused, the rest paced, then the session went on")
+
+    async def speculation_flood(self) -> str:
+        """A slow speaker's long turn, sent as fast as allowed: every short pause starts a
+        speculative transcription of the turn so far; then it leaves mid-turn."""
+        fx = self.fixtures[1 % len(self.fixtures)]
+        unit = np.concatenate([fx.audio[:int(fx.speech_end_s * RATE)],
+                               np.zeros(RATE * 3 // 10, np.float32)])
+        speech = np.tile(unit, 25 * RATE // len(unit) + 1)[:25 * RATE]
+        async with connect(self.ws_url, max_size=None) as ws:
+            await ws.send(event("session.update", session={
+                "type": "realtime", "audio": {"input": {"turn_detection": {
+                    "type": "server_vad", "silence_duration_ms": 2000}}}}))
+            for at in range(0, len(speech), RATE * 5):
+                await ws.send(event("input_audio_buffer.append",
+                                    audio=b64(pcm16(speech[at:at + RATE * 5]))))
+            while (json.loads(await ws.recv()))["type"] != "input_audio_buffer.speech_started":
+                pass
+            await asyncio.sleep(2)
+        return "spoke with pauses, then left"
+
+    async def huge_prompt(self) -> str:
+        """Instructions and text beyond the one text limit, on every path that takes them."""
+        long = "Always answer at great length. " * 1200  # about 37,000 characters
+        return await self.expect_errors("huge_prompt", [
+            event("response.create", response={"instructions": long}),
+            event("session.update", session={"type": "realtime", "instructions": long}),
+            event("conversation.item.create", item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": long * 4}]}),
+        ], ["invalid_value", "invalid_value", "item_too_large"])
+
+    async def outbox_stuffing(self) -> str:
+        """Items of 30 KB each, every one echoed back twice, and answers asked for; never
+        reads: its outbox fills by bytes, and the server drops it."""
+        host, port = self.url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        proto = ClientProtocol(parse_uri(self.ws_url), max_size=None)
+        proto.send_request(proto.connect())
+        item = event("conversation.item.create", item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "Say something about the sea. " * 1000}]})
+        started = time.monotonic()
+        try:
+            for data in proto.data_to_send():
+                writer.write(data)
+            while proto.state is State.CONNECTING:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                if not data:
+                    return "closed during the handshake"
+                proto.receive_data(data)
+            for n in range(int(SLOW_HOLD_S)):
+                for _ in range(8):
+                    proto.send_text(item.encode())
+                if n % 4 == 0:
+                    proto.send_text(event("response.create").encode())
+                for data in proto.data_to_send():
+                    writer.write(data)
+                await asyncio.wait_for(writer.drain(), 1)
+                await asyncio.sleep(1)
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            self.tally.slow_dropped_s.append(round(time.monotonic() - started, 1))
+            return "dropped by the server"
+        finally:
+            writer.transport.abort()
+        return f"still held after {SLOW_HOLD_S:g} s without reading"
+
+    async def trickled_post(self) -> str:
+        """A token request sent a byte every 200 ms: the server cuts it off early."""
+        host, port = self.url.removeprefix("http://").split(":")
+        body = b'{"session": {"type": "realtime"}}'
+        request = (b"POST /v1/realtime/client_secrets HTTP/1.1\r\nHost: x\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: "
+                   + str(len(body) * 100).encode() + b"\r\n\r\n" + body * 100)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        started = time.monotonic()
+        try:
+            for byte in request:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+                if reader.at_eof() or time.monotonic() - started > HANDSHAKE_S + 10:
+                    break
+            answer = await asyncio.wait_for(reader.read(4096), 5)
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            answer = b""
+        finally:
+            writer.close()
+        took = time.monotonic() - started
+        status = answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/") else "closed"
+        self.tally.codes["trickled_post"][status] += 1
+        if took > HANDSHAKE_S + 5:
+            return f"still read after {took:.0f} s"
+        return "cut off by the server"
+
     # ------------------------------------------------------------------ the run
 
     async def lane(self, kind: str, misdeed: Callable[[], Awaitable[str]]) -> None:
@@ -434,6 +562,9 @@ class Soak:
         await asyncio.sleep(1.0)
         baseline = await self.sample()
         self.tally = Tally()
+        # The talkers alone first: the figure they are held to under the load.
+        self.deadline = time.monotonic() + 600
+        await asyncio.gather(*(self.talker(n, QUIET_TURNS) for n in range(plan.talkers)))
         self.deadline = time.monotonic() + plan.duration_s
         sampler = asyncio.create_task(self.sampler())
         idle = [asyncio.create_task(self.idle(n)) for n in range(plan.idle)]
@@ -457,7 +588,8 @@ class Soak:
 
 
 MISDEEDS = ("garbage_json", "wrong_types", "bad_audio", "huge", "flood", "slow_reader",
-            "leave_mid_answer", "churn", "half_open")
+            "leave_mid_answer", "churn", "half_open", "big_append", "speculation_flood",
+            "huge_prompt", "outbox_stuffing", "trickled_post")
 EXPECTED: dict[str, Callable[[str], bool]] = {
     "garbage_json": lambda o: o == "errors, then the session went on",
     "wrong_types": lambda o: o == "errors, then the session went on",
@@ -468,6 +600,11 @@ EXPECTED: dict[str, Callable[[str], bool]] = {
     "leave_mid_answer": lambda o: o.startswith("left at the first audio"),
     "churn": lambda o: o == "opened and closed",
     "half_open": lambda o: o == "dropped by the server",
+    "big_append": lambda o: o == "refused, the rest paced, then the session went on",
+    "speculation_flood": lambda o: o == "spoke with pauses, then left",
+    "huge_prompt": lambda o: o == "errors, then the session went on",
+    "outbox_stuffing": lambda o: o == "dropped by the server",
+    "trickled_post": lambda o: o == "cut off by the server",
 }
 
 
@@ -482,6 +619,13 @@ MISDEED_DOCS = {
     "leave_mid_answer": "leaves at the first audio of a long answer (close, or TCP reset)",
     "churn": "6 connections opened and closed at once",
     "half_open": "3 TCP connections that never finish the handshake",
+    "big_append": "an append of 20 s (over `--max-append-s`), then 60 s of audio at once",
+    "speculation_flood": "25 s of a slow speaker's turn (a pause every sentence) at once, "
+                         "then gone",
+    "huge_prompt": "instructions and a message over the text limits",
+    "outbox_stuffing": "never reads: 8 items of 30 KB a second (each echoed twice) and "
+                       "answers asked for, a small receive window",
+    "trickled_post": "a token request sent a byte every 200 ms",
 }
 
 
@@ -499,6 +643,8 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
         fit = np.polyfit([s["t_s"] / 60 for s in settled], [s["rss_mib"] for s in settled], 1)
         slope = round(float(fit[0]), 2)
     v2v = [t["client_v2v_ms"] for t in tally.turns if t["client_v2v_ms"] is not None]
+    quiet = [t["client_v2v_ms"] for t in tally.quiet if t["client_v2v_ms"] is not None]
+    ratio = (round(float(np.median(v2v) / np.median(quiet)), 2) if v2v and quiet else None)
     resources = {name: {"start": baseline[name], "end": loaded[name],
                         "max": max(s[name] for s in under_load), "after": after[name]}
                  for name in ("rss_mib", "fds", "threads")}
@@ -506,16 +652,20 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
                "fds_back": after["fds"] <= baseline["fds"],
                "threads_back": after["threads"] <= baseline["threads"],
                "sessions_released": after["sessions"] == 0,
+               "talkers_within_ratio": ratio is not None and ratio <= LOADED_V2V_RATIO,
                "no_unexpected_errors": not tally.unexpected}
     return {
         "machine": machine(), "plan": {**asdict(plan), "max_sessions": plan.max_sessions,
                                        "flat_mib_per_min": FLAT_MIB_PER_MIN,
+                                       "loaded_v2v_ratio": LOADED_V2V_RATIO,
                                        "misdeeds": list(MISDEEDS)},
         "sessions": {"peak": max(s["sessions"] for s in under_load), "end": loaded["sessions"],
                      "after": after["sessions"]},
         "turns": {"completed": sum(t["status"] == "completed" for t in tally.turns),
                   "total": len(tally.turns), "v2v_p50_ms": percentile(v2v, 50),
-                  "v2v_p95_ms": percentile(v2v, 95), "v2v_max_ms": max(v2v, default=None)},
+                  "v2v_p95_ms": percentile(v2v, 95), "v2v_max_ms": max(v2v, default=None),
+                  "quiet_total": len(tally.quiet), "quiet_v2v_p50_ms": percentile(quiet, 50),
+                  "quiet_v2v_p95_ms": percentile(quiet, 95), "loaded_to_quiet_p50": ratio},
         "misbehavers": {kind: {"runs": sum(tally.outcomes[kind].values()),
                                "outcomes": dict(tally.outcomes[kind]),
                                "server_answers": dict(tally.codes[kind])}
@@ -568,6 +718,12 @@ def section(soak: dict[str, Any]) -> list[str]:
               f"- Talkers: {turns['completed']}/{turns['total']} turns completed, voice to "
               f"voice p50 {turns['v2v_p50_ms'] or 0:.0f} ms, p95 {turns['v2v_p95_ms'] or 0:.0f}"
               " ms (on the client's clock, with everything else going on).",
+              *([f"- The same talkers alone first ({turns['quiet_total']} turns): p50 "
+                 f"{turns['quiet_v2v_p50_ms'] or 0:.0f} ms, p95 "
+                 f"{turns['quiet_v2v_p95_ms'] or 0:.0f} ms; under the load p50 was "
+                 f"{turns['loaded_to_quiet_p50']}x that (held to "
+                 f"{plan.get('loaded_v2v_ratio', LOADED_V2V_RATIO):g}x)."]
+                if turns.get("quiet_total") else []),
               *([f"- Idle sessions the server closed at its idle timeout "
                  f"({IDLE_TIMEOUT_S:g} s), each replaced: {soak['idle_sessions_replaced']}."]
                 if soak["idle_sessions_replaced"] else []),

@@ -38,5 +38,12 @@ def test_the_verdict_sees_growth_and_leaks() -> None:
                                           "after": 14.0}
     # a step early on, then level, with the usual jitter: flat
     level = [{**s, "rss_mib": (550.0 if n > 3 else 500.0) + n % 2} for n, s in enumerate(minutes)]
-    flat = soak.summarize(soak.Plan(), base, level[:-1], level[-1], base, soak.Tally())
+    talked = soak.Tally()
+    talked.quiet = [{"client_v2v_ms": ms, "status": "completed"} for ms in (600, 700, 800)]
+    talked.turns = [{"client_v2v_ms": ms, "status": "completed"} for ms in (900, 1000, 2000)]
+    flat = soak.summarize(soak.Plan(), base, level[:-1], level[-1], base, talked)
     assert flat["verdict"]["flat"], flat["rss_mib_per_min"]
+    assert flat["turns"]["loaded_to_quiet_p50"] == 1.43
+    talked.turns.append({"client_v2v_ms": 1200.0, "status": "completed"})
+    slowed = soak.summarize(soak.Plan(), base, level[:-1], level[-1], base, talked)
+    assert not slowed["verdict"]["talkers_within_ratio"] and not slowed["verdict"]["flat"]
