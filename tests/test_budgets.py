@@ -20,6 +20,9 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.protocol import State as ClientState
+from websockets.uri import parse_uri
 
 from client.realtime import Float32
 from server.app import App
@@ -65,15 +68,42 @@ def opened(url: str, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[Cl
     return connect(url, max_size=None, **kwargs)
 
 
-def not_reading(url: str) -> contextlib.AbstractAsyncContextManager[ClientConnection]:
-    """A client that will read (almost) nothing: a small receive buffer, so that what the
-    server sends backs up in the server, not in this machine's socket buffers."""
-    host, port = urlsplit(url).hostname or "", urlsplit(url).port or 0
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.connect((host, port))
-    sock.setblocking(False)
-    return connect(url, sock=sock, max_size=None, max_queue=1)
+class NotReading:
+    """A client that opens a session, then only writes: it never reads a byte after the
+    handshake, from a socket with a small receive buffer, so what the server sends backs
+    up in the server. Blocking I/O, in a thread of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self.protocol = ClientProtocol(parse_uri(url), max_size=None)
+        self.sent = 0
+
+    def open(self) -> None:
+        parts = urlsplit(self.url)
+        self.sock.connect((parts.hostname or "", parts.port or 0))
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+        while self.protocol.state is not ClientState.OPEN:
+            self.protocol.receive_data(self.sock.recv(65536))
+            assert self.protocol.handshake_exc is None, self.protocol.handshake_exc
+
+    def send(self, events: list[Event]) -> None:
+        with contextlib.suppress(OSError):  # closed under it, by `close`
+            for event in events:
+                self.protocol.send_text(json.dumps(event).encode())
+                self._flush()
+                self.sent += 1
+
+    def _flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            self.sock.sendall(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
 
 
 async def send(ws: ClientConnection, event: Event) -> None:
@@ -110,10 +140,16 @@ def is_done(event: Event) -> bool:
     return bool(event["type"] == "response.done")
 
 
-async def answer(ws: ClientConnection, modalities: tuple[str, ...] = ("text",)) -> Event:
+async def answering(ws: ClientConnection, modalities: tuple[str, ...] = ("text",)
+                    ) -> list[Event]:
+    """Ask for a response; every event up to its `response.done`."""
     await send(ws, {"type": "response.create",
                     "response": {"output_modalities": list(modalities)}})
-    return (await until(ws, is_done))[-1]
+    return await until(ws, is_done)
+
+
+async def answer(ws: ClientConnection, modalities: tuple[str, ...] = ("text",)) -> Event:
+    return (await answering(ws, modalities))[-1]
 
 
 def peak_kib() -> int:
@@ -245,24 +281,27 @@ async def test_a_client_that_stops_reading_holds_a_bounded_outbox(engines: Engin
     """Items of 1 MB echoed back (twice each) to a client that reads nothing: the server
     holds at most `max_outbox_bytes` of them, not `send_queue` of them."""
     budget: dict[str, Any] = {"max_item_bytes": 2 * MiB, "max_conversation_bytes": 64 * MiB,
-              "max_outbox_bytes": 2 * MiB, "input_queue": 2}
+                              "max_outbox_bytes": 2 * MiB, "input_queue": 2}
     piece = "x" * MiB
-    async with serving(engines, **budget) as (url, app), not_reading(url) as ws:
-        async def flood() -> None:
-            for n in range(60):
-                await send(ws, text_item(piece, id=f"i{n}"))
-                await send(ws, {"type": "conversation.item.delete", "item_id": f"i{n}"})
-
-        sender = asyncio.create_task(flood())
+    async with serving(engines, **budget) as (url, app):
+        client = NotReading(url)
+        await asyncio.to_thread(client.open)
+        flood: list[Event] = []
+        for n in range(60):
+            flood += [text_item(piece, id=f"i{n}"),
+                      {"type": "conversation.item.delete", "item_id": f"i{n}"}]
+        sender = asyncio.create_task(asyncio.to_thread(client.send, flood))
         session = next(iter(app.sessions))
         most = 0
         for _ in range(40):  # 8 s, less than the edge waits before it drops the client
             most = max(most, sum(len(json.dumps(event)) for event, _ in _queued(session.outbox)))
             await asyncio.sleep(0.2)
-        sender.cancel()
-    print(f"the outbox held at most {most / MiB:.1f} MiB")
-    assert most > MiB  # it did fill up
-    assert most <= 2 * MiB + 4096  # the budget: what the next event would cross, waits
+        client.close()
+        await sender
+    print(f"the outbox held at most {most / MiB:.1f} MiB; the client sent {client.sent} events")
+    assert client.sent < len(flood)  # the server stopped taking them in
+    assert most > MiB  # after its outbox filled up
+    assert most <= 2 * MiB + 4096  # to its budget: an event that would cross it waits
 
 
 def _queued(outbox: Any) -> list[tuple[Event, Any]]:
@@ -344,7 +383,8 @@ async def test_sessions_run_while_the_store_is_down(
             seen: list[Event] = []
             for question in ("Hello?", "Still there?"):
                 await send(ws, text_item(question))
-                seen += await until(ws, is_done, 30)
+                seen += [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
+                         *await answering(ws)]
     finally:
         store.close()
     assert kinds(first) == ["session.created", "store_unavailable"]
@@ -369,7 +409,8 @@ async def test_a_store_lost_mid_session_is_reported_once_and_found_again(
                 if n == 3:  # and comes back
                     db.rmdir()
                 await send(ws, text_item(f"Question {n}."))
-                events = await until(ws, is_done, 30)
+                events = [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
+                          *await answering(ws)]
                 assert events[-1]["response"]["status"] == "completed"
                 codes += [c for c in kinds(events) if c.startswith("store")]
         turns = await asyncio.to_thread(lambda: store.turns(store.sessions()[0]["id"]))
@@ -390,7 +431,8 @@ async def test_history_is_capped_per_field_and_per_session(
             codes: list[str] = []
             for _ in range(6):
                 await send(ws, text_item(long_text))
-                events = await until(ws, is_done, 30)
+                events = [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
+                          *await answering(ws)]
                 assert events[-1]["response"]["status"] == "completed"
                 codes += [c for c in kinds(events) if c.startswith("store")]
         turns = await asyncio.to_thread(lambda: store.turns(store.sessions()[0]["id"]))
@@ -412,7 +454,8 @@ async def test_a_full_store_takes_no_more_turns(engines: Engines, fake: FakeProv
             codes: list[str] = []
             for question in ("One?", "Two?"):
                 await send(ws, text_item(question))
-                events = await until(ws, is_done, 30)
+                events = [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
+                          *await answering(ws)]
                 assert events[-1]["response"]["status"] == "completed"
                 codes += [c for c in kinds(events) if c.startswith("store")]
         turns = await asyncio.to_thread(lambda: store.turns(store.sessions()[0]["id"]))
@@ -460,12 +503,14 @@ async def test_memory_stays_within_the_documented_budget(
             return kinds(seen)
 
     async def never_reads(url: str) -> None:
-        async with not_reading(url) as ws:
-            await send(ws, {"type": "response.create",
-                            "response": {"output_modalities": ["audio"]}})
-            for n in range(100):
-                await send(ws, text_item(piece, id=f"echo{n}"))
-            await asyncio.sleep(6)
+        client = NotReading(url)
+        await asyncio.to_thread(client.open)
+        events = [{"type": "response.create", "response": {"output_modalities": ["audio"]}},
+                  *(text_item(piece, id=f"echo{n}") for n in range(100))]
+        sender = asyncio.create_task(asyncio.to_thread(client.send, events))
+        await asyncio.sleep(6)
+        client.close()
+        await sender
 
     async def bomber(url: str, image: str) -> str:
         async with opened(url) as ws:
