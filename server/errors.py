@@ -11,6 +11,8 @@ __all__ = [
     "ProtocolError",
     "StageError",
     "StoreError",
+    "StoreQuotaError",
+    "StoreUnavailable",
     "VoxwireError",
 ]
 
@@ -74,3 +76,15 @@ class StoreError(VoxwireError):
     """The history store failed to read or write (a database error, an unreachable server)."""
 
     code = "store_failed"
+
+
+class StoreUnavailable(StoreError):
+    """The history store cannot be reached or written: the session goes on, unsaved."""
+
+    code = "store_unavailable"
+
+
+class StoreQuotaError(StoreError):
+    """A session wrote all the history it may, or the whole store is full."""
+
+    code = "store_quota_exceeded"
