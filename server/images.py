@@ -58,8 +58,9 @@ def prepare(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int) -> I
             if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 of the size when that will do
                 img.draft(img.mode, (max_side, max_side))
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise LimitError(f"image has too many pixels ({exc})", code="image_too_large") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ProtocolError(f"image could not be decoded: {exc}", code="invalid_image",
                             param="image_url") from exc
     img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
