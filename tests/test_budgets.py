@@ -472,12 +472,14 @@ def session_budget(settings: Any) -> int:
     """What one session may hold, as docs/memory-budget.md adds it up."""
     return int(settings.max_buffer_s * 16000 * 4  # input audio, float32 at 16 kHz
                + settings.max_conversation_bytes + settings.max_outbox_bytes
-               + (settings.input_queue + 1) * settings.max_message_bytes)  # read-ahead
+               + settings.input_queue * settings.max_message_bytes  # WebSocket read-ahead
+               + 2 * settings.max_message_bytes)  # the message in hand, and its parsed JSON
 
 
 def images_budget(settings: Any) -> int:
-    """The image lane, server-wide: each thread decodes at most max_image_pixels of RGBA."""
-    return int(settings.image_workers * settings.max_image_pixels * 4 * 1.25)
+    """The image lane, server-wide: each thread decodes at most max_image_pixels, at about
+    6 bytes a pixel (4 of RGBA, plus the downscaling's intermediate image)."""
+    return int(settings.image_workers * settings.max_image_pixels * 6)
 
 
 async def test_memory_stays_within_the_documented_budget(
