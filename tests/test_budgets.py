@@ -28,10 +28,11 @@ from client.realtime import Float32
 from server.app import App
 from server.engines import Engines, make_responder
 from server.images import ImageLane
-from server.store import SQLiteStore, Store, open_store
+from server.store import SQLiteStore, SqlStore, Store, open_store
 from tests.conftest import TEST_SETTINGS, padded
 from tests.fakes import FakeProvider, Reply
 from tests.test_store import free_port
+from tests.test_store_pg import Postgres, postgres  # noqa: F401  (a fixture)
 
 Event = dict[str, Any]
 MiB = 1024 * 1024
@@ -305,11 +306,8 @@ async def test_a_client_that_stops_reading_holds_a_bounded_outbox(engines: Engin
 
 
 def _queued(outbox: Any) -> list[tuple[Event, Any]]:
-    """What waits in an outbox, whatever holds it."""
-    held = getattr(outbox, "_events", None)
-    if held is None:
-        held = outbox._queue._queue
-    return [(entry[0], entry[1]) for entry in held]
+    """What waits in an outbox, measured here rather than by its own estimate."""
+    return [(event, on_sent) for event, on_sent, _ in outbox._events]
 
 
 # ---------------------------------------------------------------- images
@@ -356,6 +354,7 @@ async def test_images_decode_in_one_lane_shared_by_all_sessions(
     assert set(results) <= {"conversation.item.added", "server_busy"}
     assert grown_mib < 200, f"peak memory grew by {grown_mib:.0f} MiB"
     assert lane.jobs == 0
+    lane.close()
 
 
 # ---------------------------------------------------------------- the history store
@@ -418,6 +417,34 @@ async def test_a_store_lost_mid_session_is_reported_once_and_found_again(
         store.close()
     assert codes == ["store_unavailable"]
     assert [t["user_text"] for t in turns] == ["Question 3.", "Question 4."]
+
+
+async def test_a_postgres_stopped_mid_session_is_reported_once_and_found_again(
+        engines: Engines, fake: FakeProvider, postgres: Postgres) -> None:  # noqa: F811
+    store = open_store(postgres.new_database())
+    assert isinstance(store, SqlStore)
+    start = ("-o", f"-p {postgres.port} -c listen_addresses=127.0.0.1 "
+                   f"-c unix_socket_directories={postgres.folder}", "start")
+    codes: list[str] = []
+    try:
+        async with serving(engines, fake=fake, store=store) as (url, _), opened(url) as ws:
+            for n in range(4):
+                if n == 1:
+                    await asyncio.to_thread(postgres.ctl, "-m", "fast", "stop")
+                if n == 2:
+                    await asyncio.to_thread(postgres.ctl, *start)
+                await send(ws, text_item(f"Question {n}."))
+                events = [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
+                          *await answering(ws)]
+                assert events[-1]["response"]["status"] == "completed"
+                codes += [c for c in kinds(events) if c.startswith("store")]
+        turns = await asyncio.to_thread(lambda: store.turns(store.sessions()[0]["id"]))
+    finally:
+        with contextlib.suppress(Exception):  # other tests need it running
+            await asyncio.to_thread(postgres.ctl, *start)
+        store.close()
+    assert codes == ["store_unavailable"]
+    assert [t["user_text"] for t in turns] == ["Question 0.", "Question 2.", "Question 3."]
 
 
 async def test_history_is_capped_per_field_and_per_session(
