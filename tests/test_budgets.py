@@ -563,3 +563,31 @@ async def test_memory_stays_within_the_documented_budget(
     allowed = 5 * session_budget(settings) + images_budget(settings)
     print(f"peak grew {grown / MiB:.0f} MiB; budget {allowed / MiB:.0f} MiB")
     assert grown < allowed, f"peak memory grew {grown / MiB:.0f} MiB, budget {allowed / MiB:.0f}"
+
+
+# ---------------------------------------------------------------- the estimates
+
+
+def test_json_size_estimates_the_encoded_size_without_encoding() -> None:
+    from server.protocol import encode, json_size
+
+    event = {"type": "conversation.item.added", "item": {
+        "id": "i1", "type": "message", "role": "user",
+        "content": [{"type": "input_text", "text": "word " * 1000}, {"nested": [[[1, 2.5]]]}]}}
+    encoded = len((encode(event, "ga") or "").encode())
+    assert encoded * 0.9 <= json_size(event) <= encoded * 1.2
+    accented = {"type": "x", "text": "\u00e9\u4e2d\U0001f600" * 100}
+    assert json_size(accented) >= len((encode(accented, "ga") or "").encode())  # as sent
+    deep: Any = []
+    for _ in range(100_000):  # deeper than any recursion limit
+        deep = [deep]
+    assert json_size(deep) > 100_000
+
+
+def test_stored_text_is_cut_at_a_character_boundary_and_marked() -> None:
+    from server.store import TRUNCATED, capped
+
+    assert capped("short", 100) == "short"
+    cut = capped("\u00e9" * 1000, 101)
+    assert cut.endswith(TRUNCATED) and len(cut.encode()) <= 101
+    assert set(cut.removesuffix(TRUNCATED)) == {"\u00e9"}
