@@ -515,15 +515,16 @@ async def test_memory_stays_within_the_documented_budget(
     spoken answer and never reads, three send image bombs. The server's peak memory grows
     by less than the budget of five sessions plus the image lane's."""
     story = " ".join(f"This is sentence {n} of a long story." for n in range(80))
-    fake.script(*[Reply(text=story)] * 3)
+    fake.script(Reply(text="Ready."), *[Reply(text=story)] * 3)
     budget: dict[str, Any] = {"max_conversation_bytes": 2 * MiB, "max_outbox_bytes": 1 * MiB,
               "input_queue": 4, "max_message_bytes": 2 * MiB}
     megabyte, piece = "x" * MiB, "word " * 6000
 
     async def hoarder(url: str) -> list[str]:
         async with opened(url) as ws:
-            for n in range(150):
-                await send(ws, text_item(megabyte, id=f"big{n}"))
+            too_big = json.dumps(text_item(megabyte))  # encoded once: the client stays small
+            for _ in range(150):
+                await ws.send(too_big)
             for n in range(100):
                 await send(ws, text_item(piece, id=f"small{n}"))
             await send(ws, text_item("last", id="last"))
@@ -550,6 +551,9 @@ async def test_memory_stays_within_the_documented_budget(
             return kinds(seen)[-1]
 
     async with serving(engines, fake=fake, **budget) as (url, app):
+        async with opened(url) as ws:  # models allocate their working memory once, on first use
+            await send(ws, text_item("Warm up."))
+            await answer(ws, ("audio",))
         before = reset_peak()
         outcomes = await asyncio.gather(
             hoarder(url), asyncio.wait_for(never_reads(url), 30),
