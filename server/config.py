@@ -97,9 +97,19 @@ class Settings:
     record: bool = False  # also keep each turn's audio (user and assistant) in the store
     retention_days: float = 0.0  # 0 keeps history forever
     max_image_bytes: int = 8 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = 16_000_000  # checked from the header, before any pixel is read
     image_max_side: int = 768
     frame_max_age_s: float = 10.0
+    # Memory and storage budgets.
+    max_items: int = 1000  # conversation items per session
+    max_conversation_bytes: int = 16 * 1024 * 1024  # per session, items and their images
+    max_item_bytes: int = 32 * 1024  # one client item, its text and fields (images apart)
+    max_outbox_bytes: int = 8 * 1024 * 1024  # server events waiting for a slow client
+    image_workers: int = 1  # threads decoding images, shared by every session
+    max_image_jobs: int = 4  # image decodes running or waiting, server-wide
+    max_stored_text_bytes: int = 16 * 1024  # per text field of a stored turn; longer is cut
+    max_store_bytes_per_session: int = 32 * 1024 * 1024  # history one session may write
+    store_max_mb: float = 0.0  # the whole history database; 0: no limit
 
     def __post_init__(self) -> None:
         if not self.llm_model:
@@ -130,6 +140,16 @@ class Settings:
             ("max_append_s", 0.1 <= self.max_append_s <= 60.0),
             ("audio_rate", self.audio_rate >= 1.0),
             ("audio_burst_s", self.audio_burst_s >= self.max_append_s),
+            ("max_items", self.max_items >= 8),
+            ("max_conversation_bytes", self.max_conversation_bytes >= 64 * 1024),
+            ("max_item_bytes", 1024 <= self.max_item_bytes <= self.max_conversation_bytes),
+            ("max_outbox_bytes", self.max_outbox_bytes >= 64 * 1024),
+            ("image_workers", 1 <= self.image_workers <= 16),
+            ("max_image_jobs", self.max_image_jobs >= self.image_workers),
+            ("max_image_pixels", self.max_image_pixels >= self.image_max_side ** 2),
+            ("max_stored_text_bytes", self.max_stored_text_bytes >= 256),
+            ("max_store_bytes_per_session", self.max_store_bytes_per_session >= 64 * 1024),
+            ("store_max_mb", self.store_max_mb >= 0),
         ):
             if not ok:
                 raise ConfigError(f"invalid setting {name}={getattr(self, name)!r}")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.errors import ProtocolError
-from server.protocol import Json, new_id
+from server.errors import LimitError, ProtocolError
+from server.protocol import Json, json_size, new_id
 from server.stages import ChatMessage, ImageData, ToolCall
 
+MAX_ITEMS = 1000
+MAX_BYTES = 16 * 1024 * 1024
+MAX_ITEM_BYTES = 32 * 1024
+_ITEM_ID = re.compile(r"[\x20-\x7e]{1,64}")
 _USER_PARTS = {"input_text", "input_audio", "input_image"}
 _ASSISTANT_PARTS = {"output_text", "output_audio", "text", "audio"}
 
@@ -36,10 +42,49 @@ class Spoken:
 
 
 class Conversation:
-    def __init__(self) -> None:
+    """The items of one session, bounded by count and by (estimated) bytes.
+
+    `add` refuses an item that would cross a bound (a client's item: the client deletes
+    some and tries again); `make_room` drops the oldest items instead (the server's own
+    items of a spoken turn, which must never fail).
+    """
+
+    def __init__(self, max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES) -> None:
         self.items: list[Json] = []
         self.spoken: dict[str, Spoken] = {}
         self.images: dict[str, tuple[ImageData, ...]] = {}  # item id -> checked images
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self.bytes = 0
+        self._sizes: dict[str, int] = {}
+
+    @staticmethod
+    def size_of(item: Json, images: Sequence[ImageData] = (), reserve: int = 0) -> int:
+        """What an item costs: its JSON, its checked images, and ``reserve`` bytes for text
+        still to come (a transcript, an answer being written)."""
+        return json_size(item) + sum(len(i.data) for i in images) + reserve
+
+    def fits(self, size: int) -> bool:
+        return len(self.items) < self.max_items and self.bytes + size <= self.max_bytes
+
+    def check(self, item_id: str, size: int, event_id: str | None = None) -> None:
+        """Raise unless an item ``item_id`` of ``size`` bytes may be added now."""
+        if item_id in self._sizes:
+            raise ProtocolError(f"an item with id {item_id!r} already exists",
+                                code="item_id_duplicate", param="item.id", event_id=event_id)
+        if not self.fits(size):
+            raise LimitError(
+                f"the conversation is full ({len(self.items)} items, {self.bytes} bytes; at "
+                f"most {self.max_items} items and {self.max_bytes} bytes): delete items with "
+                "conversation.item.delete, then add this one again",
+                code="conversation_full", event_id=event_id)
+
+    def make_room(self, size: int) -> list[str]:
+        """Drop the oldest items until one of ``size`` bytes fits; their ids, oldest first."""
+        dropped: list[str] = []
+        while self.items and not self.fits(size):
+            dropped.append(self.items[0]["id"])
+            self.delete(self.items[0]["id"])
+        return dropped
 
     def get(self, item_id: str, event_id: str | None = None) -> Json:
         for item in self.items:
@@ -48,18 +93,30 @@ class Conversation:
         raise ProtocolError(f"no item with id {item_id!r}", code="item_not_found",
                             param="item_id", event_id=event_id)
 
-    def add(self, item: Json, previous_item_id: str | None = None) -> str | None:
-        """Insert an item; return the id of the item before it (None when first)."""
+    def add(self, item: Json, previous_item_id: str | None = None, *,
+            images: Sequence[ImageData] = (), reserve: int = 0,
+            event_id: str | None = None) -> str | None:
+        """Insert an item; return the id of the item before it (None when first).
+
+        Raises ProtocolError if the id is taken, LimitError if a bound would be crossed."""
+        item_id = item["id"]
+        size = self.size_of(item, images, reserve)
+        self.check(item_id, size, event_id)
         index = len(self.items)
         if previous_item_id == "root":
             index = 0
         elif previous_item_id is not None:
-            index = self.items.index(self.get(previous_item_id)) + 1
+            index = self.items.index(self.get(previous_item_id, event_id)) + 1
         self.items.insert(index, item)
+        self._sizes[item_id] = size
+        self.bytes += size
+        if images:
+            self.images[item_id] = tuple(images)
         return self.items[index - 1]["id"] if index > 0 else None
 
     def delete(self, item_id: str, event_id: str | None = None) -> None:
         self.items.remove(self.get(item_id, event_id))
+        self.bytes -= self._sizes.pop(item_id, 0)
         self.spoken.pop(item_id, None)
         self.images.pop(item_id, None)
 
@@ -132,11 +189,22 @@ def _require(ok: bool, message: str, param: str, event_id: str | None) -> None:
         raise ProtocolError(message, code="invalid_value", param=param, event_id=event_id)
 
 
-def client_item(raw: Json, event_id: str | None) -> Json:
-    """Validate a `conversation.item.create` item and normalise it to GA shape."""
+def client_item(raw: Json, event_id: str | None, max_bytes: int = MAX_ITEM_BYTES) -> Json:
+    """Validate a `conversation.item.create` item and normalise it to GA shape.
+
+    An item's own size (its text and fields; images have limits of their own) is at most
+    ``max_bytes``."""
+    size = json_size(raw, skip=frozenset({"image_url"}))
+    if size > max_bytes:
+        raise LimitError(f"the item is too large: about {size} bytes of text and fields, at "
+                         f"most {max_bytes}", code="item_too_large", event_id=event_id)
     item: dict[str, Any] = copy.deepcopy(raw)
     kind = item.get("type", "message")
-    item.setdefault("id", new_id("item"))
+    if item.get("id") is None:
+        item["id"] = new_id("item")
+    _require(isinstance(item["id"], str) and _ITEM_ID.fullmatch(item["id"]) is not None,
+             "item.id must be a string of 1 to 64 printable ASCII characters", "item.id",
+             event_id)
     item.update(object="realtime.item", status="completed", type=kind)
     if kind == "function_call_output":
         _require(isinstance(item.get("call_id"), str), "item.call_id must be a string",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from models import locate
 from server.config import Settings
 from server.errors import ConfigError
+from server.images import ImageLane
 from server.lanes import Lane
 from server.metrics import Registry
 from server.stages import (
@@ -44,6 +45,7 @@ class Engines:
     asr_lane: Lane
     llm_lane: Lane
     tts_lane: Lane
+    image_lane: ImageLane = field(default_factory=ImageLane)  # shared by every session
 
     @classmethod
     def load(cls, settings: Settings) -> Engines:
@@ -69,7 +71,8 @@ class Engines:
                  time.monotonic() - t0, settings.asr_model, asr.device, settings.asr_mode,
                  responder.name, settings.llm_backend, tts.name)
         return cls(vad, asr, llm, responder, tts, Registry(), Lane("vad"), Lane("asr"),
-                   llm_lane, Lane("tts"))
+                   llm_lane, Lane("tts"),
+                   ImageLane(settings.image_workers, settings.max_image_jobs))
 
     @property
     def lanes(self) -> tuple[Lane, ...]:
@@ -78,6 +81,7 @@ class Engines:
     def close(self) -> None:
         for lane in self.lanes:
             lane.close()
+        self.image_lane.close()
 
 
 def make_responder(settings: Settings, llm: LanguageModel | None, lane: Lane) -> Responder:

@@ -11,6 +11,8 @@ __all__ = [
     "ProtocolError",
     "StageError",
     "StoreError",
+    "StoreQuotaError",
+    "StoreUnavailable",
     "VoxwireError",
     "WorkCancelled",
 ]
@@ -82,3 +84,15 @@ class WorkCancelled(VoxwireError):
     stopped before its end."""
 
     code = "cancelled"
+
+
+class StoreUnavailable(StoreError):
+    """The history store cannot be reached or written: the session goes on, unsaved."""
+
+    code = "store_unavailable"
+
+
+class StoreQuotaError(StoreError):
+    """A session wrote all the history it may, or the whole store is full."""
+
+    code = "store_quota_exceeded"

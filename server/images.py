@@ -1,18 +1,26 @@
-"""Camera frames and image parts: decode, check, bound and downscale (Pillow). Pure, CPU-bound:
-callers run it in a worker lane."""
+"""Camera frames and image parts: decode, check, bound and downscale (Pillow). CPU-bound:
+every session's images go through one `ImageLane`, a few threads shared server-wide, so
+image bombs sent from many sessions at once cannot multiply the memory they cost."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import re
+import threading
 import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
 from server.errors import LimitError, ProtocolError
 from server.stages import ImageData
+
+T = TypeVar("T")
 
 _DATA_URI = re.compile(r"^data:(image/[a-z0-9.+-]+);base64,(.*)$", re.S | re.I)
 ACCEPTED = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -44,12 +52,15 @@ def prepare(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int) -> I
             if img.format not in ACCEPTED:
                 raise ProtocolError(f"image format {img.format} is not supported; send PNG or "
                                     "JPEG", code="invalid_image", param="image_url")
-            if img.width * img.height > max_pixels:
+            if img.width * img.height > max_pixels:  # from the header: no pixel read yet
                 raise LimitError(f"image has {img.width}x{img.height} pixels, more than "
                                  f"{max_pixels}", code="image_too_large")
+            if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 of the size when that will do
+                img.draft(img.mode, (max_side, max_side))
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise LimitError(f"image has too many pixels ({exc})", code="image_too_large") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ProtocolError(f"image could not be decoded: {exc}", code="invalid_image",
                             param="image_url") from exc
     img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -62,3 +73,41 @@ def prepare(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int) -> I
         img.convert("RGB").save(out, format="JPEG", quality=85)
         kind = "image/jpeg"
     return ImageData(kind, out.getvalue(), img.width, img.height)
+
+
+class ImageLane:
+    """Where every session's images are decoded: ``workers`` threads, and at most
+    ``max_jobs`` images running or waiting across the server. One more is refused at once
+    (`server_busy`) rather than queued: a waiting image holds its encoded bytes, and the
+    client can send it again."""
+
+    def __init__(self, workers: int = 1, max_jobs: int = 4) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="voxwire-images")
+        self.max_jobs = max_jobs
+        self._jobs = 0  # counted until the thread is done, even if the caller went away
+        self._lock = threading.Lock()
+
+    @property
+    def jobs(self) -> int:
+        return self._jobs
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            if self._jobs >= self.max_jobs:
+                raise LimitError(f"the server is busy decoding {self._jobs} images; send this "
+                                 "one again in a moment", code="server_busy")
+            self._jobs += 1
+        try:
+            future = self._pool.submit(fn)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _: Future[T] | None = None) -> None:
+        with self._lock:
+            self._jobs -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

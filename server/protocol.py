@@ -480,3 +480,26 @@ def error_event(message: str, *, code: str, kind: str = "invalid_request_error",
                 param: str | None = None, event_id: str | None = None) -> Json:
     return {"type": "error", "error": {"type": kind, "code": code, "message": message,
                                        "param": param, "event_id": event_id}}
+
+
+def json_size(value: object, *, skip: frozenset[str] = frozenset()) -> int:
+    """About how many bytes ``value`` takes as JSON, without encoding it: string lengths
+    plus a little per value. Values under a key in ``skip`` count as nothing. Iterative,
+    so a deeply nested client item cannot exhaust the stack."""
+    size, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            size += (len(v) if v.isascii() else 4 * len(v)) + 2  # UTF-8: up to 4 bytes
+        elif isinstance(v, dict):
+            size += 2
+            for key, inner in v.items():
+                size += len(str(key)) + 4
+                if key not in skip:
+                    stack.append(inner)
+        elif isinstance(v, list | tuple):
+            size += 2 + len(v)
+            stack.extend(v)
+        else:
+            size += 8
+    return size

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 turn_log = logging.getLogger("voxwire.turns")
 
 DELTA_MS = 200  # audio per output delta
+BYTES_PER_TOKEN = 16  # generous: what an answer's text may take per output token
 APOLOGY = "Sorry, I couldn't get an answer just now."
 CANNOT_SEE = "I can't see images with the current model, so I'll answer from your words."
 
@@ -263,7 +264,13 @@ class ResponseRun:
         resp = self.resp
         resp.outputs.append(item)
         if resp.in_conversation:
-            prev = self.ctx.conv.add(item)
+            # The answer is the server's own: it never fails for want of room, the oldest
+            # items make way for it. Its text, still to come, is counted in advance.
+            conv = self.ctx.conv
+            reserve = self.ctx.settings.max_output_tokens * BYTES_PER_TOKEN
+            for gone in conv.make_room(conv.size_of(item, (), reserve)):
+                await self.ctx.emit({"type": "conversation.item.deleted", "item_id": gone})
+            prev = conv.add(item, reserve=reserve)
             await self.ctx.emit({"type": "conversation.item.added", "previous_item_id": prev,
                                  "item": item})
         await self.ctx.emit({"type": "response.output_item.added", "response_id": resp.id,

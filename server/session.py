@@ -38,7 +38,7 @@ from server.stages import (
     Transcript,
     VadStream,
 )
-from server.store import NullStore, Store
+from server.store import NullStore, SessionHistory, Store
 from server.turns import (
     AudioBudget,
     InputBuffer,
@@ -56,28 +56,52 @@ ECHO_WINDOW = 4000  # samples (250 ms at 16 kHz) of microphone audio judged for 
 ASR_TAIL_MS = 200  # trailing silence handed to Whisper with an utterance
 MIN_COMMIT_MS = 100
 IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and minimum speech
+TRANSCRIPT_RESERVE = 2048  # bytes counted for a user item's transcript, written later
 
 OnSent = Callable[[], None]
 
 
 class Outbox:
-    """Bounded queue of server events; the edge drains it. A full outbox slows the producer."""
+    """Server events waiting for the edge to send them, bounded by count and by bytes (an
+    estimate of their JSON). A full outbox makes the producer wait; an event larger than
+    the whole byte budget still goes through, alone."""
 
-    def __init__(self, maxsize: int) -> None:
-        self._queue: asyncio.Queue[tuple[Json, OnSent | None]] = asyncio.Queue(maxsize)
+    def __init__(self, maxsize: int, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self.maxsize, self.max_bytes = maxsize, max_bytes
+        self.bytes = 0
+        self._events: deque[tuple[Json, OnSent | None, int]] = deque()
+        self._changed = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return len(self._events)
 
     async def put(self, event: Json, on_sent: OnSent | None = None) -> None:
-        await self._queue.put((event, on_sent))
+        size = p.json_size(event)
+
+        def room() -> bool:
+            return not self._events or (len(self._events) < self.maxsize
+                                        and self.bytes + size <= self.max_bytes)
+
+        async with self._changed:
+            await self._changed.wait_for(room)
+            self._events.append((event, on_sent, size))
+            self.bytes += size
+            self._changed.notify_all()
 
     async def get(self) -> tuple[Json, OnSent | None]:
-        return await self._queue.get()
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._events))
+            event, on_sent, size = self._events.popleft()
+            self.bytes -= size
+            self._changed.notify_all()
+        return event, on_sent
 
     def __aiter__(self) -> AsyncIterator[tuple[Json, OnSent | None]]:
         return self._iter()
 
     async def _iter(self) -> AsyncIterator[tuple[Json, OnSent | None]]:
         while True:
-            yield await self._queue.get()
+            yield await self.get()
 
 
 @dataclass(eq=False)
@@ -133,11 +157,14 @@ class Session:
     def __init__(self, engines: Engines, settings: Settings, *, dialect: p.Dialect = "ga",
                  model: str = "voxwire", store: Store | None = None) -> None:
         self.engines = engines
-        self.store: Store = store or NullStore()
+        self.store = SessionHistory(
+            store or NullStore(), self.error, max_text=settings.max_stored_text_bytes,
+            max_bytes=settings.max_store_bytes_per_session,
+            max_total=int(settings.store_max_mb * 1024 * 1024))
         self.settings = settings
         self.dialect = dialect
         self.id = p.new_id("sess")
-        self.outbox = Outbox(settings.send_queue)
+        self.outbox = Outbox(settings.send_queue, settings.max_outbox_bytes)
         self.cfg = SessionConfig(
             model=model, instructions=settings.instructions, voice=engines.tts.name,
             temperature=settings.temperature,
@@ -145,7 +172,7 @@ class Session:
                 threshold=settings.vad_threshold, prefix_padding_ms=settings.prefix_padding_ms,
                 silence_duration_ms=settings.silence_duration_ms),
         )
-        self.conv = Conversation()
+        self.conv = Conversation(settings.max_items, settings.max_conversation_bytes)
         self.buffer = InputBuffer(settings.max_buffer_s)
         self._audio_budget = AudioBudget(settings.audio_rate, settings.audio_burst_s)
         self._vad: VadStream = engines.vad.new_stream()
@@ -173,9 +200,10 @@ class Session:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self.store.open_session(self.id, self.cfg.model, self.dialect)
         self._worker = asyncio.create_task(self._work(), name=f"{self.id}-turns")
         await self.emit({"type": "session.created", "session": self._session_wire()})
+        # After session.created: a store that is down is reported, and the session goes on.
+        await self.store.open_session(self.id, self.cfg.model, self.dialect)
 
     async def close(self) -> None:
         self._closed = True
@@ -506,10 +534,14 @@ class Session:
                       "role": "user", "status": "completed",
                       "content": [{"type": "input_audio", "transcript": None}]}
         frame = self._take_frame()
+        frames = (frame,) if frame is not None else ()
         if frame is not None:
             item["content"].append({"type": "input_image", "image_url": frame.data_uri()})
-            self.conv.images[item_id] = (frame,)
-        prev = self.conv.add(item)
+        # A spoken turn never fails for want of room: the oldest items make way for it.
+        size = self.conv.size_of(item, frames, TRANSCRIPT_RESERVE)
+        for gone in self.conv.make_room(size):
+            await self.emit({"type": "conversation.item.deleted", "item_id": gone})
+        prev = self.conv.add(item, images=frames, reserve=TRANSCRIPT_RESERVE)
         await self.emit({"type": "input_audio_buffer.committed", "previous_item_id": prev,
                          "item_id": item_id})
         await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
@@ -721,7 +753,7 @@ class Session:
     # ------------------------------------------------------------------ images
 
     async def _image(self, image_url: str, event_id: str | None) -> ImageData:
-        """Decode, check and downscale an image in a worker thread."""
+        """Decode, check and downscale an image in the server's image lane."""
         st = self.settings
 
         def work() -> ImageData:
@@ -730,22 +762,21 @@ class Session:
                                   max_pixels=st.max_image_pixels, max_side=st.image_max_side)
 
         try:
-            return await asyncio.to_thread(work)
+            return await self.engines.image_lane.run(work)
         except ProtocolError as exc:
             exc.event_id = exc.event_id or event_id
             raise
 
     async def _create_item(self, ev: p.ItemCreate) -> None:
-        item = client_item(ev.item, ev.event_id)
+        item = client_item(ev.item, ev.event_id, self.settings.max_item_bytes)
+        self.conv.check(item["id"], 0, ev.event_id)  # before decoding any image
         checked: list[ImageData] = []
         for part in item.get("content", []):
             if part.get("type") == "input_image":
                 image = await self._image(part["image_url"], ev.event_id)
                 part["image_url"] = image.data_uri()  # keep the checked, smaller copy
                 checked.append(image)
-        prev = self.conv.add(item, ev.previous_item_id)
-        if checked:
-            self.conv.images[item["id"]] = tuple(checked)
+        prev = self.conv.add(item, ev.previous_item_id, images=checked, event_id=ev.event_id)
         await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
                          "item": item})
         await self.emit({"type": "conversation.item.done", "previous_item_id": prev,

@@ -15,14 +15,14 @@ import re
 import sqlite3
 import time
 import wave
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from server.errors import ConfigError, StoreError
+from server.errors import ConfigError, StoreError, StoreQuotaError, StoreUnavailable
 from server.lanes import Lane
 
 if TYPE_CHECKING:
@@ -181,6 +181,13 @@ class SqlStore:
     def _disconnect(self) -> None:
         raise NotImplementedError
 
+    def _size(self) -> int:
+        """Bytes the history takes on disk."""
+        raise NotImplementedError
+
+    async def used_bytes(self) -> int:
+        return await self._lane.run(self._size)
+
     # Writing, per session and per turn.
 
     async def open_session(self, session_id: str, model: str, dialect: str) -> None:
@@ -287,6 +294,10 @@ class SQLiteStore(SqlStore):
             self._db.close()
             self._db = None
 
+    def _size(self) -> int:
+        files = (self.path, self.path.with_name(self.path.name + "-wal"))
+        return sum(f.stat().st_size for f in files if f.is_file())
+
 
 class PostgresStore(SqlStore):
     """PostgreSQL through psycopg. A dropped connection (a restarted server) is opened again
@@ -351,6 +362,10 @@ class PostgresStore(SqlStore):
 
         return self._run(work)
 
+    def _size(self) -> int:
+        rows = self._read("SELECT pg_database_size(current_database()) AS n")
+        return int(rows[0]["n"])
+
     def _json(self, value: Any) -> Any:
         from psycopg.types.json import Jsonb
 
@@ -360,6 +375,120 @@ class PostgresStore(SqlStore):
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+TRUNCATED = " [truncated]"
+
+
+def capped(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, marked when it was cut."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    keep = max_bytes - len(TRUNCATED)
+    return data[:keep].decode(errors="ignore") + TRUNCATED
+
+
+def turn_bytes(turn: Turn, recordings: Sequence[Recording] = ()) -> int:
+    """About what a turn takes in the store: its text, metrics and audio, plus row overhead."""
+    return (len(turn.user_text.encode()) + len(turn.assistant_text.encode())
+            + len(json.dumps(turn.metrics)) + sum(len(r.pcm16) + 44 for r in recordings) + 256)
+
+
+class SessionHistory:
+    """One session's door to the shared store, with its budgets: each text field of a turn
+    is cut to ``max_text`` bytes, the session writes at most ``max_bytes`` in all, and
+    nothing is written while the whole store holds ``max_total`` bytes or more (0: no
+    limit).
+
+    A store that is down, or a budget that is spent, never stops the session: the turn goes
+    unsaved, the log says why, and ``tell`` (the session's error events) tells the client
+    once; a store that fails again after working again is told again.
+    """
+
+    def __init__(self, store: Store, tell: Callable[[StoreError], Awaitable[None]], *,
+                 max_text: int, max_bytes: int, max_total: int = 0) -> None:
+        self.store, self.tell = store, tell
+        self.max_text, self.max_bytes, self.max_total = max_text, max_bytes, max_total
+        self.written = 0
+        self._session: tuple[str, str, str] | None = None
+        self._opened = False
+        self._told_unavailable = False
+        self._told_quota = False
+
+    async def open_session(self, session_id: str, model: str, dialect: str) -> None:
+        self._session = (session_id, model, dialect)
+        await self._open()
+
+    async def _open(self) -> bool:
+        if self._session is None:
+            return False
+        try:
+            await self.store.open_session(*self._session)
+        except Exception as exc:
+            await self._unavailable(exc)
+            return False
+        self._opened = True
+        return True
+
+    async def record(self, turn: Turn, recordings: Sequence[Recording] = ()) -> None:
+        if isinstance(self.store, NullStore):
+            return
+        turn = replace(turn, user_text=capped(turn.user_text, self.max_text),
+                       assistant_text=capped(turn.assistant_text, self.max_text))
+        size = turn_bytes(turn, recordings)
+        try:
+            full = self.written + size > self.max_bytes or await self._store_full()
+        except Exception as exc:
+            await self._unavailable(exc)
+            return
+        if full:
+            await self._over_quota(turn.session_id)
+            return
+        if not self._opened and not await self._open():
+            return
+        try:
+            await self.store.record(turn, recordings)
+        except Exception as exc:
+            self._opened = False  # a store that comes back may have lost the session's row
+            await self._unavailable(exc)
+            return
+        self.written += size
+        self._told_unavailable = False
+
+    async def _store_full(self) -> bool:
+        if self.max_total <= 0 or not isinstance(self.store, SqlStore):
+            return False
+        return await self.store.used_bytes() >= self.max_total
+
+    async def _over_quota(self, session_id: str) -> None:
+        if self._told_quota:
+            return
+        self._told_quota = True
+        log.warning("session %s: history budget spent (%d bytes written, at most %d; the whole "
+                    "store at most %d); its later turns are not saved", session_id,
+                    self.written, self.max_bytes, self.max_total)
+        await self.tell(StoreQuotaError(
+            "this session's history is full: later turns are not saved; the conversation "
+            "goes on"))
+
+    async def _unavailable(self, exc: Exception) -> None:
+        log.warning("history store unavailable: %s; the session goes on without saving",
+                    exc if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}")
+        if self._told_unavailable:
+            return
+        self._told_unavailable = True
+        await self.tell(StoreUnavailable(
+            "the history store is unavailable: turns are not being saved; the conversation "
+            "goes on"))
+
+    async def close_session(self, session_id: str) -> None:
+        if self._opened:
+            with suppress(Exception):
+                await self.store.close_session(session_id)
+
+    def close(self) -> None:
+        return None  # the shared store is closed by whoever opened it
 
 
 def redact(text: str, url: str | None = None) -> str:

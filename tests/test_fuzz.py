@@ -144,8 +144,8 @@ def test_a_session_survives_any_sequence_of_events(engines: Engines, batch: list
                 continue
             await session.handle(event)  # must not raise
         await session.close()
-        while not session.outbox._queue.empty():  # everything it said is a valid event
-            event, _ = session.outbox._queue.get_nowait()
+        while len(session.outbox):  # everything it said is a valid event
+            event, _ = await session.outbox.get()
             assert p.encode(event, "ga")
 
     asyncio.run(run())
