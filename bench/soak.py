@@ -421,7 +421,7 @@ class Soak:
     async def big_append(self) -> str:
         """An append longer than --max-append-s is refused; appends at the limit, faster
         than real time, are slowed down to it and kept."""
-        too_long = b64(pcm16(np.zeros(RATE * 20, np.float32)))
+        too_long = b64(pcm16(np.zeros(RATE * 16, np.float32)))  # under the event size limit
         at_limit = b64(pcm16(np.zeros(RATE * 15, np.float32)))
         async with connect(self.ws_url, max_size=None) as ws:
             await ws.send(event("input_audio_buffer.append", audio=too_long))
@@ -619,7 +619,7 @@ MISDEED_DOCS = {
     "leave_mid_answer": "leaves at the first audio of a long answer (close, or TCP reset)",
     "churn": "6 connections opened and closed at once",
     "half_open": "3 TCP connections that never finish the handshake",
-    "big_append": "an append of 20 s (over `--max-append-s`), then 60 s of audio at once",
+    "big_append": "an append of 16 s (over `--max-append-s`), then 60 s of audio at once",
     "speculation_flood": "25 s of a slow speaker's turn (a pause every sentence) at once, "
                          "then gone",
     "huge_prompt": "instructions and a message over the text limits",
