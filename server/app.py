@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -60,7 +61,8 @@ LOAD_FAILED = "model loading failed"  # the detail goes to the log only
 # holds the GIL from start to end. So the values are bounded (each needs a comma, and
 # counting them is a millisecond a few MB): this many take about 5 ms to parse.
 MAX_VALUES = 20_000
-CLOSE_ON_EXIT_S = 2.0  # at shutdown, how long clients get to answer the close frame
+CLOSE_ON_EXIT_S = 2.0  # at shutdown, how long what is queued may take to go out, and the close
+FLUSHED: p.Json = {"type": "flushed"}  # never sent: its on_sent says the events before it were
 # Credentials never travel in a URL: URLs end up in logs, histories and Referer headers.
 QUERY_SECRETS = ("key", "api_key", "token", "access_token")
 KIOSK_ANY = (b'<meta name="voxwire-kiosk-servers" content="same-origin">',
@@ -369,6 +371,10 @@ class App:
         waiting for room in the outbox (the reader, an answer, closing) waits forever."""
         gone = False
         async for event, on_sent in session.outbox:
+            if event is FLUSHED:
+                if on_sent is not None:
+                    on_sent()
+                continue
             text = None if gone else p.encode(event, dialect)
             if text is None:
                 continue
@@ -427,6 +433,8 @@ class App:
             await asyncio.wait(pending, timeout=grace)
         for session in list(self.sessions):
             await session.close()
+        with contextlib.suppress(TimeoutError):  # the last response.done, for one
+            await asyncio.wait_for(self._flush(), CLOSE_ON_EXIT_S)
         # The server is already closing (close() only counts its first call): close each
         # connection here, or a connected client would keep the process alive.
         closing = [asyncio.create_task(ws.close(1001, "server shutting down"))
@@ -435,6 +443,17 @@ class App:
             await asyncio.wait(closing, timeout=CLOSE_ON_EXIT_S)
         self.guard.abort_all()  # clients that did not answer, and unfinished handshakes
         await server.wait_closed()
+
+    async def _flush(self) -> None:
+        """Until what every session queued so far has gone out (or its client has gone)."""
+        loop = asyncio.get_running_loop()
+        sent = []
+        for session in list(self.sessions):
+            done: asyncio.Future[None] = loop.create_future()
+            await session.emit(FLUSHED, functools.partial(done.set_result, None))
+            sent.append(done)
+        if sent:
+            await asyncio.wait(sent)
 
     def start_server(self) -> contextlib.AbstractAsyncContextManager[Server]:
         return serve(self.handle, self.settings.host, self.settings.port,
