@@ -32,6 +32,9 @@ from websockets.http11 import Response
 log = logging.getLogger(__name__)
 MAX_HEAD = 8 * 1024
 MAX_BODY = 64 * 1024
+# A GET's head as websockets reads it may reach 128 headers of 8 KiB: 1 MiB held per
+# unfinished handshake. Browsers send a few KiB (cookies included).
+MAX_GET_HEAD = 32 * 1024
 LINGER_S = 2.0  # after answering, how long what the client still sends is read and dropped
 BODY_IDLE_S = 2.0  # once the head is in, the longest pause allowed in the body
 BODY_GRACE_S = 2.0  # and from this long after the head on, at least MIN_BODY_RATE
@@ -183,6 +186,7 @@ class HttpConnection(ServerConnection):
         self._watch: asyncio.TimerHandle | None = None
         self._address = ""
         self._admitted = self._pending = False
+        self._head_bytes = 0  # of a GET, until its handshake is done
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # first: websockets' handler must see it end
@@ -212,6 +216,13 @@ class HttpConnection(ServerConnection):
 
     def data_received(self, data: bytes) -> None:
         if self._mode == "websocket":
+            if self._pending:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_GET_HEAD:
+                    self._finish(json_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                            "head_too_large",
+                                            f"the head is over {MAX_GET_HEAD} bytes"))
+                    return
             super().data_received(data)
             return
         if self._mode == "done":
@@ -222,7 +233,7 @@ class HttpConnection(ServerConnection):
                 return
             if self._buffer.startswith(b"GET "):
                 self._mode, data, self._buffer = "websocket", bytes(self._buffer), bytearray()
-                super().data_received(data)
+                self.data_received(data)
                 return
             self._mode = "http"
         self._last_data = self.loop.time()

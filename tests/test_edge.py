@@ -300,6 +300,15 @@ async def test_unfinished_handshakes_are_capped(engines: Engines) -> None:
                 await next_of(three, "session.created")
 
 
+async def test_a_handshake_head_is_bounded(engines: Engines) -> None:
+    """websockets would hold up to 128 headers of 8 KiB (1 MiB) per unfinished handshake."""
+    pads = [f"X-Pad-{n}: {'p' * 7000}" for n in range(6)]
+    async with edge(engines) as (_, hostport):
+        status, body = status_of(await raw(hostport, get("/healthz", *pads)))
+        assert status == 431 and body["error"]["code"] == "head_too_large"
+        assert status_of(await raw(hostport, get("/healthz", *pads[:3])))[0] == 200
+
+
 # ---------------------------------------------------------------- 8: origins and hosts
 
 
