@@ -261,7 +261,8 @@ class SQLiteStore(SqlStore):
                     raise StoreError(f"no history at {self.path}")
                 _private_folder(self.path.parent)
                 # created private (SQLite gives its -wal and -shm files the same mode)
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                with suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
@@ -304,7 +305,7 @@ def _private_folder(folder: Path) -> None:
 def _private_files(db: Path) -> None:
     """The history is conversations: the database and its WAL files are this user's only."""
     for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        with suppress(FileNotFoundError):
+        with suppress(FileNotFoundError, PermissionError):  # another user's, read only
             path.chmod(0o600)
 
 
