@@ -28,6 +28,7 @@ from client.realtime import silence
 from server.app import App
 from server.config import Settings
 from server.engines import Engines
+from server.errors import ConfigError
 from tests.browser_helpers import chromium, chromium_args, in_browser_thread, write_wav
 from tests.conftest import TEST_SETTINGS
 from tests.test_store import free_port, wait_healthy
@@ -555,3 +556,11 @@ async def test_the_kiosk_talks_only_to_its_own_server(engines: Engines, tmp_path
             text, problems = await in_browser_thread(
                 lambda: visit(f"http://{hostport}/kiosk#key={KEY}"))
             assert KIOSK_REFUSED not in text and not problems
+
+
+@pytest.mark.parametrize("name", ["max_event_bytes", "max_bytes_per_s", "max_connections_per_ip",
+                                  "max_pending_handshakes_per_ip", "max_pending_handshakes",
+                                  "max_tokens_per_key", "token_mints_per_s"])
+def test_edge_limits_are_validated(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings(store="none", **{name: 0})
