@@ -179,7 +179,7 @@ class HttpConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         self._mode: Literal["sniff", "websocket", "http", "done"] = "sniff"
         self._buffer = bytearray()
-        self._scanned = 0  # the head's end is not before this
+        self._scanned = 0  # bytes already searched for the end of the head
         self._request: tuple[str, str, Headers, int] | None = None  # the head, and body length
         self._last_data = self._head_at = 0.0
         self._linger: asyncio.TimerHandle | None = None
