@@ -685,7 +685,9 @@ def run(plan: Plan, port: int, server_args: list[str], out: Path) -> dict[str, A
 
     _ = AsyncOpenAI(api_key="bench").realtime  # the SDK's lazy imports, before the loop runs
     fixtures = make_fixtures(QUESTIONS[:6])
-    args = [*server_args, "--max-sessions", str(plan.max_sessions), "--log-level", "WARNING"]
+    # every client is on loopback: one address holds all of them
+    args = [*server_args, "--max-sessions", str(plan.max_sessions),
+            "--max-connections-per-ip", str(plan.max_sessions + 16), "--log-level", "WARNING"]
     with server_process(port, args) as (url, pid):
         result = asyncio.run(Soak(url, pid, plan, fixtures).run())
     result["server_args"] = args

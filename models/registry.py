@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import threading
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -119,19 +120,30 @@ def install(spec: ModelSpec) -> Path:
 def _link(source: Path, target: Path) -> None:
     if target.is_symlink() and target.resolve() == source.resolve():
         return
-    if target.exists() or target.is_symlink():
-        target.unlink()
-    target.symlink_to(source)
+    tmp = _temporary(target)
+    try:  # a new link renamed over the old one: another process never sees no link
+        tmp.symlink_to(source)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _join(parts: list[Path], target: Path) -> None:
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    with tmp.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as src:
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-    tmp.replace(target)
+    tmp = _temporary(target)
+    try:
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    while chunk := src.read(_CHUNK):
+                        out.write(chunk)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _temporary(path: Path) -> Path:
+    """A name beside ``path`` that no other process or thread uses at the same time."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def sha256_of(path: Path) -> str:
@@ -151,9 +163,7 @@ def verify(spec: ModelSpec, *, force: bool = False) -> tuple[str, ...]:
     """Check every file's sha256. Unchanged files verified before are not re-read."""
     folder = model_dir(spec)
     stamp_path = folder / _STAMP
-    stamp: dict[str, Any] = {}
-    if stamp_path.is_file() and not force:
-        stamp = json.loads(stamp_path.read_text())
+    stamp = {} if force else _read_stamp(stamp_path)
     problems: list[str] = []
     fresh: dict[str, Any] = {}
     for f in spec.files:
@@ -171,8 +181,29 @@ def verify(spec: ModelSpec, *, force: bool = False) -> tuple[str, ...]:
         else:
             fresh[f.name] = [f.sha256, *fp]
     if folder.is_dir():
-        stamp_path.write_text(json.dumps(fresh))
+        _write_atomically(stamp_path, json.dumps(fresh))
     return tuple(problems)
+
+
+def _read_stamp(path: Path) -> dict[str, Any]:
+    """What an earlier verification recorded; nothing (so: verify again) where the stamp is
+    missing, unreadable or not what we write."""
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file beside ``path`` and rename it over: a process starting at the
+    same moment reads the old stamp or the new one, never half of one."""
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def status(spec: ModelSpec, *, force: bool = False) -> ModelStatus:

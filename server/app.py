@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -32,7 +33,14 @@ from server.config import Settings
 from server.engines import Engines
 from server.errors import LimitError, ProtocolError
 from server.heap import trim_every
-from server.http_edge import connection_class, json_error, json_response, response
+from server.http_edge import (
+    EdgeGuard,
+    connection_class,
+    duplicate_header,
+    json_error,
+    json_response,
+    response,
+)
 from server.session import Session
 from server.store import SqlStore, Store, open_store
 from server.tokens import Grant, Shape, Tokens, mint_request
@@ -47,6 +55,18 @@ CLOSE_TRY_AGAIN = 1013
 # would be held forever, its answer waiting for it.
 SEND_TIMEOUT_S = 10.0
 PAGES = {"/": "index.html", "/kiosk": "kiosk.html"}
+LOAD_FAILED = "model loading failed"  # the detail goes to the log only
+# What parsing costs is the number of values, not the bytes: 3.5 MB of small keys took
+# 155 ms, 4 MB of one base64 string 4 ms. A worker thread would not help: json's C parser
+# holds the GIL from start to end. So the values are bounded (each needs a comma, and
+# counting them is a millisecond a few MB): this many take about 5 ms to parse.
+MAX_VALUES = 20_000
+CLOSE_ON_EXIT_S = 2.0  # at shutdown, how long what is queued may take to go out, and the close
+FLUSHED: p.Json = {"type": "flushed"}  # never sent: its on_sent says the events before it were
+# Credentials never travel in a URL: URLs end up in logs, histories and Referer headers.
+QUERY_SECRETS = ("key", "api_key", "token", "access_token")
+KIOSK_ANY = (b'<meta name="voxwire-kiosk-servers" content="same-origin">',
+             b'<meta name="voxwire-kiosk-servers" content="any">')
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8", ".json": "application/json", ".svg": "image/svg+xml",
@@ -102,6 +122,16 @@ class App:
         auth.check_exposure(self.settings, self.keys)
         self.origins = tuple(o.strip() for o in self.settings.allowed_origins.split(",")
                              if o.strip())
+        self.hosts = auth.trusted_hosts(self.settings)
+        self.tokens.configure(self.settings.max_tokens_per_key, self.settings.token_mints_per_s)
+        self.guard = EdgeGuard(self.settings.max_connections_per_ip,
+                               self.settings.max_pending_handshakes_per_ip,
+                               self.settings.max_pending_handshakes)
+        kiosk = self.static.get("kiosk.html")
+        if self.settings.kiosk_any_server and kiosk is not None:
+            body = kiosk.body.replace(*KIOSK_ANY)
+            self.static["kiosk.html"] = StaticFile(
+                body, kiosk.content_type, f'"{hashlib.sha256(body).hexdigest()}"')
         if self.store is None:
             self.store = open_store(self.settings.store)
 
@@ -109,16 +139,38 @@ class App:
         """Load the models in a thread, so /healthz answers (503) while they load."""
         try:
             self.engines = await asyncio.to_thread(Engines.load, self.settings)
-        except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            self.load_error = LOAD_FAILED
             log.exception("model loading failed")
             raise
         return self.engines
 
     # ------------------------------------------------------------------ HTTP
 
+    def refuse(self, target: str, headers: Headers) -> Response | None:
+        """Checks every request passes, whatever its method and path."""
+        name = duplicate_header(headers)
+        if name is not None:
+            return json_error(HTTPStatus.BAD_REQUEST, "duplicate_header",
+                              f"the {name} header must be sent at most once")
+        if not self.keys and not auth.host_ok(headers.get("Host"), self.hosts):
+            return json_error(HTTPStatus.FORBIDDEN, "host_not_allowed",
+                              f"this server does not answer to Host {headers.get('Host')!r}: "
+                              "list the name in --allowed-hosts")
+        query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+        secret = next((name for name in QUERY_SECRETS if name in query), None)
+        if secret is not None:
+            return json_error(HTTPStatus.BAD_REQUEST, "key_in_query",
+                              f"keys and tokens never go in the URL (the {secret!r} query "
+                              "parameter): send Authorization: Bearer <key>, or from a "
+                              "browser the openai-insecure-api-key.<key> subprotocol")
+        return None
+
     async def process_request(self, connection: ServerConnection,
                               request: Request) -> Response | None:
+        refused = self.refuse(request.path, request.headers)
+        if refused is not None:
+            return refused
         path = urlsplit(request.path).path.rstrip("/") or "/"
         if path in MINT_PATHS:
             return self.answer_http(request.method, request.path, request.headers, b"")
@@ -132,7 +184,7 @@ class App:
                     return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
                                       "missing or invalid API key")
                 self.grants[connection] = grant
-            if not auth.origin_ok(request.headers, self.origins):
+            if not auth.origin_ok(request.headers, self.origins, any_by_default=bool(self.keys)):
                 return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
                                   f"origin {request.headers.get('Origin')} is not allowed")
             if self.engines is None:
@@ -145,6 +197,11 @@ class App:
             body = (self.load_error or "loading") + "\n"
             return response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "text/plain")
         if path == "/metrics":
+            if (self.keys and not self.settings.metrics_public
+                    and not auth.key_ok(auth.bearer_key(request.headers), self.keys)):
+                return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                                  "/metrics needs Authorization: Bearer <API key> "
+                                  "(or --metrics-public)")
             text = self.engines.registry.render() if self.engines else ""
             return response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
         static = self.static.get(PAGES.get(path, path.removeprefix("/")))
@@ -154,6 +211,9 @@ class App:
 
     def answer_http(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
         """Requests other than GET (see server.http_edge): minting browser tokens."""
+        refused = self.refuse(target, headers)
+        if refused is not None:
+            return refused
         path = urlsplit(target).path.rstrip("/") or "/"
         shape = MINT_PATHS.get(path)
         if shape is None:
@@ -243,6 +303,8 @@ class App:
     async def _read(self, ws: ServerConnection, session: Session) -> None:
         st = self.settings
         bucket = RateLimit(st.max_events_per_s, burst_s=2.0)
+        # a byte budget too: a few large events cost more than many small ones
+        volume = RateLimit(st.max_bytes_per_s, burst_s=2.0, at_least=st.max_message_bytes)
         ends = asyncio.get_running_loop().time() + st.max_session_s
         try:
             while True:
@@ -259,14 +321,16 @@ class App:
                                           f"no client event for {st.idle_timeout_s:g} s")
                         return
                     continue
-                if not bucket.take():
+                size = _size(message)
+                if not (bucket.take() and volume.take(size)):
                     if bucket.should_warn():
                         await session.error(LimitError(
-                            f"more than {st.max_events_per_s:g} events per second; events "
-                            "are being dropped", code="rate_limited"))
+                            f"more than {st.max_events_per_s:g} events or "
+                            f"{st.max_bytes_per_s:.0f} bytes per second; events are being "
+                            "dropped", code="rate_limited"))
                     continue
                 try:
-                    await session.handle(p.parse_client_event(message))
+                    await session.handle(self._parse(message, size))
                 except ProtocolError as exc:
                     await session.error(exc)
                 except Exception:
@@ -275,6 +339,24 @@ class App:
                                                      code="server_error", kind="server_error"))
         except ConnectionClosed:
             pass
+
+    def _parse(self, message: str | bytes, size: int) -> p.ClientEvent:
+        """Parse a client message whose parsing costs a few milliseconds at most. Only image
+        events may be larger than --max-event-bytes: the text is searched first, the event
+        checked after."""
+        limit = self.settings.max_event_bytes
+        too_large = LimitError(f"a message of {size} bytes is over the {limit} byte limit for "
+                               "events without an image", code="message_too_large")
+        if size > limit and not (isinstance(message, str) and "input_image" in message):
+            raise too_large
+        if isinstance(message, str) and message.count(",") > MAX_VALUES:
+            raise LimitError(f"a message may hold at most {MAX_VALUES} values",
+                             code="message_too_complex")
+        event = p.parse_client_event(message)
+        if size > limit and not p.carries_image(event):
+            too_large.event_id = event.event_id
+            raise too_large
+        return event
 
     @staticmethod
     async def _close(ws: ServerConnection, session: Session, code: str, message: str) -> None:
@@ -289,6 +371,10 @@ class App:
         waiting for room in the outbox (the reader, an answer, closing) waits forever."""
         gone = False
         async for event, on_sent in session.outbox:
+            if event is FLUSHED:
+                if on_sent is not None:
+                    on_sent()
+                continue
             text = None if gone else p.encode(event, dialect)
             if text is None:
                 continue
@@ -347,34 +433,56 @@ class App:
             await asyncio.wait(pending, timeout=grace)
         for session in list(self.sessions):
             await session.close()
-        server.close(code=1001, reason="server shutting down")
+        with contextlib.suppress(TimeoutError):  # the last response.done, for one
+            await asyncio.wait_for(self._flush(), CLOSE_ON_EXIT_S)
+        # The server is already closing (close() only counts its first call): close each
+        # connection here, or a connected client would keep the process alive.
+        closing = [asyncio.create_task(ws.close(1001, "server shutting down"))
+                   for ws in server.connections]
+        if closing:
+            await asyncio.wait(closing, timeout=CLOSE_ON_EXIT_S)
+        self.guard.abort_all()  # clients that did not answer, and unfinished handshakes
         await server.wait_closed()
+
+    async def _flush(self) -> None:
+        """Until what every session queued so far has gone out (or its client has gone)."""
+        loop = asyncio.get_running_loop()
+        sent = []
+        for session in list(self.sessions):
+            done: asyncio.Future[None] = loop.create_future()
+            await session.emit(FLUSHED, functools.partial(done.set_result, None))
+            sent.append(done)
+        if sent:
+            await asyncio.wait(sent)
 
     def start_server(self) -> contextlib.AbstractAsyncContextManager[Server]:
         return serve(self.handle, self.settings.host, self.settings.port,
                      process_request=self.process_request,
-                     create_connection=connection_class(self.answer_http),
+                     create_connection=connection_class(self.answer_http, self.guard),
                      open_timeout=10,  # also how long a POST may take to arrive
                      max_size=self.settings.max_message_bytes,
                      max_queue=self.settings.input_queue,
+                     # a few KB compressed could inflate to max_size per queued message
+                     compression=None,
                      select_subprotocol=_select_subprotocol,
                      ping_interval=20, ping_timeout=20)
 
 
 class RateLimit:
-    """A token bucket: ``rate`` events per second, bursts of ``burst_s`` seconds' worth."""
+    """A token bucket: ``rate`` units (events, bytes) per second, bursts of ``burst_s``
+    seconds' worth, and never less than ``at_least`` (so that the largest unit fits)."""
 
-    def __init__(self, rate: float, burst_s: float) -> None:
-        self.rate, self.capacity = rate, rate * burst_s
+    def __init__(self, rate: float, burst_s: float, at_least: float = 1.0) -> None:
+        self.rate, self.capacity = rate, max(rate * burst_s, at_least)
         self.tokens, self.at = self.capacity, time.monotonic()
         self._warned = 0.0
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -385,6 +493,13 @@ class RateLimit:
             self._warned = now
             return True
         return False
+
+
+def _size(message: str | bytes) -> int:
+    """The message's size in bytes (str.isascii is O(1): only other text is encoded)."""
+    if isinstance(message, bytes) or message.isascii():
+        return len(message)
+    return len(message.encode())
 
 
 def _select_subprotocol(connection: ServerConnection,

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from websockets.datastructures import Headers
 
@@ -41,10 +42,15 @@ def check_exposure(settings: Settings, keys: tuple[str, ...]) -> None:
                           "VOXWIRE_API_KEYS (or --api-keys-file), or pass --insecure-public")
 
 
-def offered_key(headers: Headers) -> str | None:
+def bearer_key(headers: Headers) -> str | None:
     auth = headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def offered_key(headers: Headers) -> str | None:
+    bearer = bearer_key(headers)
+    if bearer is not None:
+        return bearer
     for value in headers.get_all("Sec-WebSocket-Protocol"):
         for proto in value.split(","):
             proto = proto.strip()
@@ -68,7 +74,70 @@ def key_ok(offered: str | None, keys: tuple[str, ...]) -> bool:
     return good
 
 
-def origin_ok(headers: Headers, allowed: tuple[str, ...]) -> bool:
-    """Browsers send Origin; other clients (the SDK, `voxwire talk`) do not and are allowed."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _split_host(value: str) -> tuple[str, str]:
+    """``name:port``, ``[v6]:port`` or a bare name -> (name, port), lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, _, rest = value[1:].partition("]")
+        return name, rest.removeprefix(":")
+    name, _, port = value.partition(":") if value.count(":") == 1 else (value, "", "")
+    return name, port
+
+
+def _origin_host(origin: str) -> tuple[str, str] | None:
+    """An Origin's (name, port), the port left empty where it is the scheme's default."""
+    try:
+        parts = urlsplit(origin)
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if name is None or parts.scheme not in ("http", "https"):
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return name, "" if port in (None, default) else str(port)
+
+
+def origin_ok(headers: Headers, allowed: tuple[str, ...], any_by_default: bool = False) -> bool:
+    """Browsers send Origin; other clients (the SDK, `voxwire talk`) do not and are allowed.
+
+    A page from this very server (Origin matches Host) is always allowed. Otherwise an
+    Origin must be in ``allowed``; with no list, a server with keys takes any Origin (a page
+    needs a key or token anyway) and one without keys only pages on this machine, so that
+    no website a user visits can open sessions in their name.
+    """
     origin = headers.get("Origin")
-    return not allowed or origin is None or origin in allowed
+    if origin is None or origin in allowed:
+        return True
+    seen = _origin_host(origin)
+    if seen is None:
+        return False
+    host = _split_host(headers.get("Host", ""))
+    if seen == host or (seen[0] == host[0] and host[1] in ("80", "443") and not seen[1]):
+        return True  # same origin
+    if allowed:
+        return False
+    return any_by_default or seen[0].strip("[]") in LOOPBACK_NAMES
+
+
+def trusted_hosts(settings: Settings) -> frozenset[str]:
+    """Host names a server without keys answers to, besides loopback and IP literals."""
+    names = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
+    return frozenset({*names, settings.host.lower(), *LOOPBACK_NAMES})
+
+
+def host_ok(host: str | None, trusted: frozenset[str]) -> bool:
+    """Against DNS rebinding: a page on evil.example whose name now points at 127.0.0.1
+    reaches this server as the same origin, but its requests still say Host: evil.example."""
+    if host is None:
+        return True  # not a browser: browsers always send Host
+    name, _ = _split_host(host)
+    if name in trusted or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

@@ -87,11 +87,22 @@ class Settings:
     max_events_per_s: float = 100.0  # per connection (audio in 20 ms chunks is 50/s)
     idle_timeout_s: float = 600.0
     max_session_s: float = 4 * 3600.0
-    input_queue: int = 32
+    input_queue: int = 4
     send_queue: int = 512
     first_token_timeout_s: float = 20.0
     shutdown_grace_s: float = 5.0
     heap_trim_s: float = 10.0  # hand freed native memory back this often; 0: never
+    # Edge limits.
+    max_event_bytes: int = 1024 * 1024  # events without an image; image events: max_message_bytes
+    max_bytes_per_s: float = 2 * 1024 * 1024  # per connection, bursts of two seconds' worth
+    max_connections_per_ip: int = 32  # open TCP connections from one client address
+    max_pending_handshakes_per_ip: int = 16  # connections not yet through their handshake
+    max_pending_handshakes: int = 256  # the same, from all addresses together
+    allowed_hosts: str = ""  # comma-separated Host names a keyless server also answers
+    metrics_public: bool = False  # with keys configured, /metrics without a key
+    kiosk_any_server: bool = False  # let /kiosk?url= point at another server
+    max_tokens_per_key: int = 64  # live browser tokens one key may hold
+    token_mints_per_s: float = 10.0  # per key, bursts of two seconds' worth
     # sqlite:///path.db, postgresql://user:pass@host/db or "none" (repr hides a password)
     store: str = field(default="sqlite:///~/.local/share/voxwire/history.db", repr=False)
     record: bool = False  # also keep each turn's audio (user and assistant) in the store
@@ -150,6 +161,13 @@ class Settings:
             ("max_stored_text_bytes", self.max_stored_text_bytes >= 256),
             ("max_store_bytes_per_session", self.max_store_bytes_per_session >= 64 * 1024),
             ("store_max_mb", self.store_max_mb >= 0),
+            ("max_event_bytes", self.max_event_bytes >= 1024),
+            ("max_bytes_per_s", self.max_bytes_per_s > 0),
+            ("max_connections_per_ip", self.max_connections_per_ip >= 1),
+            ("max_pending_handshakes_per_ip", self.max_pending_handshakes_per_ip >= 1),
+            ("max_pending_handshakes", self.max_pending_handshakes >= 1),
+            ("max_tokens_per_key", self.max_tokens_per_key >= 1),
+            ("token_mints_per_s", self.token_mints_per_s > 0),
         ):
             if not ok:
                 raise ConfigError(f"invalid setting {name}={getattr(self, name)!r}")

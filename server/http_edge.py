@@ -6,7 +6,11 @@ first. A GET goes to websockets untouched; any other method is read here by a sm
 strict HTTP/1.1 reader (a head of at most 8 KiB, a Content-Length body of at most 64 KiB,
 no chunked bodies, one request per connection), answered by a synchronous handler, and
 the connection closes. websockets' opening timeout (``open_timeout``) aborts a request
-that takes too long to arrive.
+that takes too long to arrive; a body that stalls or crawls gets 408 sooner.
+
+Every connection passes an `EdgeGuard` first: connections per client address, and
+connections still in their handshake (per address and in all), are capped. One over a cap
+is closed at once.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import asyncio
 import json
 import logging
 import re
+import time
+from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Literal
@@ -26,7 +32,17 @@ from websockets.http11 import Response
 log = logging.getLogger(__name__)
 MAX_HEAD = 8 * 1024
 MAX_BODY = 64 * 1024
+# A GET's head as websockets reads it may reach 128 headers of 8 KiB: 1 MiB held per
+# unfinished handshake. Browsers send a few KiB (cookies included).
+MAX_GET_HEAD = 32 * 1024
 LINGER_S = 2.0  # after answering, how long what the client still sends is read and dropped
+BODY_IDLE_S = 2.0  # once the head is in, the longest pause allowed in the body
+BODY_GRACE_S = 2.0  # and from this long after the head on, at least MIN_BODY_RATE
+MIN_BODY_RATE = 1024  # bytes per second
+BODY_CHECK_S = 0.5
+# Headers read as one value: sent twice, which one counts would be anyone's guess.
+SINGLE_HEADERS = ("Authorization", "Origin", "Host", "OpenAI-Beta", "If-None-Match",
+                  "Content-Length", "Content-Type")
 _REQUEST_LINE = re.compile(r"([A-Z]{1,16}) (/[\x21-\x7e]*) HTTP/1\.[01]")
 _HEADER = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
 
@@ -50,14 +66,68 @@ def json_error(status: HTTPStatus, code: str, message: str) -> Response:
                                             "message": message}})
 
 
-def connection_class(answer: Answer) -> type[ServerConnection]:
+def duplicate_header(headers: Headers) -> str | None:
+    """The first header of SINGLE_HEADERS that came more than once, if any."""
+    return next((name for name in SINGLE_HEADERS if len(headers.get_all(name)) > 1), None)
+
+
+class EdgeGuard:
+    """Counts open connections and unfinished handshakes (no WebSocket yet, no HTTP answer
+    yet) per client address and in all, and refuses connections over the caps."""
+
+    def __init__(self, per_address: int, pending_per_address: int, pending: int) -> None:
+        self.caps = per_address, pending_per_address, pending
+        self.open: Counter[str] = Counter()
+        self.pending: Counter[str] = Counter()
+        self.pending_total = 0
+        self.live: set[HttpConnection] = set()
+        self._warned = 0.0
+
+    def admit(self, address: str) -> str | None:
+        """Count a new connection in, or say which cap it is over."""
+        per_address, pending_per_address, pending = self.caps
+        reason = ("connections from this address" if self.open[address] >= per_address
+                  else "handshakes from this address" if self.pending[address] >=
+                  pending_per_address else "handshakes" if self.pending_total >= pending
+                  else None)
+        if reason is not None:
+            now = time.monotonic()
+            if now - self._warned >= 1.0:  # a flood of refusals is not a flood of log lines
+                self._warned = now
+                log.warning("refusing connections from %s: too many open %s", address, reason)
+            return reason
+        self.open[address] += 1
+        self.pending[address] += 1
+        self.pending_total += 1
+        return None
+
+    def handshake_done(self, address: str) -> None:
+        self.pending[address] -= 1
+        self.pending_total -= 1
+        if not self.pending[address]:
+            del self.pending[address]
+
+    def closed(self, address: str) -> None:
+        self.open[address] -= 1
+        if not self.open[address]:
+            del self.open[address]
+
+    def abort_all(self) -> None:
+        """At shutdown: drop every connection still open, whatever its state."""
+        for connection in list(self.live):
+            connection.transport.abort()
+
+
+def connection_class(answer: Answer, guard: EdgeGuard | None = None
+                     ) -> type[ServerConnection]:
     """A `ServerConnection` for ``serve(create_connection=...)`` that answers non-GET
-    requests with ``answer``."""
+    requests with ``answer`` and passes ``guard`` first."""
 
     class Connection(HttpConnection):
         def answer(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
             return answer(method, target, headers, body)
 
+    Connection.guard = guard
     return Connection
 
 
@@ -103,17 +173,56 @@ def _body_length(method: str, headers: Headers) -> int | Response:
 class HttpConnection(ServerConnection):
     """Looks at the first bytes: ``GET `` is the WebSocket's, anything else is read here."""
 
+    guard: EdgeGuard | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._mode: Literal["sniff", "websocket", "http", "done"] = "sniff"
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes already searched for the end of the head
+        self._request: tuple[str, str, Headers, int] | None = None  # the head, and body length
+        self._last_data = self._head_at = 0.0
         self._linger: asyncio.TimerHandle | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._address = ""
+        self._admitted = self._pending = False
+        self._head_bytes = 0  # of a GET, until its handshake is done
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # first: websockets' handler must see it end
+        if self.guard is None:
+            return
+        peer = transport.get_extra_info("peername")
+        self._address = str(peer[0]) if peer else ""
+        if self.guard.admit(self._address) is not None:
+            self.transport.abort()
+            return
+        self._admitted = self._pending = True
+        self.guard.live.add(self)
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().handshake(*args, **kwargs)
+        finally:
+            self._handshake_done()
+
+    def _handshake_done(self) -> None:
+        if self._pending and self.guard is not None:
+            self._pending = False
+            self.guard.handshake_done(self._address)
 
     def answer(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
         return json_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {target}")
 
     def data_received(self, data: bytes) -> None:
         if self._mode == "websocket":
+            if self._pending:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_GET_HEAD:
+                    self._finish(json_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                            "head_too_large",
+                                            f"the head is over {MAX_GET_HEAD} bytes"))
+                    return
             super().data_received(data)
             return
         if self._mode == "done":
@@ -123,45 +232,41 @@ class HttpConnection(ServerConnection):
             if len(self._buffer) < 4 and b" " not in self._buffer:
                 return
             if self._buffer.startswith(b"GET "):
-                self._mode, data, self._buffer = "websocket", self._buffer, b""
-                super().data_received(data)
+                self._mode, data, self._buffer = "websocket", bytes(self._buffer), bytearray()
+                self.data_received(data)
                 return
             self._mode = "http"
+        self._last_data = self.loop.time()
         self._read()
 
     def eof_received(self) -> None:
         if self._mode == "sniff" and b"GET ".startswith(self._buffer):
             self._mode = "websocket"
-            super().data_received(self._buffer)
+            super().data_received(bytes(self._buffer))
         if self._mode == "websocket":
             super().eof_received()
         elif self._mode != "done":
             self._finish(_bad("the connection ended before the request did"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
+        for timer in (self._linger, self._watch):
+            if timer is not None:
+                timer.cancel()
+        if self._admitted and self.guard is not None:
+            self._handshake_done()
+            self.guard.closed(self._address)
+            self.guard.live.discard(self)
+            self._admitted = False
         super().connection_lost(exc)
 
     def _read(self) -> None:
-        end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD:
-                self._finish(json_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                                        "head_too_large", f"the head is over {MAX_HEAD} bytes"))
+        if self._request is None and not self._read_head():
             return
-        head = _read_head(self._buffer[:end])
-        if isinstance(head, Response):
-            self._finish(head)
+        assert self._request is not None
+        method, target, headers, length = self._request
+        if len(self._buffer) < length:
             return
-        method, target, headers = head
-        length = _body_length(method, headers)
-        if isinstance(length, Response):
-            self._finish(length)
-            return
-        if len(self._buffer) < end + 4 + length:
-            return
-        body = self._buffer[end + 4:end + 4 + length]
+        body = bytes(self._buffer[:length])
         try:
             reply = self.answer(method, target, headers, body)
         except Exception:
@@ -170,10 +275,49 @@ class HttpConnection(ServerConnection):
                                "internal error")
         self._finish(reply)
 
+    def _read_head(self) -> bool:
+        """Whether the head is in (and valid). The search for its end resumes where the last
+        one stopped: a head trickled in a byte at a time is searched once, not once a byte."""
+        end = self._buffer.find(b"\r\n\r\n", max(0, self._scanned - 3), MAX_HEAD + 4)
+        if end < 0:
+            self._scanned = len(self._buffer)
+            if len(self._buffer) > MAX_HEAD:
+                self._finish(json_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                        "head_too_large", f"the head is over {MAX_HEAD} bytes"))
+            return False
+        head = _read_head(bytes(self._buffer[:end]))
+        if isinstance(head, Response):
+            self._finish(head)
+            return False
+        method, target, headers = head
+        length = _body_length(method, headers)
+        if isinstance(length, Response):
+            self._finish(length)
+            return False
+        self._request = method, target, headers, length
+        del self._buffer[:end + 4]
+        self._head_at = self.loop.time()
+        self._watch = self.loop.call_later(BODY_CHECK_S, self._check_body)
+        return True
+
+    def _check_body(self) -> None:
+        """408 for a body that pauses over BODY_IDLE_S or falls behind MIN_BODY_RATE."""
+        now = self.loop.time()
+        owed = MIN_BODY_RATE * (now - self._head_at - BODY_GRACE_S)
+        if now - self._last_data >= BODY_IDLE_S or len(self._buffer) < owed:
+            self._finish(json_error(HTTPStatus.REQUEST_TIMEOUT, "request_timeout",
+                                    f"the body stopped or came slower than {MIN_BODY_RATE} "
+                                    "bytes a second"))
+            return
+        self._watch = self.loop.call_later(BODY_CHECK_S, self._check_body)
+
     def _finish(self, reply: Response) -> None:
         """Answer, half-close, and drop what the client still sends until it closes too (or
         LINGER_S pass): closing at once could reset the connection before it reads this."""
-        self._mode, self._buffer = "done", b""
+        self._mode, self._buffer = "done", bytearray()
+        if self._watch is not None:
+            self._watch.cancel()
+        self._handshake_done()
         reply.headers["Connection"] = "close"
         self.transport.write(reply.serialize())
         if self.transport.can_write_eof():

@@ -380,7 +380,7 @@ def parse_client_event(message: str | bytes) -> ClientEvent:
                             code="invalid_message")
     try:
         ev = json.loads(message)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also numbers of > 4300 digits
         raise ProtocolError(f"message is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(ev, dict):
         raise ProtocolError("event must be a JSON object", code="invalid_event")
@@ -407,8 +407,13 @@ def _parse_truncate(ev: Json, eid: str | None) -> ItemTruncate:
     if end < 0:
         raise ProtocolError("audio_end_ms must be >= 0", code="invalid_value",
                             param="audio_end_ms", event_id=eid)
-    return ItemTruncate(eid, _field(ev, "item_id", str, eid),
-                        int(ev.get("content_index", 0) or 0), end)
+    index = ev.get("content_index", 0)
+    if index is None:
+        index = 0
+    if type(index) is not int or index < 0:
+        raise ProtocolError("content_index must be a whole number >= 0", code="invalid_value",
+                            param="content_index", event_id=eid)
+    return ItemTruncate(eid, _field(ev, "item_id", str, eid), index, end)
 
 
 def _parse_response_create(ev: Json, eid: str | None) -> ResponseCreate:
@@ -436,6 +441,18 @@ _PARSERS: dict[str, Callable[[Json, str | None], ClientEvent]] = {
     "response.cancel": lambda ev, eid: ResponseCancel(
         eid, ev.get("response_id") if isinstance(ev.get("response_id"), str) else None),
 }
+
+
+def carries_image(event: ClientEvent) -> bool:
+    """Whether an event may be as large as an image: a camera frame, or a user message with
+    an `input_image` part."""
+    if isinstance(event, FrameAppend):
+        return True
+    if isinstance(event, ItemCreate):
+        content = event.item.get("content")
+        return isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("type") == "input_image" for part in content)
+    return False
 
 
 # ---------------------------------------------------------------- server events
@@ -473,7 +490,13 @@ def encode(event: Json, dialect: Dialect) -> str | None:
         out["response"] = {**out["response"],
                            "output": [_item_for(dialect, i) for i in out["response"]["output"]]}
     out["event_id"] = new_id("event")
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate a client sent ("\ud800"): escape it
+            text = json.dumps(out, separators=(",", ":"))
+    return text
 
 
 def error_event(message: str, *, code: str, kind: str = "invalid_request_error",

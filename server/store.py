@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -265,13 +266,17 @@ class SQLiteStore(SqlStore):
             if self._db is None:
                 if not self.create and not self.path.is_file():
                     raise StoreError(f"no history at {self.path}")
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _private_folder(self.path.parent)
+                # created private (SQLite gives its -wal and -shm files the same mode)
+                with suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
                 db.execute("PRAGMA foreign_keys=ON")
                 db.executescript(SCHEMA.format(**SQLITE_TYPES))
                 self._db = db
+                _private_files(self.path)
             yield self._db
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"history database {self.path}: {exc}") from exc
@@ -297,6 +302,22 @@ class SQLiteStore(SqlStore):
     def _size(self) -> int:
         files = (self.path, self.path.with_name(self.path.name + "-wal"))
         return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def _private_folder(folder: Path) -> None:
+    """Make the folders that are missing, readable by this user only; leave those that
+    exist (a folder the user chose keeps its mode)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
+        path.chmod(0o700)  # mkdir's mode is cut by the umask
+
+
+def _private_files(db: Path) -> None:
+    """The history is conversations: the database and its WAL files are this user's only."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        with suppress(FileNotFoundError, PermissionError):  # another user's, read only
+            path.chmod(0o600)
 
 
 class PostgresStore(SqlStore):

@@ -5,6 +5,9 @@ An app's backend mints one with a real key (`POST /v1/realtime/client_secrets`, 
 would pass a key. A token opens one connection, before it expires; the session it opens
 starts with the configuration given at minting and counts against the minting key's
 session limit. Only a hash of each token is kept, in memory.
+
+The table is bounded in all (MAX_LIVE) and per key (a quota of live tokens and a minting
+rate), so that one key cannot fill it and lock every other key out until its tokens expire.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +24,9 @@ from server.protocol import Json
 
 PREFIX = "ek_"
 MAX_LIVE = 1024
+PER_KEY = 64  # live tokens one key may hold
+MINTS_PER_S = 10.0  # per key, bursts of BURST_S seconds' worth
+BURST_S = 2.0
 MIN_TTL_S, MAX_TTL_S = 10, 3600  # what `expires_after.seconds` may ask for
 Shape = Literal["beta", "ga"]
 
@@ -36,9 +43,16 @@ def _digest(token: str) -> str:
 
 
 class Tokens:
-    def __init__(self, max_live: int = MAX_LIVE) -> None:
+    def __init__(self, max_live: int = MAX_LIVE, per_key: int = PER_KEY,
+                 mints_per_s: float = MINTS_PER_S) -> None:
         self.max_live = max_live
+        self.configure(per_key, mints_per_s)
         self._live: dict[str, Grant] = {}
+        self._per_key: Counter[str] = Counter()  # live tokens by key fingerprint
+        self._allowance: dict[str, tuple[float, float]] = {}  # key -> (mints left, when)
+
+    def configure(self, per_key: int, mints_per_s: float) -> None:
+        self.per_key, self.mints_per_s = per_key, mints_per_s
 
     def __len__(self) -> int:
         return len(self._live)
@@ -46,18 +60,42 @@ class Tokens:
     def mint(self, key_id: str, session: Json, ttl_s: float) -> tuple[str, int]:
         """A new token and when it expires (Unix seconds)."""
         self.sweep()
+        if not self._may_mint(key_id):
+            raise LimitError(f"this key mints at most {self.mints_per_s:g} tokens a second",
+                             code="token_rate_limited")
+        if self._per_key[key_id] >= self.per_key:
+            raise LimitError(f"this key holds {self.per_key} live tokens; wait for some to be "
+                             "used or to expire", code="too_many_tokens_for_key")
         if len(self._live) >= self.max_live:
             raise LimitError(f"{self.max_live} tokens are live; wait for some to expire",
                              code="too_many_tokens")
         token = PREFIX + secrets.token_urlsafe(32)
         self._live[_digest(token)] = Grant(key_id, session, time.monotonic() + ttl_s)
+        self._per_key[key_id] += 1
         return token, int(time.time() + ttl_s)
+
+    def _may_mint(self, key_id: str) -> bool:
+        """A token bucket per key (only real keys mint, so there are few)."""
+        now, burst = time.monotonic(), self.mints_per_s * BURST_S
+        left, at = self._allowance.get(key_id, (burst, now))
+        left = min(burst, left + (now - at) * self.mints_per_s)
+        ok = left >= 1
+        self._allowance[key_id] = (left - 1 if ok else left, now)
+        return ok
+
+    def _forget(self, digest: str) -> Grant | None:
+        grant = self._live.pop(digest, None)
+        if grant is not None:
+            self._per_key[grant.key_id] -= 1
+            if not self._per_key[grant.key_id]:
+                del self._per_key[grant.key_id]
+        return grant
 
     def redeem(self, token: str | None) -> Grant | None:
         """The token's grant if it is live; it cannot be used again either way."""
         if not token or not token.startswith(PREFIX):
             return None
-        grant = self._live.pop(_digest(token), None)
+        grant = self._forget(_digest(token))
         if grant is None or grant.deadline <= time.monotonic():
             return None
         return grant
@@ -65,7 +103,7 @@ class Tokens:
     def sweep(self) -> None:
         now = time.monotonic()
         for digest in [d for d, g in self._live.items() if g.deadline <= now]:
-            del self._live[digest]
+            self._forget(digest)
 
 
 def mint_request(shape: Shape, body: object, default_ttl_s: float) -> tuple[Json, float]:

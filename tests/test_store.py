@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -135,3 +136,28 @@ async def test_sigterm_lets_the_answer_finish_saves_it_and_exits_0(
     assert final is not None and final.status == "completed"  # finished within the grace
     turns = (await asyncio.to_thread(export, db))[0]["turns"]
     assert [t["response_id"] for t in turns] == [final.id]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_the_history_database_is_private(tmp_path: Path) -> None:
+    made = tmp_path / "made" / "voxwire"  # folders the store creates: this user's only
+    store = open_store(f"sqlite:///{made}/history.db")
+    await store.open_session("s1", "voxwire", "ga")
+    await store.record(turn("s1", 1))
+    assert mode(made) == mode(made.parent) == 0o700
+    assert (made / "history.db-wal").exists()
+    for name in ("history.db", "history.db-wal", "history.db-shm"):
+        if (made / name).exists():
+            assert mode(made / name) == 0o600, name
+    store.close()
+    chosen = tmp_path / "chosen"  # a folder the user made keeps its mode
+    chosen.mkdir()
+    chosen.chmod(0o755)
+    (chosen / "old.db").touch(mode=0o644)  # and an old history becomes private
+    store = open_store(f"sqlite:///{chosen}/old.db")
+    await store.open_session("s1", "voxwire", "ga")
+    assert mode(chosen) == 0o755 and mode(chosen / "old.db") == 0o600
+    store.close()

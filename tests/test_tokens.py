@@ -265,3 +265,37 @@ async def test_the_widget_connects_with_a_minted_token(engines: Engines, tmp_pat
         assert not problems
         assert session["instructions"] == "Answer like a pirate."
         assert len(app.tokens) == 0
+
+
+async def test_one_key_cannot_fill_the_token_table(engines: Engines) -> None:
+    async with serving(engines, max_tokens_per_key=3) as (app, hostport):
+        for _ in range(3):
+            assert (await post(hostport, "/v1/realtime/client_secrets"))[0] == 200
+        status, _, reply = await post(hostport, "/v1/realtime/client_secrets")
+        assert status == 429 and reply["error"]["code"] == "too_many_tokens_for_key"
+        status, _, reply = await post(hostport, "/v1/realtime/client_secrets",
+                                      key="sk-voxwire-two")
+        assert status == 200  # another key is not locked out
+        async with as_browser(hostport, reply["value"]) as ws:
+            await created(ws)
+        assert (await post(hostport, "/v1/realtime/client_secrets", key="sk-voxwire-two"))[0] \
+            == 200
+        assert len(app.tokens) == 4
+    async with serving(engines, max_tokens_per_key=1) as (app, hostport):
+        token = (await post(hostport, "/v1/realtime/client_secrets"))[2]["value"]
+        async with as_browser(hostport, token) as ws:  # a used token frees its place
+            await created(ws)
+        assert (await post(hostport, "/v1/realtime/client_secrets"))[0] == 200
+
+
+async def test_minting_is_rate_limited_per_key(engines: Engines) -> None:
+    async with serving(engines, token_mints_per_s=1.0) as (_, hostport):
+        codes = []
+        for _ in range(3):  # a burst of two seconds' worth, then refused
+            status, _, reply = await post(hostport, "/v1/realtime/client_secrets")
+            codes.append(status if status == 200 else reply["error"]["code"])
+        assert codes == [200, 200, "token_rate_limited"]
+        status, _, _ = await post(hostport, "/v1/realtime/client_secrets", key="sk-voxwire-two")
+        assert status == 200
+        await asyncio.sleep(1.1)
+        assert (await post(hostport, "/v1/realtime/client_secrets"))[0] == 200
