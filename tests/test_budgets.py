@@ -43,7 +43,7 @@ async def serving(engines: Engines, *, fake: FakeProvider | None = None,
                   image_lane: ImageLane | None = None, store: Store | None = None,
                   **changes: Any) -> AsyncIterator[tuple[str, App]]:
     """A real server on loopback; answers from ``fake`` when given (quick and predictable)."""
-    settings = TEST_SETTINGS.replace(max_events_per_s=10_000.0, **changes)
+    settings = TEST_SETTINGS.replace(max_events_per_s=10_000.0, max_bytes_per_s=1e9, **changes)
     if fake is not None:
         settings = settings.replace(llm_backend="openai", llm_model="m",
                                     llm_base_url=f"{fake.url}/v1", llm_api_key="k")
@@ -238,9 +238,13 @@ async def test_client_items_are_bounded_by_count_and_bytes(engines: Engines) -> 
     async with serving(engines) as (url, app), opened(url) as ws:
         await until(ws, lambda e: e["type"] == "session.created")
         piece = "word " * 6000  # 30 KB, under the 32 KiB an item may hold
+        # Read while sending: each item comes back twice, uncompressed.
+        reading = asyncio.create_task(until(ws, lambda e: e["type"] == "error", 120))
         for n in range(600):  # 18 MB
+            if reading.done():
+                break
             await send(ws, text_item(piece, id=f"i{n}"))
-        seen = await until(ws, lambda e: e["type"] == "error")
+        seen = await reading
         assert seen[-1]["error"]["code"] == "conversation_full"
         session = next(iter(app.sessions))
         assert 500 < len(session.conv.items) < 600
@@ -282,7 +286,8 @@ async def test_a_client_that_stops_reading_holds_a_bounded_outbox(engines: Engin
     """Items of 1 MB echoed back (twice each) to a client that reads nothing: the server
     holds at most `max_outbox_bytes` of them, not `send_queue` of them."""
     budget: dict[str, Any] = {"max_item_bytes": 2 * MiB, "max_conversation_bytes": 64 * MiB,
-                              "max_outbox_bytes": 2 * MiB, "input_queue": 2}
+                              "max_outbox_bytes": 2 * MiB, "input_queue": 2,
+                              "max_event_bytes": 4 * MiB}
     piece = "x" * MiB
     async with serving(engines, **budget) as (url, app):
         client = NotReading(url)
@@ -517,7 +522,7 @@ async def test_memory_stays_within_the_documented_budget(
     story = " ".join(f"This is sentence {n} of a long story." for n in range(80))
     fake.script(Reply(text="Ready."), *[Reply(text=story)] * 3)
     budget: dict[str, Any] = {"max_conversation_bytes": 2 * MiB, "max_outbox_bytes": 1 * MiB,
-              "input_queue": 4, "max_message_bytes": 2 * MiB}
+              "input_queue": 4, "max_message_bytes": 2 * MiB, "max_event_bytes": 2 * MiB}
     megabyte, piece = "x" * MiB, "word " * 6000
 
     async def hoarder(url: str) -> list[str]:

@@ -344,7 +344,8 @@ async def test_audio_faster_than_real_time_is_slowed_not_lost(engines: Engines) 
 async def test_an_idle_stream_keeps_only_what_a_turn_could_reach_back_for(
         engines: Engines) -> None:
     chunk = b64(pcm16(silence(1000, 24000)))
-    async with limited(engines, audio_burst_s=1000.0) as (url, app), connect(url) as ws:
+    async with limited(engines, audio_burst_s=1000.0, max_bytes_per_s=1e9) as (url, app), \
+            connect(url) as ws:
         created = await until(ws, "session.created")
         session = session_of(app, created["session"]["id"])
         for _ in range(150):  # two and a half minutes of nobody speaking
