@@ -186,6 +186,7 @@ class Session:
         self._partial_words: list[str] = []
         self._partial_sent = 0
         self._jobs: asyncio.Queue[TranscribeJob | RespondJob] = asyncio.Queue(8)
+        self._queued_samples = 0  # audio held by the turns waiting: max_buffer_s at most
         self._worker: asyncio.Task[None] | None = None
         self.response: Response | None = None
         self._latest_frame: tuple[ImageData, float] | None = None
@@ -555,11 +556,17 @@ class Session:
             raise
 
     async def _enqueue(self, job: TranscribeJob | RespondJob, event_id: str | None) -> None:
+        samples = len(job.audio) if isinstance(job, TranscribeJob) else 0
+        if self._queued_samples + samples > self.settings.max_buffer_s * 16000:
+            raise LimitError(f"more than {self.settings.max_buffer_s:g} s of turns waiting to "
+                             "be transcribed; this one was dropped", code="turn_queue_full",
+                             event_id=event_id)
         try:
             self._jobs.put_nowait(job)
         except asyncio.QueueFull:
             raise LimitError("too many turns waiting; this one was dropped",
                              code="turn_queue_full", event_id=event_id) from None
+        self._queued_samples += samples
 
     # ------------------------------------------------------------------ partial transcripts
 
@@ -603,6 +610,8 @@ class Session:
     async def _work(self) -> None:
         while True:
             job = await self._jobs.get()
+            if isinstance(job, TranscribeJob):
+                self._queued_samples -= len(job.audio)
             self._busy = True
             try:
                 if isinstance(job, TranscribeJob):

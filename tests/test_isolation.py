@@ -372,3 +372,24 @@ async def test_instructions_have_one_length_limit_everywhere(engines: Engines) -
     assert error["error"]["code"] == "invalid_value"
     assert error["error"]["event_id"] == "r1" and "32768" in error["error"]["message"]
     assert error2["error"]["event_id"] == "s1"
+
+
+async def test_turns_waiting_for_transcription_are_bounded_by_their_audio(
+        engines: Engines) -> None:
+    """Hand-committed turns queue their audio: at most --max-buffer-s of it waits."""
+    noise = np.random.default_rng(2).uniform(-0.2, 0.2, 24000 * 40).astype(np.float32)
+    forty = b64(pcm16(noise))
+    async with limited(engines, max_buffer_s=60.0, max_append_s=60.0, audio_burst_s=1000.0,
+                       max_bytes_per_s=1e9, max_event_bytes=8 * 1024 * 1024) as (url, _app), \
+            connect(url, max_size=None) as ws:
+        await until(ws, "session.created")
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": None}}}}))
+        await until(ws, "session.updated")
+        for n in range(3):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": forty}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit",
+                                      "event_id": f"c{n}"}))
+        error = await until(ws, "error", 120)
+    assert error["error"]["code"] == "turn_queue_full"
+    assert error["error"]["event_id"] == "c2" and "60 s" in error["error"]["message"]
