@@ -687,7 +687,9 @@ def run(plan: Plan, port: int, server_args: list[str], out: Path) -> dict[str, A
     fixtures = make_fixtures(QUESTIONS[:6])
     # every client is on loopback: one address holds all of them
     args = [*server_args, "--max-sessions", str(plan.max_sessions),
-            "--max-connections-per-ip", str(plan.max_sessions + 16), "--log-level", "WARNING"]
+            "--max-connections-per-ip", str(plan.max_sessions + 16),
+            "--max-pending-handshakes-per-ip", str(plan.max_sessions + 16),
+            "--log-level", "WARNING"]
     with server_process(port, args) as (url, pid):
         result = asyncio.run(Soak(url, pid, plan, fixtures).run())
     result["server_args"] = args

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class Engines:
                              context=settings.llm_context, cache_scope=settings.llm_cache_scope,
                              contexts=settings.llm_contexts)
         responder = make_responder(settings, llm, llm_lane)
+        # Everything loaded so far lives as long as the process: out of the collector's
+        # sight, a full collection no longer walks it (about 85 ms, on the event loop).
+        gc.freeze()
         log.info("models loaded in %.1f s (asr %s on %s, mode %s; llm %s via %s; tts %s)",
                  time.monotonic() - t0, settings.asr_model, asr.device, settings.asr_mode,
                  responder.name, settings.llm_backend, tts.name)

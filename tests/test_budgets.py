@@ -502,7 +502,7 @@ async def test_a_full_store_takes_no_more_turns(engines: Engines, fake: FakeProv
 
 def session_budget(settings: Any) -> int:
     """What one session may hold, as docs/memory-budget.md adds it up."""
-    return int(settings.max_buffer_s * 16000 * 4  # input audio, float32 at 16 kHz
+    return int(2 * settings.max_buffer_s * 16000 * 4  # input audio and the turns waiting
                + settings.max_conversation_bytes + settings.max_outbox_bytes
                + settings.input_queue * settings.max_message_bytes  # WebSocket read-ahead
                + 2 * settings.max_message_bytes)  # the message in hand, and its parsed JSON
