@@ -645,6 +645,11 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
     v2v = [t["client_v2v_ms"] for t in tally.turns if t["client_v2v_ms"] is not None]
     quiet = [t["client_v2v_ms"] for t in tally.quiet if t["client_v2v_ms"] is not None]
     ratio = (round(float(np.median(v2v) / np.median(quiet)), 2) if v2v and quiet else None)
+
+    def stage_p50(turns: list[dict[str, Any]]) -> dict[str, float | None]:
+        names = sorted({k for t in turns for k in t.get("stages_ms", {})})
+        return {k: percentile([t["stages_ms"][k] for t in turns
+                               if t.get("stages_ms", {}).get(k) is not None], 50) for k in names}
     resources = {name: {"start": baseline[name], "end": loaded[name],
                         "max": max(s[name] for s in under_load), "after": after[name]}
                  for name in ("rss_mib", "fds", "threads")}
@@ -665,7 +670,9 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
                   "total": len(tally.turns), "v2v_p50_ms": percentile(v2v, 50),
                   "v2v_p95_ms": percentile(v2v, 95), "v2v_max_ms": max(v2v, default=None),
                   "quiet_total": len(tally.quiet), "quiet_v2v_p50_ms": percentile(quiet, 50),
-                  "quiet_v2v_p95_ms": percentile(quiet, 95), "loaded_to_quiet_p50": ratio},
+                  "quiet_v2v_p95_ms": percentile(quiet, 95), "loaded_to_quiet_p50": ratio,
+                  "stages_p50_ms": stage_p50(tally.turns),
+                  "quiet_stages_p50_ms": stage_p50(tally.quiet)},
         "misbehavers": {kind: {"runs": sum(tally.outcomes[kind].values()),
                                "outcomes": dict(tally.outcomes[kind]),
                                "server_answers": dict(tally.codes[kind])}

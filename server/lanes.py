@@ -36,6 +36,20 @@ class _Job:
     must_run: bool = False  # a parked generator's resumption: it closes what it started
 
 
+class StreamControl:
+    """Lets someone other than its consumer end a stream (``Lane.stream``): the producer
+    stops at its next item or, parked, is woken to close its generator in the lane."""
+
+    def __init__(self) -> None:
+        self.halted = False
+        self._halt: Callable[[], None] | None = None
+
+    def halt(self) -> None:
+        self.halted = True
+        if self._halt is not None:
+            self._halt()
+
+
 class LaneClosed(RuntimeError):
     """The lane was shut down with this job still waiting."""
 
@@ -134,7 +148,7 @@ class Lane:
     async def stream(
         self, make: Callable[[], Iterator[T]], stop: threading.Event, maxsize: int = 16, *,
         owner: str = "", park: bool = True, step: bool = False,
-        on_closed: Callable[[], None] | None = None,
+        on_closed: Callable[[], None] | None = None, control: StreamControl | None = None,
     ) -> AsyncGenerator[T, None]:
         """Iterate ``make()`` in the lane's thread; yield its items here.
 
@@ -150,7 +164,8 @@ class Lane:
 
         Set ``stop`` (or stop consuming) to make the producer abandon the generator.
         ``on_closed`` is called once on the event loop when the producer is done with the
-        generator (it ended, failed, was closed, or never started).
+        generator (it ended, failed, was closed, or never started); ``control`` can end the
+        stream from outside.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()  # bounded by `free`, or by `make`
@@ -222,6 +237,14 @@ class Lane:
             if wake:
                 again()
 
+        def halt() -> None:
+            nonlocal halted
+            with lock:
+                halted = True
+            resume()
+
+        if control is not None:
+            control._halt = halt
         self._submit(_Job(pump, stop, owner, settled))
         try:
             while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -460,6 +461,7 @@ class Session:
             request, notice, modalities = self._prepare({}, None, pending)
         except VoxwireError:
             return  # the confirmed turn will raise it again, and say so
+        request = dataclasses.replace(request, speculative=True)
         resp = Response(p.new_id("resp"), modalities, spec.clock, spec.item_id, True)
         gate = Gate(self.emit)
         ctx = ResponseContext(self.id, gate.emit, self.conv, self.engines, self.settings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
 import threading
@@ -125,6 +126,43 @@ async def test_an_abandoned_answer_leaves_the_model_clean(
     await anext(stream)
     await stream.aclose()  # a barge-in: the reader leaves mid-answer
     assert await answer(responder, "b") == solo
+
+
+async def test_a_reader_that_went_away_loses_its_context_to_one_that_waits(
+        engines: Engines, cold: LlamaModel) -> None:
+    """Clients that stopped reading park their answers; when every context is lent, the
+    one whose reader has been away longest is ended for an answer that waits. A
+    speculative answer waiting behind its gate never is."""
+    responder = LocalResponder(cold, engines.llm_lane)
+    pool = cold.pool
+    assert len(cold.contexts) == 2
+    solo = await answer(responder, "a")
+    gone = [responder.stream(request(who)) for who in ("a", "b")]
+    for stream in gone:
+        await anext(stream)  # and the client reads no more
+    started = time.monotonic()
+    assert await answer(responder, "a") == solo
+    assert time.monotonic() - started >= pool.preempt_s * 0.9  # the reader had its grace
+    outcomes = []
+    for stream in gone:
+        try:
+            async for _ in stream:
+                pass
+            outcomes.append("completed")
+        except BackendError as exc:
+            outcomes.append(exc.code)
+    assert sorted(outcomes) == ["completed", "llm_preempted"]
+
+    held = [responder.stream(dataclasses.replace(request(who), speculative=True))
+            for who in ("a", "b")]
+    for stream in held:
+        await anext(stream)  # behind their gates
+    waiting = asyncio.create_task(answer(responder, "b"))
+    await asyncio.sleep(pool.preempt_s * 2.5)
+    assert not waiting.done()  # not taken from a turn about to be confirmed
+    await held[0].aclose()  # the turn went on: the speculation is dropped
+    assert len((await asyncio.wait_for(waiting, 60)).split()) >= 30
+    await held[1].aclose()
 
 
 async def test_one_llama_context_refuses_a_second_live_generation(engines: Engines) -> None:

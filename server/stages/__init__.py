@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -91,6 +91,7 @@ class ChatRequest:
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str = "auto"  # "auto" or "required" (with no tools, nothing is sent)
     session: str = ""  # who asks: lanes take turns between sessions; caches may be per session
+    speculative: bool = field(default=False, compare=False)  # for a turn not yet confirmed
 
 
 @dataclass(frozen=True)

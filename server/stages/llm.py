@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from llama_cpp import Llama
 
 from server.errors import BackendError, ConfigError
-from server.lanes import Lane
+from server.lanes import Lane, StreamControl
 from server.stages import (
     ChatMessage,
     ChatRequest,
@@ -23,6 +25,7 @@ from server.stages import (
 _PER_MESSAGE = 8  # chat-template tokens around each message
 BYTES_PER_TOKEN = 32  # more bytes than this per token of the window cannot fit: no tokenizing
 CacheScope = Literal["shared", "session"]
+PREEMPT_S = 1.0  # a reader away this long loses its context to a generation that waits
 
 
 class LlamaContext:
@@ -77,32 +80,64 @@ class LlamaContext:
             sampler.close()
 
 
+@dataclass(eq=False)
+class Lease:
+    """One generation's hold on a context, as the pool sees it."""
+
+    speculative: bool  # a turn not yet confirmed: it waits behind its gate, by design
+    control: StreamControl = field(default_factory=StreamControl)
+    away_since: float | None = None  # its reader took an item and has not come back since
+
+    def idle_s(self, now: float) -> float:
+        return 0.0 if self.away_since is None else now - self.away_since
+
+
 class ContextPool:
     """Contexts lent to one generation at a time, on the event loop. A session gets the
     context that last held its prompt when it is free (its prefix is cached there),
-    else the one idle longest; when all are lent, it waits its turn."""
+    else the one idle longest. When all are lent, a generation whose reader has taken
+    nothing for ``preempt_s`` (a client that stopped reading; never a speculative answer,
+    which waits for its turn to be confirmed) is ended to make room; otherwise the caller
+    waits its turn."""
 
-    def __init__(self, contexts: Sequence[LlamaContext]) -> None:
+    def __init__(self, contexts: Sequence[LlamaContext], preempt_s: float = PREEMPT_S) -> None:
         self._free: list[LlamaContext] = list(contexts)  # least recently used first
+        self._lent: dict[LlamaContext, Lease] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.preempt_s = preempt_s
+        self.preempted = 0
 
-    async def acquire(self, session: str) -> LlamaContext:
+    async def acquire(self, session: str, lease: Lease) -> LlamaContext:
         while not self._free:
+            self._preempt_one()
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                await waiter
+                await asyncio.wait_for(waiter, self.preempt_s / 4)
+            except TimeoutError:
+                continue  # look again for a reader that went away meanwhile
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # it was our turn: pass it on
                 raise
         mine = next((c for c in self._free if c.owner == session), self._free[0])
         self._free.remove(mine)
+        self._lent[mine] = lease
         return mine
 
     def release(self, context: LlamaContext) -> None:
+        self._lent.pop(context, None)
         self._free.append(context)
         self._wake()
+
+    def _preempt_one(self) -> None:
+        now = time.monotonic()
+        stalled = [lease for lease in self._lent.values()
+                   if not lease.speculative and not lease.control.halted
+                   and lease.idle_s(now) >= self.preempt_s]
+        if stalled:
+            self.preempted += 1
+            max(stalled, key=lambda lease: lease.idle_s(now)).control.halt()
 
     def _wake(self) -> None:
         while self._waiters:
@@ -216,7 +251,8 @@ class LocalResponder:
         stop = threading.Event()
         messages = [as_text(m) for m in request.messages]
         pool = self.model.pool
-        context = await pool.acquire(request.session)
+        lease = Lease(request.speculative)
+        context = await pool.acquire(request.session, lease)
         returned = False
 
         def give_back() -> None:  # once the generator is closed, in the lane
@@ -225,17 +261,23 @@ class LocalResponder:
                 returned = True
                 pool.release(context)
 
-        # A token at a time, taking turns with other sessions' generations (each on its
-        # own context); never parked behind a slow reader, so a context is only held
-        # while its answer is made (max_tokens bounds it).
+        # A token at a time, taking turns with other sessions' generations, each on its
+        # own context. A reader that falls behind parks its generation (no work is done
+        # for nobody); one that stays away while others wait for a context loses it.
         deltas = self.lane.stream(
             lambda: self.model.stream(messages, temperature=request.temperature,
                                       max_tokens=request.max_tokens, stop=stop,
                                       session=request.session, context=context),
-            stop, owner=request.session, park=False, step=True, on_closed=give_back)
+            stop, owner=request.session, step=True, on_closed=give_back,
+            control=lease.control)
         try:
             async for delta in deltas:
+                lease.away_since = time.monotonic()
                 yield TextDelta(delta)
+                lease.away_since = None
+            if lease.control.halted:
+                raise BackendError("the answer was stopped: nothing read it while other "
+                                   "sessions waited for the model", code="llm_preempted")
         finally:
             stop.set()
             await deltas.aclose()
