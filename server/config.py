@@ -56,7 +56,7 @@ class Settings:
     # "session": never reuse a KV-cache prefix across sessions (no prompt timing between
     # clients; a cold prefill when sessions alternate); "shared": reuse it (faster)
     llm_cache_scope: CacheScope = "shared"
-    llm_contexts: int = 2  # llama.cpp contexts: answers made at once, taking turns per token
+    llm_contexts: int = 4  # llama.cpp contexts: answers made at once, taking turns per token
     tts_voice: str = "joe"
     tts_threads: int = 1
     # Conversation defaults (a client may change them with session.update).

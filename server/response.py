@@ -93,6 +93,11 @@ class ResponseContext:
     store: Store = field(default_factory=NullStore)
     echo: EchoReference = field(default_factory=EchoReference)
     gate: Gate | None = None  # a speculative response: `emit` is the gate's
+    caught_up: Callable[[], Awaitable[None]] = field(default=lambda: _now())  # the client reads
+
+
+async def _now() -> None:
+    return None
 
 
 class Gate:
@@ -233,13 +238,18 @@ class ResponseRun:
         await self._consume(on_text)
 
     async def _speak(self) -> None:
-        pieces: asyncio.Queue[str | None] = asyncio.Queue(8)
+        # Room for the whole answer (a piece is at least a token): the model's reader never
+        # waits for speech, only for the client, so it is away only when the client is.
+        pieces: asyncio.Queue[str | None] = asyncio.Queue(self.request.max_tokens + 2)
         splitter = SentenceSplitter(first_clause_words=self.ctx.settings.first_clause_words)
 
         async def on_text(delta: str) -> None:
             for piece in splitter.feed(delta):
                 self.resp.clock.mark("first_sentence")
                 await pieces.put(piece)
+            # The model's reader waits for the client, never for speech: what a client does
+            # not read is not computed further (and its context may go to someone else).
+            await self.ctx.caught_up()
 
         async def produce() -> None:
             await self._consume(on_text)

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 ECHO_WINDOW = 4000  # samples (250 ms at 16 kHz) of microphone audio judged for echo
 ASR_TAIL_MS = 200  # trailing silence handed to Whisper with an utterance
 MIN_COMMIT_MS = 100
+AHEAD_S = 2.0  # audio this far ahead of real time is not live: no speculation on it
 IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and minimum speech
 TRANSCRIPT_RESERVE = 2048  # bytes counted for a user item's transcript, written later
 
@@ -88,6 +89,12 @@ class Outbox:
             self._events.append((event, on_sent, size))
             self.bytes += size
             self._changed.notify_all()
+
+    async def caught_up(self) -> None:
+        """Wait until the client has taken at least half of what its outbox may hold."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._events) <= self.maxsize // 2
+                                         and self.bytes <= self.max_bytes // 2)
 
     async def get(self) -> tuple[Json, OnSent | None]:
         async with self._changed:
@@ -401,7 +408,7 @@ class Session:
         elif isinstance(event, SpeechConfirmed):
             if self.response is not None and td.interrupt_response:
                 await self._cancel_response("turn_detected")
-        elif isinstance(event, SpeechPaused) and self.settings.speculate:
+        elif isinstance(event, SpeechPaused) and self.settings.speculate and self._live():
             self._speculate(event.audio_end_ms)
         elif isinstance(event, SpeechResumed) and self._speculation is not None:
             self._drop_speculation()  # a pause, not the end
@@ -440,6 +447,13 @@ class Session:
             spec.starter = asyncio.create_task(self._answer_early(spec),
                                                name=f"{self.id}-early")
 
+    def _live(self) -> bool:
+        """Whether audio arrives as it is spoken. Speculation buys a live speaker time; audio
+        sent faster than real time reaches its next pause before the work would be of use,
+        so its pauses start nothing (they still end turns as usual)."""
+        budget = self._audio_budget
+        return budget.level >= budget.burst - AHEAD_S
+
     def _may_answer_early(self) -> bool:
         td = self.cfg.turn_detection
         return (self.settings.speculate_answer and td is not None and td.create_response
@@ -465,7 +479,8 @@ class Session:
         resp = Response(p.new_id("resp"), modalities, spec.clock, spec.item_id, True)
         gate = Gate(self.emit)
         ctx = ResponseContext(self.id, gate.emit, self.conv, self.engines, self.settings,
-                              self.cfg.output_format, self.store, self.echo, gate)
+                              self.cfg.output_format, self.store, self.echo, gate,
+                              self.outbox.caught_up)
         resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
                                         name=f"{resp.id}-early")
         answer = EarlyAnswer(request, modalities, resp, gate)
@@ -703,7 +718,8 @@ class Session:
                         params.get("conversation", "auto") != "none", params.get("metadata"),
                         user_audio=user_audio)
         ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
-                              self.cfg.output_format, self.store, self.echo)
+                              self.cfg.output_format, self.store, self.echo,
+                              caught_up=self.outbox.caught_up)
         self.response = resp
         resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
                                         name=resp.id)

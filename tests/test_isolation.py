@@ -135,9 +135,8 @@ async def test_a_reader_that_went_away_loses_its_context_to_one_that_waits(
     speculative answer waiting behind its gate never is."""
     responder = LocalResponder(cold, engines.llm_lane)
     pool = cold.pool
-    assert len(cold.contexts) == 2
     solo = await answer(responder, "a")
-    gone = [responder.stream(request(who)) for who in ("a", "b")]
+    gone = [responder.stream(request("ab"[n % 2])) for n in range(len(cold.contexts))]
     for stream in gone:
         await anext(stream)  # and the client reads no more
     started = time.monotonic()
@@ -151,10 +150,10 @@ async def test_a_reader_that_went_away_loses_its_context_to_one_that_waits(
             outcomes.append("completed")
         except BackendError as exc:
             outcomes.append(exc.code)
-    assert sorted(outcomes) == ["completed", "llm_preempted"]
+    assert sorted(outcomes) == ["completed"] * (len(gone) - 1) + ["llm_preempted"]
 
-    held = [responder.stream(dataclasses.replace(request(who), speculative=True))
-            for who in ("a", "b")]
+    held = [responder.stream(dataclasses.replace(request("ab"[n % 2]), speculative=True))
+            for n in range(len(cold.contexts))]
     for stream in held:
         await anext(stream)  # behind their gates
     waiting = asyncio.create_task(answer(responder, "b"))
@@ -162,7 +161,8 @@ async def test_a_reader_that_went_away_loses_its_context_to_one_that_waits(
     assert not waiting.done()  # not taken from a turn about to be confirmed
     await held[0].aclose()  # the turn went on: the speculation is dropped
     assert len((await asyncio.wait_for(waiting, 60)).split()) >= 30
-    await held[1].aclose()
+    for stream in held[1:]:
+        await stream.aclose()
 
 
 async def test_one_llama_context_refuses_a_second_live_generation(engines: Engines) -> None:
