@@ -38,6 +38,7 @@ class LlamaContext:
                          n_threads_batch=threads, verbose=False)
         self.scope = scope
         self.owner = ""  # whose prompt the KV cache holds
+        self.system = ""  # and the system prompt it starts with
         self._live = threading.Lock()  # held by the one live generation
 
     def generate(self, messages: Sequence[ChatMessage], *, temperature: float,
@@ -49,6 +50,7 @@ class LlamaContext:
             if self.scope == "session" and session != self.owner:
                 self.llm.reset()  # type: ignore[no-untyped-call]  # reuse no prefix of another session's prompt
             self.owner = session
+            self.system = messages[0].content if messages and messages[0].role == "system" else ""
             chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(  # type: ignore[assignment]
                 messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
                 temperature=temperature, max_tokens=max_tokens, stream=True,
@@ -85,6 +87,7 @@ class Lease:
     """One generation's hold on a context, as the pool sees it."""
 
     speculative: bool  # a turn not yet confirmed: it waits behind its gate, by design
+    system: str = ""  # the system prompt its prompt starts with
     control: StreamControl = field(default_factory=StreamControl)
     away_since: float | None = None  # its reader took an item and has not come back since
 
@@ -94,11 +97,11 @@ class Lease:
 
 class ContextPool:
     """Contexts lent to one generation at a time, on the event loop. A session gets the
-    context that last held its prompt when it is free (its prefix is cached there),
-    else the one idle longest. When all are lent, a generation whose reader has taken
-    nothing for ``preempt_s`` (a client that stopped reading; never a speculative answer,
-    which waits for its turn to be confirmed) is ended to make room; otherwise the caller
-    waits its turn."""
+    context that last held its prompt when it is free (its prefix is cached there), else
+    one that last started with the same system prompt, else the one idle longest. When
+    all are lent, a generation whose reader has taken nothing for ``preempt_s`` (a client
+    that stopped reading; never a speculative answer, which waits for its turn to be
+    confirmed) is ended to make room; otherwise the caller waits its turn."""
 
     def __init__(self, contexts: Sequence[LlamaContext], preempt_s: float = PREEMPT_S) -> None:
         self._free: list[LlamaContext] = list(contexts)  # least recently used first
@@ -120,7 +123,9 @@ class ContextPool:
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # it was our turn: pass it on
                 raise
-        mine = next((c for c in self._free if c.owner == session), self._free[0])
+        mine = next((c for c in self._free if c.owner == session),  # its own history
+                    next((c for c in self._free if c.system == lease.system),  # its prompt
+                         self._free[0]))
         self._free.remove(mine)
         self._lent[mine] = lease
         return mine
@@ -251,7 +256,8 @@ class LocalResponder:
         stop = threading.Event()
         messages = [as_text(m) for m in request.messages]
         pool = self.model.pool
-        lease = Lease(request.speculative)
+        system = messages[0].content if messages and messages[0].role == "system" else ""
+        lease = Lease(request.speculative, system)
         context = await pool.acquire(request.session, lease)
         returned = False
 
