@@ -378,18 +378,24 @@ class Soak:
         took = time.monotonic() - started
         return "dropped by the server" if took < HANDSHAKE_S + 5 else f"dropped after {took:.0f} s"
 
-    async def slow_reader(self) -> str:
-        """Send audio and ask for long answers, never read: once its socket has backed up,
-        the server must drop it (and not hold everyone else's answers meanwhile)."""
+    async def unread_connection(
+            self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, ClientProtocol]:
+        """A socket with a small receive window (the server's side backs up within seconds
+        once it is not read) and a WebSocket handshake ready to send."""
         host, port = self.url.removeprefix("http://").split(":")
         sock = socket.socket()
-        # A small receive window: the server's side backs up after a few seconds of audio.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
         reader, writer = await asyncio.open_connection(sock=sock)
         proto = ClientProtocol(parse_uri(self.ws_url), max_size=None)
         proto.send_request(proto.connect())
+        return reader, writer, proto
+
+    async def slow_reader(self) -> str:
+        """Send audio and ask for long answers, never read: once its socket has backed up,
+        the server must drop it (and not hold everyone else's answers meanwhile)."""
+        reader, writer, proto = await self.unread_connection()
         started = time.monotonic()
 
         async def flush() -> None:
@@ -469,14 +475,7 @@ class Soak:
     async def outbox_stuffing(self) -> str:
         """Items of 30 KB each, every one echoed back twice, and answers asked for; never
         reads: its outbox fills by bytes, and the server drops it."""
-        host, port = self.url.removeprefix("http://").split(":")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        proto = ClientProtocol(parse_uri(self.ws_url), max_size=None)
-        proto.send_request(proto.connect())
+        reader, writer, proto = await self.unread_connection()
         item = event("conversation.item.create", item={
             "type": "message", "role": "user",
             "content": [{"type": "input_text", "text": "Say something about the sea. " * 1000}]})
