@@ -93,10 +93,10 @@ class ResponseContext:
     store: Store = field(default_factory=NullStore)
     echo: EchoReference = field(default_factory=EchoReference)
     gate: Gate | None = None  # a speculative response: `emit` is the gate's
-    caught_up: Callable[[], Awaitable[None]] = field(default=lambda: _now())  # the client reads
+    caught_up: Callable[[], Awaitable[None]] = field(default=lambda: _at_once())  # client read
 
 
-async def _now() -> None:
+async def _at_once() -> None:
     return None
 
 

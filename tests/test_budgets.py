@@ -149,6 +149,15 @@ async def answering(ws: ClientConnection, modalities: tuple[str, ...] = ("text",
     return await until(ws, is_done)
 
 
+async def store_codes_of_turn(ws: ClientConnection, text: str) -> list[str]:
+    """One typed question answered in full; the store's error codes it brought."""
+    await send(ws, text_item(text))
+    events = [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
+              *await answering(ws)]
+    assert events[-1]["response"]["status"] == "completed"
+    return [c for c in kinds(events) if c.startswith("store")]
+
+
 async def answer(ws: ClientConnection, modalities: tuple[str, ...] = ("text",)) -> Event:
     return (await answering(ws, modalities))[-1]
 
@@ -412,11 +421,7 @@ async def test_a_store_lost_mid_session_is_reported_once_and_found_again(
                     db.mkdir()
                 if n == 3:  # and comes back
                     db.rmdir()
-                await send(ws, text_item(f"Question {n}."))
-                events = [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
-                          *await answering(ws)]
-                assert events[-1]["response"]["status"] == "completed"
-                codes += [c for c in kinds(events) if c.startswith("store")]
+                codes += await store_codes_of_turn(ws, f"Question {n}.")
         turns = await asyncio.to_thread(lambda: store.turns(store.sessions()[0]["id"]))
     finally:
         store.close()
@@ -438,11 +443,7 @@ async def test_a_postgres_stopped_mid_session_is_reported_once_and_found_again(
                     await asyncio.to_thread(postgres.ctl, "-m", "fast", "stop")
                 if n == 2:
                     await asyncio.to_thread(postgres.ctl, *start)
-                await send(ws, text_item(f"Question {n}."))
-                events = [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
-                          *await answering(ws)]
-                assert events[-1]["response"]["status"] == "completed"
-                codes += [c for c in kinds(events) if c.startswith("store")]
+                codes += await store_codes_of_turn(ws, f"Question {n}.")
         turns = await asyncio.to_thread(lambda: store.turns(store.sessions()[0]["id"]))
     finally:
         with contextlib.suppress(Exception):  # other tests need it running
@@ -462,11 +463,7 @@ async def test_history_is_capped_per_field_and_per_session(
                 opened(url) as ws:
             codes: list[str] = []
             for _ in range(6):
-                await send(ws, text_item(long_text))
-                events = [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
-                          *await answering(ws)]
-                assert events[-1]["response"]["status"] == "completed"
-                codes += [c for c in kinds(events) if c.startswith("store")]
+                codes += await store_codes_of_turn(ws, long_text)
         turns = await asyncio.to_thread(lambda: store.turns(store.sessions()[0]["id"]))
     finally:
         store.close()
@@ -485,11 +482,7 @@ async def test_a_full_store_takes_no_more_turns(engines: Engines, fake: FakeProv
                 opened(url) as ws:
             codes: list[str] = []
             for question in ("One?", "Two?"):
-                await send(ws, text_item(question))
-                events = [*await until(ws, lambda e: e["type"] == "conversation.item.done"),
-                          *await answering(ws)]
-                assert events[-1]["response"]["status"] == "completed"
-                codes += [c for c in kinds(events) if c.startswith("store")]
+                codes += await store_codes_of_turn(ws, question)
         turns = await asyncio.to_thread(lambda: store.turns(store.sessions()[0]["id"]))
     finally:
         store.close()
