@@ -8,6 +8,10 @@ Lanes are shared by every session, so they are fair and cancellable:
 
 - Each job belongs to an owner (a session id). The lane takes one job from each owner in
   turn (round robin), so a session that queues a lot only waits behind itself.
+- A job may be background work (a speculation on a turn not yet over): while its
+  ``background`` check says so, it waits for every other owner's foreground job. The check
+  is made each time the lane picks, so work that becomes urgent (its turn was confirmed)
+  is served as foreground from then on.
 - Each job carries a token (a ``threading.Event``). A job whose token is set before it
   starts never runs; a long job may check it as it goes. ``cancel_owner`` sets the token
   of every job an owner has queued or running (a session closing).
@@ -34,6 +38,10 @@ class _Job:
     owner: str
     settle: Callable[[Any, BaseException | None], None] = field(repr=False)
     must_run: bool = False  # a parked generator's resumption: it closes what it started
+    background: Callable[[], bool] | None = None  # true while it may wait for the others
+
+    def deferrable(self) -> bool:
+        return self.background is not None and self.background()
 
 
 class StreamControl:
@@ -75,7 +83,7 @@ class Lane:
                     self._cond.wait()
                 if self._closed:
                     return
-                owner = self._turns.popleft()
+                owner = self._next_owner()
                 queue = self._queues[owner]
                 job = queue.popleft()
                 if queue:
@@ -97,6 +105,15 @@ class Lane:
                 with self._cond:
                     self._running = None
 
+    def _next_owner(self) -> str:
+        """The first owner in turn whose next job is foreground, else the first in turn.
+        Called with the lock held and at least one owner waiting."""
+        for i, owner in enumerate(self._turns):
+            if not self._queues[owner][0].deferrable():
+                del self._turns[i]
+                return owner
+        return self._turns.popleft()
+
     def _submit(self, job: _Job) -> None:
         with self._cond:
             if self._closed:
@@ -112,9 +129,11 @@ class Lane:
     # ------------------------------------------------------------------ callers
 
     async def run(self, fn: Callable[[], T], *, owner: str = "",
-                  token: threading.Event | None = None) -> T:
+                  token: threading.Event | None = None,
+                  background: Callable[[], bool] | None = None) -> T:
         """Run ``fn`` in the lane. Cancelling the caller cancels the job if it has not
-        started (and sets its token, for a job that checks it)."""
+        started (and sets its token, for a job that checks it). While ``background()`` is
+        true (called in the lane's thread), the job waits for other owners' other jobs."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         token = token or threading.Event()
@@ -122,7 +141,7 @@ class Lane:
         def settle(result: Any, exc: BaseException | None) -> None:
             _call_soon(loop, _settle, future, result, exc)
 
-        self._submit(_Job(fn, token, owner, settle))
+        self._submit(_Job(fn, token, owner, settle, background=background))
         try:
             return await future
         except asyncio.CancelledError:
@@ -149,6 +168,7 @@ class Lane:
         self, make: Callable[[], Iterator[T]], stop: threading.Event, maxsize: int = 16, *,
         owner: str = "", park: bool = True, step: bool = False,
         on_closed: Callable[[], None] | None = None, control: StreamControl | None = None,
+        background: Callable[[], bool] | None = None,
     ) -> AsyncGenerator[T, None]:
         """Iterate ``make()`` in the lane's thread; yield its items here.
 
@@ -165,7 +185,7 @@ class Lane:
         Set ``stop`` (or stop consuming) to make the producer abandon the generator.
         ``on_closed`` is called once on the event loop when the producer is done with the
         generator (it ended, failed, was closed, or never started); ``control`` can end the
-        stream from outside.
+        stream from outside; ``background`` is as for ``run``, checked at each turn.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()  # bounded by `free`, or by `make`
@@ -194,7 +214,8 @@ class Lane:
                 finished()
 
         def again() -> None:
-            self._submit(_Job(pump, stop, owner, settled, must_run=True))
+            self._submit(_Job(pump, stop, owner, settled, must_run=True,
+                              background=background))
 
         def pump() -> None:  # in the lane's thread; never raises: failures are queued
             nonlocal gen, free, parked
@@ -245,7 +266,7 @@ class Lane:
 
         if control is not None:
             control._halt = halt
-        self._submit(_Job(pump, stop, owner, settled))
+        self._submit(_Job(pump, stop, owner, settled, background=background))
         try:
             while True:
                 item = await queue.get()

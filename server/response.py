@@ -95,6 +95,11 @@ class ResponseContext:
     gate: Gate | None = None  # a speculative response: `emit` is the gate's
     caught_up: Callable[[], Awaitable[None]] = field(default=lambda: _at_once())  # client read
 
+    def tentative(self) -> bool:
+        """Whether the response is still a speculation: its gate is not open yet. Lanes
+        call it from their threads, to let its work wait for other sessions'."""
+        return self.gate is not None and not self.gate.opened.is_set()
+
 
 async def _at_once() -> None:
     return None
@@ -371,7 +376,7 @@ class ResponseRun:
             try:
                 async for data, ms, reference in engines.tts_lane.stream(
                         lambda text=text: encoded(text), resp.stop,  # type: ignore[misc]
-                        owner=self.ctx.session_id):
+                        owner=self.ctx.session_id, background=self.ctx.tentative):
                     resp.clock.mark("tts_first_audio")
                     if not started:
                         ids, started = await start(), True

@@ -437,8 +437,12 @@ class Session:
             clock.compute_once("asr", started)
             return out
 
+        def tentative() -> bool:  # until the turn is confirmed (or this is dropped)
+            return self._speculation is not None and self._speculation.stop is stop
+
         result = asyncio.ensure_future(
-            self.engines.asr_lane.run(transcribe, owner=self.id, token=stop))
+            self.engines.asr_lane.run(transcribe, owner=self.id, token=stop,
+                                      background=tentative))
         result.add_done_callback(lambda f: f.cancelled() or f.exception())  # never unretrieved
         spec = Speculation(self._utt_start_ms, audio_end_ms, self._speech_item or "",
                            clock, result, stop)
@@ -475,12 +479,12 @@ class Session:
             request, notice, modalities = self._prepare({}, None, pending)
         except VoxwireError:
             return  # the confirmed turn will raise it again, and say so
-        request = dataclasses.replace(request, speculative=True)
         resp = Response(p.new_id("resp"), modalities, spec.clock, spec.item_id, True)
         gate = Gate(self.emit)
         ctx = ResponseContext(self.id, gate.emit, self.conv, self.engines, self.settings,
                               self.cfg.output_format, self.store, self.echo, gate,
                               self.outbox.caught_up)
+        request = dataclasses.replace(request, speculative=True, background=ctx.tentative)
         resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
                                         name=f"{resp.id}-early")
         answer = EarlyAnswer(request, modalities, resp, gate)

@@ -24,7 +24,14 @@ from server.engines import Engines
 from server.errors import BackendError
 from server.session import Session
 from server.stages import ChatMessage, ChatRequest, TextDelta
-from server.stages.llm import LlamaModel, LocalResponder
+from server.stages.llm import (
+    OWN_WAIT_S,
+    ContextPool,
+    Lease,
+    LlamaContext,
+    LlamaModel,
+    LocalResponder,
+)
 from tests.conftest import TEST_SETTINGS, padded
 from tests.test_limits import limited
 
@@ -163,6 +170,32 @@ async def test_a_reader_that_went_away_loses_its_context_to_one_that_waits(
     assert len((await asyncio.wait_for(waiting, 60)).split()) >= 30
     for stream in held[1:]:
         await stream.aclose()
+
+
+async def test_a_session_waits_briefly_for_its_own_context_while_it_is_given_back() -> None:
+    """A session's next turn gets the context holding its prompt when its last answer is
+    still handing it back, rather than a cold one that would prefill everything again."""
+    def context(owner: str) -> LlamaContext:
+        made = object.__new__(LlamaContext)
+        made.owner, made.system = owner, "sys"
+        return made
+
+    own, spare = context("s"), context("t")
+    for closing, back_after, want in ((True, 0.05, own), (True, None, spare),
+                                      (False, 0.05, spare)):
+        pool = ContextPool([own, spare])
+        assert await pool.acquire("s", Lease(False, "sys")) is own
+        pool._lent[own].closing = closing
+        if back_after is not None:
+            asyncio.get_running_loop().call_later(back_after, pool.release, own)
+        started = time.monotonic()
+        got = await pool.acquire("s", Lease(False, "sys"))
+        waited = time.monotonic() - started
+        assert got is want, (closing, back_after)
+        if not closing:
+            assert waited < 0.1  # its context is busy with a live answer: no waiting
+        elif back_after is None:
+            assert OWN_WAIT_S * 0.9 <= waited < OWN_WAIT_S + 0.5  # then it takes another
 
 
 async def test_one_llama_context_refuses_a_second_live_generation(engines: Engines) -> None:

@@ -178,3 +178,32 @@ async def test_a_parked_stream_that_is_stopped_still_closes_its_generator() -> N
         assert await asyncio.to_thread(closed.wait, 2.0)
     finally:
         lane.close()
+
+
+async def test_background_work_waits_for_other_sessions_until_it_becomes_urgent() -> None:
+    """A speculation's job waits for every other owner's foreground job; once its turn is
+    confirmed (its check turns false) it takes its turn like any other."""
+    lane = Lane("test")
+    order: list[str] = []
+    speculating = {"a": True}
+    try:
+        for confirmed in (False, True):
+            order.clear()
+            busy = threading.Event()
+            first = asyncio.ensure_future(lane.run(lambda b=busy: b.wait(5), owner="x"))
+            await asyncio.sleep(0.05)  # the lane is busy: everything below queues
+            jobs = [asyncio.ensure_future(lane.run(
+                lambda: order.append("spec"), owner="a",
+                background=lambda: speculating["a"]))]
+            jobs += [asyncio.ensure_future(lane.run(lambda o=o: order.append(o), owner=o))
+                     for o in ("b", "c")]
+            await asyncio.sleep(0.01)
+            speculating["a"] = not confirmed
+            busy.set()
+            await asyncio.gather(first, *jobs)
+            if confirmed:
+                assert order == ["spec", "b", "c"], order  # round robin, in arrival order
+            else:
+                assert order == ["b", "c", "spec"], order
+    finally:
+        lane.close()

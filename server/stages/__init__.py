@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -92,6 +92,9 @@ class ChatRequest:
     tool_choice: str = "auto"  # "auto" or "required" (with no tools, nothing is sent)
     session: str = ""  # who asks: lanes take turns between sessions; caches may be per session
     speculative: bool = field(default=False, compare=False)  # for a turn not yet confirmed
+    # True while the request is still a speculation: its work then waits for other
+    # sessions' (checked by the lane in its own thread, each time it picks a job).
+    background: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ _PER_MESSAGE = 8  # chat-template tokens around each message
 BYTES_PER_TOKEN = 32  # more bytes than this per token of the window cannot fit: no tokenizing
 CacheScope = Literal["shared", "session"]
 PREEMPT_S = 1.0  # a reader away this long loses its context to a generation that waits
+# A session whose own context (its prompt cached) is still being given back by its last
+# generation waits this long for it before taking another, which would prefill it all again.
+OWN_WAIT_S = 0.3
 
 
 class LlamaContext:
@@ -90,6 +93,7 @@ class Lease:
     system: str = ""  # the system prompt its prompt starts with
     control: StreamControl = field(default_factory=StreamControl)
     away_since: float | None = None  # its reader took an item and has not come back since
+    closing: bool = False  # its reader is done: the context comes back once it is closed
 
     def idle_s(self, now: float) -> float:
         return 0.0 if self.away_since is None else now - self.away_since
@@ -111,24 +115,39 @@ class ContextPool:
         self.preempted = 0
 
     async def acquire(self, session: str, lease: Lease) -> LlamaContext:
-        while not self._free:
-            self._preempt_one()
-            waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        own_by = loop.time() + OWN_WAIT_S
+        while True:
+            if self._free:
+                mine = self._pick(session, lease)
+                if mine.owner == session or not self._returning(session) or (
+                        loop.time() >= own_by):
+                    break
+                wait = own_by - loop.time()  # its own context is on its way back
+            else:
+                self._preempt_one()
+                wait = self.preempt_s / 4
+            waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, self.preempt_s / 4)
+                await asyncio.wait_for(waiter, wait)
             except TimeoutError:
                 continue  # look again for a reader that went away meanwhile
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # it was our turn: pass it on
                 raise
-        mine = next((c for c in self._free if c.owner == session),  # its own history
-                    next((c for c in self._free if c.system == lease.system),  # its prompt
-                         self._free[0]))
         self._free.remove(mine)
         self._lent[mine] = lease
         return mine
+
+    def _pick(self, session: str, lease: Lease) -> LlamaContext:
+        return next((c for c in self._free if c.owner == session),  # its own history
+                    next((c for c in self._free if c.system == lease.system),  # its prompt
+                         self._free[0]))
+
+    def _returning(self, session: str) -> bool:
+        return any(c.owner == session and lease.closing for c, lease in self._lent.items())
 
     def release(self, context: LlamaContext) -> None:
         self._lent.pop(context, None)
@@ -275,7 +294,7 @@ class LocalResponder:
                                       max_tokens=request.max_tokens, stop=stop,
                                       session=request.session, context=context),
             stop, owner=request.session, step=True, on_closed=give_back,
-            control=lease.control)
+            control=lease.control, background=request.background)
         try:
             async for delta in deltas:
                 lease.away_since = time.monotonic()
@@ -285,5 +304,6 @@ class LocalResponder:
                 raise BackendError("the answer was stopped: nothing read it while other "
                                    "sessions waited for the model", code="llm_preempted")
         finally:
+            lease.closing = True
             stop.set()
             await deltas.aclose()
