@@ -48,7 +48,9 @@ from server.tokens import Grant, Shape, Tokens, mint_request
 log = logging.getLogger(__name__)
 REALTIME_PATH = "/v1/realtime"
 MINT_PATHS: dict[str, Shape] = {"/v1/realtime/client_secrets": "ga",
-                                "/v1/realtime/sessions": "beta"}
+                                "/v1/realtime/sessions": "beta",
+                                "/v1/realtime/transcription_sessions": "beta"}
+TRANSCRIPTION_MINT = "/v1/realtime/transcription_sessions"  # beta: transcription only
 CLOSE_TRY_AGAIN = 1013
 # A client that takes in nothing for this long is dropped. Its socket backed up, so the
 # keepalive pings, queued behind the same writes, would never time out: without this it
@@ -241,10 +243,12 @@ class App:
                               "the body is not a JSON document")
         try:
             config, ttl_s = mint_request(shape, request, self.settings.token_ttl_s)
+            if path == TRANSCRIPTION_MINT:
+                config = {**config, "type": "transcription"}
             # the session the token will open, as its session.created will show it
             probe = Session(self.engines, self.settings, dialect=shape)
-            wire = p.session_to_wire(p.apply_session_update(probe.cfg, config, shape),
-                                     probe.id, shape)
+            probe.configure(config)  # what is in effect: a voice it has not is not shown
+            wire = p.session_to_wire(probe.cfg, probe.id, shape)
             token, expires_at = self.tokens.mint(auth.key_id(offered), config, ttl_s)
         except LimitError as exc:
             return json_error(HTTPStatus.TOO_MANY_REQUESTS, exc.code, str(exc))
@@ -277,8 +281,10 @@ class App:
         dialect: p.Dialect = "beta" if "realtime=v1" in headers.get("OpenAI-Beta", "") else "ga"
         query = parse_qs(urlsplit(request.path).query) if request is not None else {}
         model = query.get("model", ["voxwire"])[0][:200]
+        # `?intent=transcription` (the beta way): a transcription-only session
+        kind = "transcription" if query.get("intent") == ["transcription"] else "realtime"
         session = Session(engines, self.settings, dialect=dialect, model=model,
-                          store=self.store)
+                          store=self.store, kind=kind)
         if grant is not None and grant.session:
             session.configure(grant.session)  # validated at minting; session.created shows it
         self.sessions.add(session)

@@ -52,6 +52,7 @@ class TurnDetection:
     create_response: bool = True
     interrupt_response: bool = True
     type: str = "server_vad"
+    idle_timeout_ms: int | None = None  # silence after an answer played: timeout_triggered
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,41 @@ class SessionConfig:
     temperature: float = 0.6
     max_output_tokens: int | None = None
     tools: tuple[Json, ...] = ()
-    tool_choice: str = "auto"  # "auto", "none" or "required"
+    tool_choice: str | Json = "auto"  # "auto", "none", "required" or {"type": "function", ...}
     attach_latest_frame: bool = False  # extension: session.voxwire.attach_latest_frame
+    type: str = "realtime"  # or "transcription": transcripts only, never a response
+
+
+# Keys whose explicit null means something of its own (turn detection off, no idle
+# timeout); every other null a client sends means "not set".
+_MEANINGFUL_NULLS = frozenset({"turn_detection", "idle_timeout_ms"})
+# Values taken as they are: a tool's JSON schema may hold nulls of its own ("default": null).
+_OPAQUE = frozenset({"parameters"})
+
+
+def without_nulls(value: Any) -> Any:
+    """``value`` with every ``"key": null`` dropped (at any depth), except the keys whose null
+    has a meaning: clients such as LiveKit's send an explicit null for each field they leave
+    unset, and OpenAI takes it as unset. Iterative, so deep nesting cannot exhaust the stack."""
+    if not isinstance(value, dict | list):
+        return value
+    root: Any = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, Any]] = [(value, root)]
+    while stack:
+        src, dst = stack.pop()
+        pairs = src.items() if isinstance(src, dict) else enumerate(src)
+        for key, inner in pairs:
+            if inner is None and isinstance(src, dict) and key not in _MEANINGFUL_NULLS:
+                continue
+            if isinstance(inner, dict | list) and key not in _OPAQUE:
+                copy: Any = {} if isinstance(inner, dict) else []
+                stack.append((inner, copy))
+                inner = copy
+            if isinstance(dst, dict):
+                dst[key] = inner
+            else:
+                dst.append(inner)
+    return root
 
 
 def _num(value: Any, param: str, lo: float, hi: float) -> float:
@@ -131,7 +165,17 @@ def _turn_detection(value: Any, current: TurnDetection | None, param: str) -> Tu
         interrupt_response=_bool(td.get("interrupt_response", base.interrupt_response),
                                  f"{param}.interrupt_response"),
         type=kind,
+        idle_timeout_ms=_idle_timeout(td, base, param),
     )
+
+
+def _idle_timeout(td: Json, base: TurnDetection, param: str) -> int | None:
+    if "idle_timeout_ms" not in td:
+        return base.idle_timeout_ms
+    value = td["idle_timeout_ms"]
+    if value is None:
+        return None
+    return int(_num(value, f"{param}.idle_timeout_ms", 100, 3_600_000))
 
 
 _BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
@@ -178,6 +222,8 @@ def _tools(value: Any, param: str) -> tuple[Json, ...]:
     if not isinstance(value, list):
         raise ProtocolError(f"{param} must be a list", code="invalid_value", param=param)
     for i, tool in enumerate(value):
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            raise _no_mcp(f"{param}[{i}]")
         ok = (isinstance(tool, dict) and tool.get("type", "function") == "function"
               and isinstance(tool.get("name"), str) and tool["name"]
               and isinstance(tool.get("parameters", {}), dict))
@@ -187,9 +233,55 @@ def _tools(value: Any, param: str) -> tuple[Json, ...]:
     return tuple(value)
 
 
+def _no_mcp(param: str) -> ProtocolError:
+    return ProtocolError("Voxwire has no MCP client: MCP tools cannot be used; declare "
+                         "function tools and answer their calls", code="mcp_not_supported",
+                         param=param)
+
+
+def tool_choice_value(value: Any, param: str) -> str | Json:
+    """``"auto"``, ``"none"``, ``"required"`` or ``{"type": "function", "name": ...}``."""
+    if value in ("auto", "none", "required"):
+        return str(value)
+    if isinstance(value, dict) and value.get("type") == "mcp":
+        raise _no_mcp(param)
+    if (isinstance(value, dict) and value.get("type") == "function"
+            and isinstance(value.get("name"), str) and value["name"]):
+        return {"type": "function", "name": value["name"]}
+    raise ProtocolError(f'{param} must be "auto", "none", "required" or '
+                        '{"type": "function", "name": ...}', code="invalid_value", param=param)
+
+
+def tool_choice_mode(choice: str | Json) -> tuple[str, str | None]:
+    """A tool choice as (mode, function name): ``("function", name)`` for a named one."""
+    if isinstance(choice, dict):
+        return "function", str(choice["name"])
+    return choice, None
+
+
+def tools_value(value: Any, param: str) -> tuple[Json, ...]:
+    return _tools(value, param)
+
+
+def metadata_value(value: Any, param: str) -> Json:
+    """At most 16 string pairs (keys up to 64 characters, values up to 512), as OpenAI."""
+    meta = _obj(value, param)
+    ok = len(meta) <= 16 and all(
+        isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+        for k, v in meta.items())
+    if not ok:
+        raise ProtocolError(f"{param} takes at most 16 string pairs (keys up to 64 characters, "
+                            "values up to 512)", code="invalid_value", param=param)
+    return meta
+
+
+def voice_value(value: Any, param: str) -> str:
+    return _str(value, param, 200)
+
+
 def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> SessionConfig:
     """Validate a `session.update` payload and return the new configuration (all or nothing)."""
-    s = _obj(session, "session")
+    s = without_nulls(_obj(session, "session"))
     ch: dict[str, Any] = {}
     if "instructions" in s:
         ch["instructions"] = text_value(s["instructions"], "session.instructions")
@@ -198,10 +290,12 @@ def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> 
     if "tools" in s:
         ch["tools"] = _tools(s["tools"], "session.tools")
     if "tool_choice" in s:
-        if s["tool_choice"] not in ("auto", "none", "required"):
-            raise ProtocolError("session.tool_choice must be auto, none or required",
-                                code="invalid_value", param="session.tool_choice")
-        ch["tool_choice"] = s["tool_choice"]
+        ch["tool_choice"] = tool_choice_value(s["tool_choice"], "session.tool_choice")
+    if "type" in s:
+        if s["type"] not in ("realtime", "transcription"):
+            raise ProtocolError("session.type must be realtime or transcription",
+                                code="invalid_value", param="session.type")
+        ch["type"] = s["type"]
     ext = _obj(s.get("voxwire", {}), "session.voxwire")
     if "attach_latest_frame" in ext:
         ch["attach_latest_frame"] = _bool(ext["attach_latest_frame"],
@@ -258,7 +352,9 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
         t = cfg.turn_detection
         td = {"type": t.type, "threshold": t.threshold, "prefix_padding_ms": t.prefix_padding_ms,
               "silence_duration_ms": t.silence_duration_ms, "create_response": t.create_response,
-              "interrupt_response": t.interrupt_response}
+              "interrupt_response": t.interrupt_response, "idle_timeout_ms": t.idle_timeout_ms}
+    if cfg.type == "transcription":
+        return _transcription_wire(cfg, td, session_id, dialect)
     max_tokens: int | str = cfg.max_output_tokens if cfg.max_output_tokens else "inf"
     if dialect == "beta":
         return {
@@ -289,6 +385,24 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
     }
 
 
+def _transcription_wire(cfg: SessionConfig, td: Json | None, session_id: str,
+                        dialect: Dialect) -> Json:
+    """A transcription-only session: audio in, transcripts out, no model answering."""
+    transcription = {"model": cfg.transcription_model, "language": None, "prompt": ""}
+    if dialect == "beta":
+        return {"id": session_id, "object": "realtime.transcription_session",
+                "input_audio_format": _GA_TO_BETA_FORMAT[cfg.input_format.type],
+                "input_audio_transcription": transcription, "turn_detection": td,
+                "input_audio_noise_reduction": None, "include": [],
+                "modalities": ["text"]}
+    return {"type": "transcription", "object": "realtime.transcription_session",
+            "id": session_id, "include": [],
+            "audio": {"input": {
+                "format": {"type": cfg.input_format.type, "rate": cfg.input_format.rate},
+                "transcription": transcription, "noise_reduction": None,
+                "turn_detection": td}}}
+
+
 # ---------------------------------------------------------------- client events
 
 
@@ -300,6 +414,12 @@ class ClientEvent:
 @dataclass(frozen=True)
 class SessionUpdate(ClientEvent):
     session: Json
+
+
+@dataclass(frozen=True)
+class TranscriptionSessionUpdate(SessionUpdate):
+    """Beta `transcription_session.update`: a session.update that makes the session
+    transcription-only; answered with `transcription_session.updated`."""
 
 
 @dataclass(frozen=True)
@@ -384,6 +504,7 @@ def parse_client_event(message: str | bytes) -> ClientEvent:
         raise ProtocolError(f"message is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(ev, dict):
         raise ProtocolError("event must be a JSON object", code="invalid_event")
+    ev = without_nulls(ev)
     raw_id = ev.get("event_id")
     eid = raw_id if isinstance(raw_id, str) else None
     kind = ev.get("type")
@@ -426,6 +547,8 @@ def _parse_response_create(ev: Json, eid: str | None) -> ResponseCreate:
 
 _PARSERS: dict[str, Callable[[Json, str | None], ClientEvent]] = {
     "session.update": lambda ev, eid: SessionUpdate(eid, _field(ev, "session", dict, eid)),
+    "transcription_session.update": lambda ev, eid: TranscriptionSessionUpdate(
+        eid, {**_field(ev, "session", dict, eid), "type": "transcription"}),
     "input_audio_buffer.append": lambda ev, eid: AudioAppend(
         eid, decode_base64(_field(ev, "audio", str, eid), eid)),
     "input_audio_buffer.commit": lambda ev, eid: AudioCommit(eid),

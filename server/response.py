@@ -70,6 +70,8 @@ class Response:
     calls: dict[int, Json] = field(default_factory=dict)
     user_audio: Float32 | None = None  # the user's utterance (16 kHz), kept with --record
     sent_audio: list[Float32] = field(default_factory=list)  # the answer as sent, 16 kHz
+    voice: str = ""  # the voice that speaks it, as response.created/done show it
+    max_output_tokens: int | None = None
 
     @property
     def audio(self) -> bool:
@@ -143,7 +145,13 @@ class ResponseRun:
         self._stream_resampler: audio_codec.StreamResampler | None = None
         self._first_sent = asyncio.Event()  # the first audio (or text) left the socket
         self.base: Json = {"object": "realtime.response", "id": resp.id,
-                           "metadata": resp.metadata, "output_modalities": list(resp.modalities)}
+                           "metadata": resp.metadata, "output_modalities": list(resp.modalities),
+                           # an out-of-band response (conversation "none") belongs to none
+                           "conversation_id": (f"conv_{ctx.session_id}" if resp.in_conversation
+                                               else None),
+                           "audio": {"output": {"voice": resp.voice, "format": {
+                               "type": ctx.output_format.type, "rate": ctx.output_format.rate}}},
+                           "max_output_tokens": resp.max_output_tokens or "inf"}
 
     async def run(self) -> None:
         resp = self.resp
@@ -413,7 +421,8 @@ class ResponseRun:
                     part["text"] = resp.text
                     await emit({"type": "response.output_text.done", **ids, "text": resp.text})
                 await emit({"type": "response.content_part.done", **ids, "part": part})
-                self.ctx.conv.spoken[item["id"]] = resp.spoken
+                if resp.in_conversation:
+                    self.ctx.conv.spoken[item["id"]] = resp.spoken
             else:
                 await emit({"type": "response.function_call_arguments.done", **ids,
                             "call_id": item["call_id"], "name": item["name"],

@@ -8,6 +8,7 @@ Whisper, llama.cpp, piper) runs in the engines' worker lanes, never on the loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import logging
@@ -58,6 +59,8 @@ ASR_TAIL_MS = 200  # trailing silence handed to Whisper with an utterance
 MIN_COMMIT_MS = 100
 AHEAD_S = 2.0  # audio this far ahead of real time is not live: no speculation on it
 IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and minimum speech
+SILENCE = "(The user has said nothing since your last answer.)"  # after idle_timeout_ms
+MAX_KEPT_AUDIO = 64  # items whose audio conversation.item.retrieve returns, with --record
 TRANSCRIPT_RESERVE = 2048  # bytes counted for a user item's transcript, written later
 
 OnSent = Callable[[], None]
@@ -152,6 +155,7 @@ class TranscribeJob:
     clock: TurnClock
     respond: bool
     early: Speculation | None = None  # started at the first silence, same span
+    idle: bool = False  # committed by the idle timeout: answered even if nothing was heard
 
 
 @dataclass
@@ -161,9 +165,19 @@ class RespondJob:
     clock: TurnClock | None
 
 
+@dataclass
+class Idle:
+    """The wait for the user after an answer (turn detection's `idle_timeout_ms`), on the
+    input audio's clock: it starts when the answer has finished playing."""
+
+    since: float  # when the answer ended (monotonic); its audio may still be playing
+    start_ms: int | None = None  # the input audio position when playback ended
+
+
 class Session:
     def __init__(self, engines: Engines, settings: Settings, *, dialect: p.Dialect = "ga",
-                 model: str = "voxwire", store: Store | None = None) -> None:
+                 model: str = "voxwire", store: Store | None = None,
+                 kind: str = "realtime") -> None:
         self.engines = engines
         self.store = SessionHistory(
             store or NullStore(), self.error, max_text=settings.max_stored_text_bytes,
@@ -179,6 +193,7 @@ class Session:
             turn_detection=TurnDetection(
                 threshold=settings.vad_threshold, prefix_padding_ms=settings.prefix_padding_ms,
                 silence_duration_ms=settings.silence_duration_ms),
+            type=kind,
         )
         self.conv = Conversation(settings.max_items, settings.max_conversation_bytes)
         self.buffer = InputBuffer(settings.max_buffer_s)
@@ -205,12 +220,14 @@ class Session:
         self.echo = EchoReference()
         self._mic_tail: Float32 = np.zeros(0, np.float32)
         self._closed = False
+        self._idle: Idle | None = None  # armed after an answer when idle_timeout_ms is set
+        self._item_audio: dict[str, Float32] = {}  # items' audio (16 kHz), with --record
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name=f"{self.id}-turns")
-        await self.emit({"type": "session.created", "session": self._session_wire()})
+        await self.emit({"type": self._session_event("created"), "session": self._session_wire()})
         # After session.created: a store that is down is reported, and the session goes on.
         await self.store.open_session(self.id, self.cfg.model, self.dialect)
 
@@ -282,9 +299,12 @@ class Session:
                 self.conv.delete(ev.item_id, ev.event_id)
                 await self.emit({"type": "conversation.item.deleted", "item_id": ev.item_id})
             case p.ItemRetrieve():
-                await self.emit({"type": "conversation.item.retrieved",
-                                 "item": self.conv.get(ev.item_id, ev.event_id)})
+                await self._retrieve(ev)
             case p.ResponseCreate():
+                if self.cfg.type == "transcription":
+                    raise ProtocolError("this is a transcription session: it gives transcripts "
+                                        "only, never a response", code="invalid_request",
+                                        param="type")
                 await self._enqueue(RespondJob(ev.response, ev.event_id, None), ev.event_id)
             case p.ResponseCancel():
                 if self.response is None or (ev.response_id not in (None, self.response.id)):
@@ -294,12 +314,23 @@ class Session:
 
     async def _update_session(self, ev: p.SessionUpdate) -> None:
         self.configure(ev.session)
-        await self.emit({"type": "session.updated", "session": self._session_wire()})
+        await self.emit({"type": self._session_event("updated"), "session": self._session_wire()})
+
+    def _session_event(self, what: str) -> str:
+        """`session.created|updated`; a beta transcription session's own names."""
+        if self.dialect == "beta" and self.cfg.type == "transcription":
+            return f"transcription_session.{what}"
+        return f"session.{what}"
+
+    def _voice(self, asked: str) -> str:
+        """The voice in effect: one the server has, else the session's own."""
+        return asked if asked == self.engines.tts.name else self.engines.tts.name
 
     def configure(self, session: Json) -> None:
         """Apply a `session.update`'s `session` object (raises ProtocolError, changes
         nothing, when a value is invalid). Before `start`, `session.created` shows it."""
         new = p.apply_session_update(self.cfg, session, self.dialect)
+        new = dataclasses.replace(new, voice=self._voice(new.voice))
         if new.input_format != self.cfg.input_format:
             self._resampler = audio_codec.StreamResampler(new.input_format.rate, 16000)
         changed_td = new.turn_detection != self.cfg.turn_detection
@@ -372,6 +403,7 @@ class Session:
             for turn_event in self._detector.feed([prob]):
                 await self._on_turn_event(turn_event)
             await self._enforce_utterance_limit()
+        await self._check_idle()
         td = self.cfg.turn_detection
         if td is not None and self._speech_item is None:
             # Nobody speaks: keep only what a turn starting now would reach back for.
@@ -403,6 +435,7 @@ class Session:
             self._utt_start_ms = max(event.audio_start_ms, self.buffer.base_ms)
             self._partial_at_ms, self._partial_words, self._partial_sent = event.onset_ms, [], 0
             self.echo.stop(time.monotonic())  # Realtime clients stop playing on speech_started
+            self._idle = None
             await self.emit({"type": "input_audio_buffer.speech_started",
                              "audio_start_ms": event.audio_start_ms, "item_id": self._speech_item})
         elif isinstance(event, SpeechConfirmed):
@@ -461,7 +494,8 @@ class Session:
     def _may_answer_early(self) -> bool:
         td = self.cfg.turn_detection
         return (self.settings.speculate_answer and td is not None and td.create_response
-                and self.response is None and not self._busy and self._jobs.empty())
+                and self.cfg.type == "realtime" and self.response is None
+                and not self._busy and self._jobs.empty())
 
     async def _answer_early(self, spec: Speculation) -> None:
         try:
@@ -479,7 +513,8 @@ class Session:
             request, notice, modalities = self._prepare({}, None, pending)
         except VoxwireError:
             return  # the confirmed turn will raise it again, and say so
-        resp = Response(p.new_id("resp"), modalities, spec.clock, spec.item_id, True)
+        resp = Response(p.new_id("resp"), modalities, spec.clock, spec.item_id, True,
+                        voice=self.cfg.voice, max_output_tokens=request.max_tokens)
         gate = Gate(self.emit)
         ctx = ResponseContext(self.id, gate.emit, self.conv, self.engines, self.settings,
                               self.cfg.output_format, self.store, self.echo, gate,
@@ -551,7 +586,8 @@ class Session:
         await self._commit(item_id, utterance, clock, False, ev.event_id)
 
     async def _commit(self, item_id: str, utterance: Float32, clock: TurnClock, respond: bool,
-                      event_id: str | None, early: Speculation | None = None) -> None:
+                      event_id: str | None, early: Speculation | None = None,
+                      idle: bool = False) -> None:
         item: Json = {"id": item_id, "object": "realtime.item", "type": "message",
                       "role": "user", "status": "completed",
                       "content": [{"type": "input_audio", "transcript": None}]}
@@ -564,12 +600,15 @@ class Session:
         for gone in self.conv.make_room(size):
             await self.emit({"type": "conversation.item.deleted", "item_id": gone})
         prev = self.conv.add(item, images=frames, reserve=TRANSCRIPT_RESERVE)
+        if self.settings.record:
+            self._keep_audio(item_id, utterance)
         await self.emit({"type": "input_audio_buffer.committed", "previous_item_id": prev,
                          "item_id": item_id})
-        await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
-                         "item": item})
+        if self.cfg.type == "realtime":  # a transcription session sends transcripts only
+            await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
+                             "item": item})
         try:
-            await self._enqueue(TranscribeJob(item_id, utterance, clock, respond, early),
+            await self._enqueue(TranscribeJob(item_id, utterance, clock, respond, early, idle),
                                 event_id)
         except LimitError:
             if early is not None and early.answer is not None:
@@ -681,15 +720,20 @@ class Session:
         await self.emit({"type": "conversation.item.input_audio_transcription.completed",
                          "item_id": job.item_id, "content_index": 0,
                          "transcript": result.text})
+        if self.cfg.type != "realtime":
+            return  # transcripts only
         await self.emit({"type": "conversation.item.done", "item": item})
-        if job.respond and result.text.strip():
+        if job.respond and (result.text.strip() or job.idle):
             early = job.early.answer if job.early is not None else None
+            # After the idle timeout the model is told of the silence, as it would hear it.
+            pending = None if result.text.strip() else ChatMessage("user", SILENCE)
             await self._respond({}, job.clock, None, user_item_id=job.item_id, early=early,
-                                user_audio=job.audio)
+                                user_audio=job.audio, pending=pending)
 
     async def _respond(self, params: Json, clock: TurnClock | None, event_id: str | None,
                        user_item_id: str | None = None, early: EarlyAnswer | None = None,
-                       user_audio: Float32 | None = None) -> None:
+                       user_audio: Float32 | None = None,
+                       pending: ChatMessage | None = None) -> None:
         if self.response is not None:
             if clock is None:  # an explicit response.create
                 raise ProtocolError("a response is already in progress",
@@ -703,7 +747,17 @@ class Session:
         if clock is None:
             clock = TurnClock()
             clock.mark("speech_end")
-        request, notice, modalities = self._prepare(params, event_id)
+        conversation = params.get("conversation", "auto")
+        if conversation not in ("auto", "none"):
+            raise ProtocolError('response.conversation must be "auto" or "none"',
+                                code="invalid_value", param="response.conversation",
+                                event_id=event_id)
+        context = await self._input_context(params["input"], event_id) if "input" in params \
+            else None
+        request, notice, modalities = self._prepare(params, event_id, pending, context)
+        voice, output_format = self._response_audio(params)
+        metadata = (p.metadata_value(params["metadata"], "response.metadata")
+                    if "metadata" in params else None)
         if user_item_id is None:  # response.create: it answers the latest user message
             user_item_id = next((i["id"] for i in reversed(self.conv.items)
                                  if i.get("role") == "user"), None)
@@ -719,18 +773,63 @@ class Session:
         if early is not None:
             early.discard()
         resp = Response(p.new_id("resp"), modalities, clock, user_item_id,
-                        params.get("conversation", "auto") != "none", params.get("metadata"),
-                        user_audio=user_audio)
+                        conversation != "none", metadata, user_audio=user_audio,
+                        voice=voice, max_output_tokens=request.max_tokens)
         ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
-                              self.cfg.output_format, self.store, self.echo,
+                              output_format, self.store, self.echo,
                               caught_up=self.outbox.caught_up)
         self.response = resp
         resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
                                         name=resp.id)
 
-    def _prepare(self, params: Json, event_id: str | None, pending: ChatMessage | None = None
+    async def _input_context(self, value: object, event_id: str | None) -> Conversation:
+        """A response's own `input`: its items, new ones or references to the conversation's,
+        in place of the conversation (an empty list: no context at all)."""
+        if not isinstance(value, list):
+            raise ProtocolError("response.input must be a list of items", code="invalid_value",
+                                param="response.input", event_id=event_id)
+        context = Conversation(self.settings.max_items, self.settings.max_conversation_bytes)
+        for i, raw in enumerate(value):
+            if isinstance(raw, dict) and raw.get("type") == "item_reference":
+                ref = raw.get("id")
+                item = self.conv.get(ref if isinstance(ref, str) else "", event_id)
+                images = self.conv.images.get(item["id"], ())
+                context.add({**item, "id": f"{item['id']}#{i}"}, images=images)
+                continue
+            item = client_item(raw if isinstance(raw, dict) else {"type": None}, event_id,
+                               self.settings.max_item_bytes)
+            checked = [await self._image(part["image_url"], event_id)
+                       for part in item.get("content", []) if part.get("type") == "input_image"]
+            context.add({**item, "id": f"{item['id']}#{i}"}, images=checked, event_id=event_id)
+        return context
+
+    def _response_audio(self, params: Json) -> tuple[str, p.AudioFormat]:
+        """A response's voice and output format: its own where it names them (GA
+        `audio.output`, beta `voice`/`output_audio_format`), else the session's. A voice
+        the server does not have is taken, and the session's voice speaks."""
+        voice, fmt = self.cfg.voice, self.cfg.output_format
+        out = params.get("audio", {})
+        out = out.get("output", {}) if isinstance(out, dict) else None
+        if not isinstance(out, dict):
+            raise ProtocolError("response.audio.output must be an object", code="invalid_value",
+                                param="response.audio.output")
+        if "voice" in params:
+            voice = self._voice(p.voice_value(params["voice"], "response.voice"))
+        if "voice" in out:
+            voice = self._voice(p.voice_value(out["voice"], "response.audio.output.voice"))
+        if "output_audio_format" in params:
+            fmt = p.apply_session_update(self.cfg, {"output_audio_format": params[
+                "output_audio_format"]}, "beta").output_format
+        if "format" in out:
+            fmt = p.apply_session_update(self.cfg, {"audio": {"output": {"format": out[
+                "format"]}}}, "ga").output_format
+        return voice, fmt
+
+    def _prepare(self, params: Json, event_id: str | None, pending: ChatMessage | None = None,
+                 context: Conversation | None = None
                  ) -> tuple[ChatRequest, str | None, tuple[str, ...]]:
-        """The request a response sends to the responder, from the session and ``params``."""
+        """The request a response sends to the responder, from the session and ``params``;
+        ``context`` replaces the conversation (a response's own `input`)."""
         modalities = self.cfg.output_modalities
         for key in ("output_modalities", "modalities"):
             if key in params:
@@ -747,10 +846,19 @@ class Session:
         else:
             asked = self.cfg.max_output_tokens
         responder = self.engines.responder
-        history = self.conv.history(instructions, self.settings.history_turns, pending)
-        tools = self._tool_specs() if responder.can_use_tools else ()
+        history = (context or self.conv).history(instructions, self.settings.history_turns,
+                                                 pending)
+        tools, choice, name = self._tools(params)
+        if not responder.can_use_tools:
+            if tools and choice in ("required", "function"):
+                raise ProtocolError(
+                    f"the language model {responder.name!r} cannot call tools, so tool_choice "
+                    f"{choice!r} cannot be honoured: use a backend that calls tools (OpenAI, "
+                    "Anthropic, a compatible server) or tool_choice auto", code="invalid_value",
+                    param="tool_choice", event_id=event_id)
+            tools = ()
         request = ChatRequest(tuple(history), float(temperature), min(asked or limit, limit),
-                              tools, self.cfg.tool_choice, session=self.id)
+                              tools, choice, name, session=self.id)
         sees_images = any(m.images for m in history)
         notice = CANNOT_SEE if sees_images and not responder.can_see else None
         return request, notice, modalities
@@ -761,13 +869,85 @@ class Session:
         finally:
             if self.response is resp:
                 self.response = None
+                if resp.cancel_reason is None:  # the idle timeout counts from here
+                    self._idle = Idle(time.monotonic())
+                if self.settings.record and resp.message is not None and resp.sent_audio:
+                    self._keep_audio(resp.message["id"], np.concatenate(resp.sent_audio))
 
-    def _tool_specs(self) -> tuple[ToolSpec, ...]:
-        if self.cfg.tool_choice == "none":
-            return ()
-        return tuple(ToolSpec(t["name"], str(t.get("description", "")),
-                              t.get("parameters") or {"type": "object", "properties": {}})
-                     for t in self.cfg.tools)
+    # ------------------------------------------------------------------ idle timeout
+
+    async def _check_idle(self) -> None:
+        """After an answer has played, `idle_timeout_ms` of input audio with no speech
+        starts a turn of its own: `input_audio_buffer.timeout_triggered`, the silent audio
+        committed, and an answer (as OpenAI's server VAD does)."""
+        td, idle = self.cfg.turn_detection, self._idle
+        if (idle is None or td is None or td.idle_timeout_ms is None
+                or self.cfg.type != "realtime" or self._speech_item is not None
+                or self.response is not None or self._busy or not self._jobs.empty()):
+            return
+        if idle.start_ms is None:
+            played = max(idle.since, self.echo.play_end)
+            if time.monotonic() < played:
+                return  # still playing
+            idle.start_ms = next((ms for ms, t in self._arrivals if t >= played),
+                                 self.buffer.total_ms)
+        end_ms = self.buffer.total_ms
+        if end_ms - idle.start_ms < td.idle_timeout_ms:
+            return
+        self._idle = None
+        item_id = p.new_id("item")
+        await self.emit({"type": "input_audio_buffer.timeout_triggered",
+                         "audio_start_ms": idle.start_ms, "audio_end_ms": end_ms,
+                         "item_id": item_id})
+        clock = TurnClock()
+        clock.mark("speech_end")
+        clock.mark("speech_stopped")
+        audio = self.buffer.slice_ms(max(idle.start_ms, self.buffer.base_ms), end_ms)
+        self.buffer.drop_before_ms(end_ms)
+        await self._commit(item_id, audio, clock, td.create_response, None, idle=True)
+
+    # ------------------------------------------------------------------ retrieve
+
+    def _keep_audio(self, item_id: str, audio: Float32) -> None:
+        """An item's audio (16 kHz) for `conversation.item.retrieve`; the latest items only."""
+        self._item_audio[item_id] = audio
+        while len(self._item_audio) > MAX_KEPT_AUDIO:
+            del self._item_audio[next(iter(self._item_audio))]
+
+    async def _retrieve(self, ev: p.ItemRetrieve) -> None:
+        item = self.conv.get(ev.item_id, ev.event_id)
+        audio = self._item_audio.get(ev.item_id)
+        parts = [i for i, part in enumerate(item.get("content", []))
+                 if part.get("type") in ("input_audio", "output_audio", "audio")]
+        if audio is not None and parts:
+            fmt = self.cfg.input_format if item.get("role") == "user" else self.cfg.output_format
+
+            def encode() -> str:
+                resampled = audio_codec.resample(audio, 16000, fmt.rate)
+                return base64.b64encode(audio_codec.encode(resampled, fmt.type)).decode()
+
+            content = [dict(part) for part in item["content"]]
+            content[parts[0]]["audio"] = await self.engines.image_lane.run(encode)
+            item = {**item, "content": content}
+        await self.emit({"type": "conversation.item.retrieved", "item": item})
+    def _tools(self, params: Json) -> tuple[tuple[ToolSpec, ...], str, str | None]:
+        """The tools a response may call and how: its own `tools`/`tool_choice`, else the
+        session's. "none" still sends the tools (a history of calls needs them declared)."""
+        tools = (p.tools_value(params["tools"], "response.tools") if "tools" in params
+                 else self.cfg.tools)
+        choice, name = p.tool_choice_mode(
+            p.tool_choice_value(params["tool_choice"], "response.tool_choice")
+            if "tool_choice" in params else self.cfg.tool_choice)
+        specs = tuple(ToolSpec(t["name"], str(t.get("description", "")),
+                               t.get("parameters") or {"type": "object", "properties": {}})
+                      for t in tools)
+        if name is not None and name not in {t.name for t in specs}:
+            raise ProtocolError(f"tool_choice names the function {name!r}, which is not among "
+                                "the tools", code="invalid_value", param="tool_choice.name")
+        if choice == "required" and not specs:
+            raise ProtocolError('tool_choice "required" needs at least one tool',
+                                code="invalid_value", param="tool_choice")
+        return specs, choice, name
 
     async def _cancel_response(self, reason: str, *, wait: bool = False) -> None:
         resp = self.response

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from server.errors import LimitError, ProtocolError
-from server.protocol import Json
+from server.protocol import Json, without_nulls
 
 PREFIX = "ek_"
 MAX_LIVE = 1024
@@ -115,15 +115,16 @@ def mint_request(shape: Shape, body: object, default_ttl_s: float) -> tuple[Json
     """
     if not isinstance(body, dict):
         raise ProtocolError("the body must be a JSON object", code="invalid_value")
+    asked: Json = without_nulls(body)  # an explicit null means "not set", as in every event
     if shape == "beta":
-        return body, default_ttl_s
-    session = body.get("session", {})
+        return asked, default_ttl_s
+    session = asked.get("session", {})
     if not isinstance(session, dict):
         raise ProtocolError("session must be an object", code="invalid_value", param="session")
-    if session.get("type", "realtime") != "realtime":
-        raise ProtocolError("only realtime sessions can be minted (session.type: realtime)",
-                            code="invalid_value", param="session.type")
-    expires = body.get("expires_after", {})
+    if session.get("type", "realtime") not in ("realtime", "transcription"):
+        raise ProtocolError("only realtime and transcription sessions can be minted "
+                            "(session.type)", code="invalid_value", param="session.type")
+    expires = asked.get("expires_after", {})
     if not isinstance(expires, dict) or expires.get("anchor", "created_at") != "created_at":
         raise ProtocolError('expires_after must be {"anchor": "created_at", "seconds": N}',
                             code="invalid_value", param="expires_after")

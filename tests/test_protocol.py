@@ -106,3 +106,35 @@ def test_encode_renames_events_and_content_for_beta() -> None:
                        or "")
     assert delta["type"] == "response.audio.delta"
     assert p.encode({"type": "conversation.item.done", "item": item}, "beta") is None
+
+
+def test_nulls_mean_unset_except_where_null_has_a_meaning() -> None:
+    event = parse({"type": "session.update", "event_id": None, "session": {
+        "instructions": None, "tools": [{"type": "function", "name": "f", "description": None,
+                                         "parameters": {"type": "object", "default": None}}],
+        "audio": {"input": {"turn_detection": {"type": "server_vad",
+                                               "idle_timeout_ms": None}}}}})
+    assert isinstance(event, p.SessionUpdate) and event.event_id is None
+    session = event.session
+    assert "instructions" not in session
+    assert session["tools"][0] == {"type": "function", "name": "f",
+                                   "parameters": {"type": "object", "default": None}}
+    assert session["audio"]["input"]["turn_detection"]["idle_timeout_ms"] is None
+    cfg = p.apply_session_update(p.SessionConfig(), {"audio": {"input": {
+        "turn_detection": {"idle_timeout_ms": 2000}}}}, "ga")
+    assert cfg.turn_detection is not None and cfg.turn_detection.idle_timeout_ms == 2000
+    off = p.apply_session_update(cfg, {"audio": {"input": {"turn_detection": None}}}, "ga")
+    assert off.turn_detection is None
+    deep = json.dumps({"type": "input_audio_buffer.clear", "x": [[[None]] * 3] * 3})
+    assert isinstance(p.parse_client_event(deep), p.AudioClear)
+
+
+def test_tool_choice_takes_its_string_and_object_forms() -> None:
+    assert p.tool_choice_mode(p.tool_choice_value("none", "t")) == ("none", None)
+    named = p.tool_choice_value({"type": "function", "name": "f"}, "t")
+    assert p.tool_choice_mode(named) == ("function", "f")
+    with pytest.raises(ProtocolError) as info:
+        p.tool_choice_value({"type": "mcp", "server_label": "x"}, "t")
+    assert info.value.code == "mcp_not_supported"
+    with pytest.raises(ProtocolError):
+        p.tool_choice_value("sometimes", "t")

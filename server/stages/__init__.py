@@ -89,7 +89,8 @@ class ChatRequest:
     temperature: float
     max_tokens: int
     tools: tuple[ToolSpec, ...] = ()
-    tool_choice: str = "auto"  # "auto" or "required" (with no tools, nothing is sent)
+    tool_choice: str = "auto"  # "auto", "none", "required" or "function" (with no tools,
+    tool_name: str | None = None  # nothing is sent); "function" calls the tool named here
     session: str = ""  # who asks: lanes take turns between sessions; caches may be per session
     speculative: bool = field(default=False, compare=False)  # for a turn not yet confirmed
     # True while the request is still a speculation: its work then waits for other

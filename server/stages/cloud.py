@@ -131,7 +131,9 @@ class OpenAIResponder:
         args["max_tokens" if self.compatible else "max_completion_tokens"] = request.max_tokens
         if request.tools:
             args["tools"] = openai_tools(request.tools)
-            args["tool_choice"] = request.tool_choice
+            args["tool_choice"] = ({"type": "function", "function": {"name": request.tool_name}}
+                                   if request.tool_choice == "function"
+                                   else request.tool_choice)
         try:
             stream = await self.client.chat.completions.create(
                 model=self.name, messages=openai_messages(request.messages, self.can_see),
@@ -204,6 +206,13 @@ def _json_object(text: str) -> Json:
     return value if isinstance(value, dict) else {"value": value}
 
 
+def anthropic_tool_choice(request: ChatRequest) -> Json:
+    """The Messages API's form: auto, any (a call is required), tool (by name), none."""
+    if request.tool_choice == "function":
+        return {"type": "tool", "name": request.tool_name}
+    return {"type": {"required": "any"}.get(request.tool_choice, request.tool_choice)}
+
+
 class AnthropicResponder:
     """Anthropic Messages, streaming."""
 
@@ -225,8 +234,7 @@ class AnthropicResponder:
         if request.tools:
             args["tools"] = [{"name": t.name, "description": t.description,
                               "input_schema": t.parameters} for t in request.tools]
-            args["tool_choice"] = {"type": "any" if request.tool_choice == "required"
-                                   else "auto"}
+            args["tool_choice"] = anthropic_tool_choice(request)
         try:
             stream: AsyncStream[RawMessageStreamEvent] = await self.client.messages.create(
                 model=self.name, max_tokens=request.max_tokens, messages=cast(Any, messages),
