@@ -47,6 +47,7 @@ QUESTIONS = [
 ]
 VOICE_ORDER = ("piper", "espeak")  # every question in each voice: 24 turns
 SILENCE_MS = 500  # the server's default end-of-turn silence
+METRICS = {"voxwire_metrics": "1"}  # the query that asks for `voxwire.turn.metrics` events
 LEAD_MS, TAIL_MS = 400, 1500
 
 
@@ -77,7 +78,7 @@ async def one_turn(url: str, fx: Fixture, metrics_event: str = "voxwire.turn.met
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(api_key="bench", base_url=f"{url}/v1")
-    async with client.realtime.connect(model="voxwire") as typed_conn:
+    async with client.realtime.connect(model="voxwire", extra_query=METRICS) as typed_conn:
         conn: Any = typed_conn  # our extension events are not in the SDK's event union
         await conn.session.update(session={"type": "realtime", "temperature": 0.0})
         return await turn_on(conn, fx, metrics_event)

@@ -44,6 +44,7 @@ from websockets.uri import parse_uri
 
 from bench.fixtures import RATE
 from bench.latency import (
+    METRICS,
     QUESTIONS,
     Fixture,
     machine,
@@ -183,7 +184,8 @@ class Soak:
         into = self.tally.quiet if quiet_turns else self.tally.turns
         while time.monotonic() < self.deadline and (not quiet_turns or len(into) < quiet_turns):
             try:
-                async with client.realtime.connect(model="voxwire") as typed_conn:
+                async with client.realtime.connect(model="voxwire",
+                                                   extra_query=METRICS) as typed_conn:
                     conn: Any = typed_conn
                     await conn.session.update(session={"type": "realtime", "temperature": 0.0})
                     for _ in range(TURNS_PER_SESSION):

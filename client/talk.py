@@ -130,8 +130,10 @@ class TalkClient:
                                    "audio": {"input": {"format": fmt}, "output": {"format": fmt}}}
         if self.instructions:
             session["instructions"] = self.instructions
+        # Extensions: the per-turn latency line (voxwire.turn.metrics), camera frames.
+        session["voxwire"] = {"metrics": True}
         if self.frames is not None:
-            session["voxwire"] = {"attach_latest_frame": True}
+            session["voxwire"]["attach_latest_frame"] = True
         await ws.send(json.dumps({"type": "session.update", "session": session}))
 
     # ------------------------------------------------------------------ microphone

@@ -287,6 +287,8 @@ class App:
                           store=self.store, kind=kind)
         if grant is not None and grant.session:
             session.configure(grant.session)  # validated at minting; session.created shows it
+        if query.get("voxwire_metrics", [""])[0] in ("1", "true"):
+            session.configure({"voxwire": {"metrics": True}})  # the extension, by URL
         self.sessions.add(session)
         self.per_key[key] = self.per_key.get(key, 0) + 1
         engines.registry.gauge("sessions_active", len(self.sessions))

@@ -13,7 +13,9 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from openai.types.beta.realtime.session import Session as BetaSession
 
 from server.errors import ProtocolError
 
@@ -35,6 +37,10 @@ _BETA_CONTENT = {"output_audio": "audio", "output_text": "text"}
 _GA_CONTENT = {v: k for k, v in _BETA_CONTENT.items()}
 
 SAMPLE_RATES = (8000, 16000, 24000, 44100, 48000)
+# The beta session's `model` may only name one of OpenAI's realtime models (the SDK's own
+# list): any other name a client connects with is echoed as null to beta clients.
+BETA_MODELS = frozenset(name for arg in get_args(BetaSession.model_fields["model"].annotation)
+                        for name in get_args(arg))
 
 
 def new_id(prefix: str) -> str:
@@ -77,6 +83,11 @@ class SessionConfig:
     tool_choice: str | Json = "auto"  # "auto", "none", "required" or {"type": "function", ...}
     attach_latest_frame: bool = False  # extension: session.voxwire.attach_latest_frame
     type: str = "realtime"  # or "transcription": transcripts only, never a response
+    # Extensions reach only clients that ask: `voxwire.turn.metrics` events go to sessions
+    # with session.voxwire.metrics (or ?voxwire_metrics=1), and session.created/updated
+    # show the `voxwire` object only to sessions that named it.
+    metrics: bool = False
+    extensions: bool = False
 
 
 # Keys whose explicit null means something of its own (turn detection off, no idle
@@ -300,6 +311,10 @@ def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> 
     if "attach_latest_frame" in ext:
         ch["attach_latest_frame"] = _bool(ext["attach_latest_frame"],
                                           "session.voxwire.attach_latest_frame")
+    if "metrics" in ext:
+        ch["metrics"] = _bool(ext["metrics"], "session.voxwire.metrics")
+    if "voxwire" in s:
+        ch["extensions"] = True
     if "model" in s:
         ch["model"] = _str(s["model"], "session.model", 200)
     for key in ("max_output_tokens", "max_response_output_tokens"):
@@ -358,7 +373,8 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
     max_tokens: int | str = cfg.max_output_tokens if cfg.max_output_tokens else "inf"
     if dialect == "beta":
         return {
-            "id": session_id, "object": "realtime.session", "model": cfg.model,
+            "id": session_id, "object": "realtime.session",
+            "model": cfg.model if cfg.model in BETA_MODELS else None,
             "modalities": ["text", "audio"] if "audio" in cfg.output_modalities else ["text"],
             "instructions": cfg.instructions, "voice": cfg.voice,
             "input_audio_format": _GA_TO_BETA_FORMAT[cfg.input_format.type],
@@ -366,7 +382,7 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
             "input_audio_transcription": {"model": cfg.transcription_model},
             "turn_detection": td, "tools": list(cfg.tools), "tool_choice": cfg.tool_choice,
             "temperature": cfg.temperature, "max_response_output_tokens": max_tokens,
-            "voxwire": {"attach_latest_frame": cfg.attach_latest_frame},
+            **_extensions(cfg),
         }
     return {
         "type": "realtime", "object": "realtime.session", "id": session_id, "model": cfg.model,
@@ -381,7 +397,7 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
                        "voice": cfg.voice, "speed": 1.0},
         },
         "tools": list(cfg.tools), "tool_choice": cfg.tool_choice, "max_output_tokens": max_tokens,
-        "voxwire": {"attach_latest_frame": cfg.attach_latest_frame},
+        **_extensions(cfg),
     }
 
 
@@ -401,6 +417,19 @@ def _transcription_wire(cfg: SessionConfig, td: Json | None, session_id: str,
                 "format": {"type": cfg.input_format.type, "rate": cfg.input_format.rate},
                 "transcription": transcription, "noise_reduction": None,
                 "turn_detection": td}}}
+
+
+def _extensions(cfg: SessionConfig) -> Json:
+    """The session's `voxwire` object, for clients that named an extension."""
+    if not cfg.extensions:
+        return {}
+    return {"voxwire": {"attach_latest_frame": cfg.attach_latest_frame,
+                        "metrics": cfg.metrics}}
+
+
+def wants(cfg: SessionConfig, event: Json) -> bool:
+    """Whether a session gets a server event: extension events only when it asked."""
+    return not event["type"].startswith("voxwire.") or cfg.metrics
 
 
 # ---------------------------------------------------------------- client events
@@ -605,10 +634,10 @@ def encode(event: Json, dialect: Dialect) -> str | None:
         if beta is None:
             return None
         out["type"] = beta
-    for key in ("item", "part"):
-        if isinstance(out.get(key), dict):
-            out[key] = _item_for(dialect, out[key]) if key == "item" else content_for(
-                dialect, out[key])
+    if isinstance(out.get("item"), dict):
+        out["item"] = _item_for(dialect, out["item"])
+    if isinstance(out.get("part"), dict):  # content part events say "audio"/"text" in both
+        out["part"] = content_for("beta", out["part"])
     if isinstance(out.get("response"), dict) and "output" in out["response"]:
         out["response"] = {**out["response"],
                            "output": [_item_for(dialect, i) for i in out["response"]["output"]]}

@@ -31,6 +31,7 @@ from server.metrics import TurnClock
 from server.protocol import AudioFormat, Json
 from server.stages import (
     ChatRequest,
+    Finished,
     Float32,
     ResponderEvent,
     TextDelta,
@@ -144,6 +145,7 @@ class ResponseRun:
         self.started_at = time.time()
         self._stream_resampler: audio_codec.StreamResampler | None = None
         self._first_sent = asyncio.Event()  # the first audio (or text) left the socket
+        self.finished: Finished | None = None  # how the backend ended, with its usage
         self.base: Json = {"object": "realtime.response", "id": resp.id,
                            "metadata": resp.metadata, "output_modalities": list(resp.modalities),
                            # an out-of-band response (conversation "none") belongs to none
@@ -163,6 +165,9 @@ class ResponseRun:
                 await self._speak()
             else:
                 await self._write()
+            if self.finished is not None and self.finished.reason == "length":
+                status = "incomplete"
+                details = {"type": "incomplete", "reason": "max_output_tokens"}
         except asyncio.CancelledError:
             status = "cancelled"
             details = {"type": "cancelled", "reason": resp.cancel_reason or "client_cancelled"}
@@ -239,6 +244,8 @@ class ResponseRun:
                 await self._tool_start(event)
             elif isinstance(event, ToolCallArguments):
                 await self._tool_arguments(event)
+            elif isinstance(event, Finished):
+                self.finished = event
 
     async def _write(self) -> None:
         async def on_text(delta: str) -> None:
@@ -435,8 +442,25 @@ class ResponseRun:
         await self._store(status)  # before response.done: an announced turn is never lost
         await emit({"type": "response.done", "response": {
             **self.base, "status": status, "status_details": details,
-            "output": resp.outputs, "usage": None}})
+            "output": resp.outputs, "usage": self._usage()}})
         await self._report(status)
+
+    def _usage(self) -> Json | None:
+        """`response.usage` from the backend's token counts, where it gave them."""
+        done = self.finished
+        if done is None or done.input_tokens is None or done.output_tokens is None:
+            return None
+        cached = done.cached_tokens or 0
+        inputs: Json = {"cached_tokens": cached}
+        if not any(m.images for m in self.request.messages):  # text alone: split it
+            inputs |= {"text_tokens": done.input_tokens, "audio_tokens": 0, "image_tokens": 0,
+                       "cached_tokens_details": {"text_tokens": cached, "audio_tokens": 0,
+                                                 "image_tokens": 0}}
+        # Speech is synthesized from the model's text: every output token is a text token.
+        return {"total_tokens": done.input_tokens + done.output_tokens,
+                "input_tokens": done.input_tokens, "output_tokens": done.output_tokens,
+                "input_token_details": inputs,
+                "output_token_details": {"text_tokens": done.output_tokens, "audio_tokens": 0}}
 
     async def _store(self, status: str) -> None:
         resp, ctx = self.resp, self.ctx
@@ -467,7 +491,8 @@ class ResponseRun:
 
     async def _report(self, status: str) -> None:
         resp = self.resp
-        if (status == "completed" and "released" in resp.clock.marks
+        answered = status in ("completed", "incomplete")  # incomplete: cut at max tokens
+        if (answered and "released" in resp.clock.marks
                 and not self._first_sent.is_set()):
             # Output is queued but not sent yet (a released speculative answer arrives all
             # at once): the turn's figures are only whole once its first audio has left.
@@ -482,7 +507,7 @@ class ResponseRun:
         registry = self.ctx.engines.registry
         registry.inc("turns_total")
         registry.inc(f"responses_{status}_total")
-        if status == "completed":
+        if answered:
             registry.observe_turn(stages)
         turn_log.info(json.dumps({"session": self.ctx.session_id, **record}))
         await self.ctx.emit({"type": "voxwire.turn.metrics", **record})

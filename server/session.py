@@ -249,7 +249,8 @@ class Session:
             await self.store.close_session(self.id)
 
     async def emit(self, event: Json, on_sent: OnSent | None = None) -> None:
-        await self.outbox.put(event, on_sent)
+        if p.wants(self.cfg, event):
+            await self.outbox.put(event, on_sent)
 
     async def error(self, exc: VoxwireError) -> None:
         if isinstance(exc, ProtocolError):
@@ -719,7 +720,9 @@ class Session:
         item["content"][0]["transcript"] = result.text
         await self.emit({"type": "conversation.item.input_audio_transcription.completed",
                          "item_id": job.item_id, "content_index": 0,
-                         "transcript": result.text})
+                         "transcript": result.text,
+                         "usage": {"type": "duration",
+                                   "seconds": round(len(job.audio) / 16000, 3)}})
         if self.cfg.type != "realtime":
             return  # transcripts only
         await self.emit({"type": "conversation.item.done", "item": item})

@@ -78,7 +78,7 @@ class Turn:
     user_item_id: str | None
     user_text: str
     assistant_text: str
-    status: str  # completed, cancelled or failed
+    status: str  # completed, incomplete (cut at max tokens), cancelled or failed
     interrupted: bool
     backend: str
     metrics: dict[str, Any]

@@ -19,6 +19,7 @@ from server.app import App
 from server.config import Settings
 from server.engines import Engines
 from server.stages.tts import PiperSynthesizer
+from tests import wire_check
 
 TEST_SETTINGS = Settings(port=0, log_level="DEBUG", store="none")
 EXACT = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
@@ -104,3 +105,18 @@ def event_loop_never_blocks() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
     assert not handler.reports, "event loop blocked:\n" + "\n".join(handler.reports)
+
+
+@pytest.fixture(autouse=True)
+def server_events_validate(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail any test whose clients received a server event that the `openai` SDK's own
+    models reject (an unknown type, a wrong literal, a missing field): strict Realtime
+    clients report each such event as an error. A test talking to another server opts out
+    with ``@pytest.mark.foreign_events``."""
+    if request.node.get_closest_marker("foreign_events") is not None:
+        yield
+        return
+    with wire_check.watching() as found:
+        yield
+    assert not found, "server events a strict client rejects:\n" + "\n".join(
+        dict.fromkeys(found))

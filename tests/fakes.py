@@ -79,6 +79,8 @@ class Reply:
     """Sleep between streamed events."""
     hang: bool = False
     """Send status and headers, then nothing, and hold the connection until the client closes it."""
+    cut_short: bool = False
+    """End as an answer the max tokens cap cut short (finish reason `length`, `max_tokens`)."""
 
 
 @dataclass
@@ -263,7 +265,7 @@ def openai_events(reply: Reply, body: dict[str, Any]) -> Iterator[str]:
                                      "function": {"name": name, "arguments": ""}}]})
         for piece in json_pieces(arguments):
             yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-    yield chunk({}, "tool_calls" if reply.tool_calls else "stop")
+    yield chunk({}, "length" if reply.cut_short else "tool_calls" if reply.tool_calls else "stop")
     if include_usage:
         prompt, completion = _prompt_tokens(body), _completion_tokens(reply)
         usage = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
@@ -328,7 +330,8 @@ def anthropic_events(reply: Reply, body: dict[str, Any]) -> Iterator[str]:
         yield event({"type": "content_block_stop", "index": index})
         index += 1
     yield event({"type": "message_delta",
-                 "delta": {"stop_reason": "tool_use" if reply.tool_calls else "end_turn",
+                 "delta": {"stop_reason": "max_tokens" if reply.cut_short
+                           else "tool_use" if reply.tool_calls else "end_turn",
                            "stop_sequence": None},
                  "usage": {"output_tokens": _completion_tokens(reply)}})
     yield event({"type": "message_stop"})

@@ -46,8 +46,12 @@ def is_metrics(ev: Any) -> bool:
     return bool(ev.type == "voxwire.turn.metrics")
 
 
+METRICS = {"voxwire_metrics": "1"}  # the per-turn metrics extension, asked for by URL
+
+
 def ga(url: str) -> Any:
-    return AsyncOpenAI(api_key="unused", base_url=f"{url}/v1").realtime.connect(model="voxwire")
+    return AsyncOpenAI(api_key="unused", base_url=f"{url}/v1").realtime.connect(
+        model="voxwire", extra_query=METRICS)
 
 
 async def spoken_turn(conn: Any, speech: Float32) -> list[Any]:

@@ -23,7 +23,7 @@ from server.app import App
 from server.engines import Engines
 from server.errors import BackendError
 from server.session import Session
-from server.stages import ChatMessage, ChatRequest, TextDelta
+from server.stages import ChatMessage, ChatRequest, Finished, TextDelta
 from server.stages.llm import (
     OWN_WAIT_S,
     ContextPool,
@@ -64,6 +64,9 @@ async def answer(responder: LocalResponder, who: str, *, pause_after: int | None
     answer, a slow reader) until ``resume`` is set."""
     text = []
     async for event in responder.stream(request(who)):
+        if isinstance(event, Finished):  # the last event: how it ended, and its tokens
+            assert event.output_tokens and event.input_tokens
+            continue
         assert isinstance(event, TextDelta)
         text.append(event.text)
         if pause_after is not None and len(text) == pause_after:

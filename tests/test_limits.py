@@ -101,7 +101,7 @@ async def test_a_client_vanishing_mid_answer_leaks_nothing(engines: Engines,
         host, port = server.sockets[0].getsockname()[:2]
         threads = 0
         for leave_early in (False, True):  # a whole answer first: every worker thread exists
-            async with connect(f"ws://{host}:{port}/v1/realtime") as ws:
+            async with connect(f"ws://{host}:{port}/v1/realtime?voxwire_metrics=1") as ws:
                 await ws.send(json.dumps({"type": "conversation.item.create", "item": {
                     "type": "message", "role": "user",
                     "content": [{"type": "input_text", "text": "Tell me a long story."}]}}))

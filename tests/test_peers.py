@@ -30,6 +30,7 @@ async def test_voxwire_turns_are_measured_and_a_failed_turn_is_recorded(server_u
     assert nobody[0]["status"].startswith("failed") and nobody[0]["client_v2v_ms"] is None
 
 
+@pytest.mark.foreign_events  # Pipecat's server sends its own `pipecat.turn.metrics`
 @pytest.mark.skipif(not peers.PEERS_PYTHON.is_file(),
                     reason="Pipecat's environment .venv-peers is missing (make bench-peers)")
 async def test_pipecat_speaks_the_clients_events_and_the_report_shows_both(

@@ -116,7 +116,20 @@ class ToolCallArguments:
     delta: str
 
 
-ResponderEvent = TextDelta | ToolCallStart | ToolCallArguments
+@dataclass(frozen=True)
+class Finished:
+    """The last event of an answer the backend finished: why it stopped and what it cost.
+
+    ``reason`` is "stop", "length" (the ``max_tokens`` cap cut it short) or "tool_calls";
+    token counts are None where the backend did not say."""
+
+    reason: str = "stop"
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None  # of the input tokens, those a prompt cache held
+
+
+ResponderEvent = TextDelta | ToolCallStart | ToolCallArguments | Finished
 
 
 class LanguageModel(Protocol):

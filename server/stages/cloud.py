@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Iterable
+from dataclasses import replace
 from typing import Any, cast
 
 import anthropic
@@ -21,6 +22,8 @@ from anthropic.types import (
     InputJSONDelta,
     RawContentBlockDeltaEvent,
     RawContentBlockStartEvent,
+    RawMessageDeltaEvent,
+    RawMessageStartEvent,
     RawMessageStreamEvent,
     ToolUseBlock,
 )
@@ -30,6 +33,7 @@ from server.errors import BackendError
 from server.stages import (
     ChatMessage,
     ChatRequest,
+    Finished,
     ResponderEvent,
     TextDelta,
     ToolCallArguments,
@@ -134,6 +138,7 @@ class OpenAIResponder:
             args["tool_choice"] = ({"type": "function", "function": {"name": request.tool_name}}
                                    if request.tool_choice == "function"
                                    else request.tool_choice)
+        args["stream_options"] = {"include_usage": True}  # a last chunk with token counts
         try:
             stream = await self.client.chat.completions.create(
                 model=self.name, messages=openai_messages(request.messages, self.can_see),
@@ -141,9 +146,17 @@ class OpenAIResponder:
         except openai.OpenAIError as exc:
             raise backend_error(self.provider, exc, self._key) from exc
         calls: dict[int, str] = {}
+        finished = Finished()
         try:
             async for chunk in stream:
+                if chunk.usage is not None:
+                    details = chunk.usage.prompt_tokens_details
+                    finished = replace(finished, input_tokens=chunk.usage.prompt_tokens,
+                                       output_tokens=chunk.usage.completion_tokens,
+                                       cached_tokens=details.cached_tokens if details else None)
                 for choice in chunk.choices:
+                    if choice.finish_reason:
+                        finished = replace(finished, reason=choice.finish_reason)
                     delta = choice.delta
                     if delta.content:
                         yield TextDelta(delta.content)
@@ -158,6 +171,7 @@ class OpenAIResponder:
             raise backend_error(self.provider, exc, self._key) from exc
         finally:
             await stream.close()
+        yield finished
 
 
 # ---------------------------------------------------------------------- Anthropic
@@ -241,9 +255,20 @@ class AnthropicResponder:
                 stream=True, **args)
         except anthropic.AnthropicError as exc:
             raise backend_error("Anthropic", exc, self._key) from exc
+        finished = Finished()
         try:
             async for event in stream:
-                if isinstance(event, RawContentBlockStartEvent):
+                if isinstance(event, RawMessageStartEvent):
+                    start = event.message.usage
+                    cached = start.cache_read_input_tokens or 0
+                    # Anthropic counts cached and newly cached input apart from the rest.
+                    finished = replace(finished, cached_tokens=cached, input_tokens=(
+                        start.input_tokens + cached + (start.cache_creation_input_tokens or 0)))
+                elif isinstance(event, RawMessageDeltaEvent):
+                    finished = replace(finished, output_tokens=event.usage.output_tokens,
+                                       reason=_ANTHROPIC_REASONS.get(
+                                           event.delta.stop_reason or "", "stop"))
+                elif isinstance(event, RawContentBlockStartEvent):
                     if isinstance(event.content_block, ToolUseBlock):
                         block = event.content_block
                         yield ToolCallStart(event.index, block.id, block.name)
@@ -256,3 +281,8 @@ class AnthropicResponder:
             raise backend_error("Anthropic", exc, self._key) from exc
         finally:
             await stream.close()
+        yield finished
+
+
+# Anthropic's stop reasons, as Chat Completions' finish reasons.
+_ANTHROPIC_REASONS = {"max_tokens": "length", "tool_use": "tool_calls"}

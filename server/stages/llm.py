@@ -6,11 +6,12 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import llama_cpp
 from llama_cpp import Llama
 
 from server.errors import BackendError, ConfigError
@@ -18,6 +19,7 @@ from server.lanes import Lane, StreamControl
 from server.stages import (
     ChatMessage,
     ChatRequest,
+    Finished,
     ResponderEvent,
     TextDelta,
 )
@@ -31,21 +33,62 @@ PREEMPT_S = 1.0  # a reader away this long loses its context to a generation tha
 OWN_WAIT_S = 0.3
 
 
+@dataclass
+class Generation:
+    """What one generation took and why it ended, filled in as it runs (in its lane)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, those the KV cache already held
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "stop", or "length" when max_tokens cut it short
+
+    def finished(self) -> Finished:
+        return Finished(self.finish_reason, self.prompt_tokens, self.completion_tokens,
+                        self.cached_tokens)
+
+
+class CountingLlama(Llama):
+    """llama.cpp's model, counting each generation's tokens: its streamed chat chunks carry
+    no usage. ``generation``, when set, receives the counts of the next completion."""
+
+    generation: Generation | None = None
+
+    def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any
+                 ) -> Generator[int, Sequence[int] | None, None]:
+        report = self.generation
+        if report is None:
+            yield from super().generate(tokens, *args, **kwargs)
+            return
+        report.prompt_tokens = len(tokens)
+        cached = 0
+        for held, wanted in zip(self._input_ids, tokens, strict=False):
+            if held != wanted:
+                break
+            cached += 1
+        report.cached_tokens = min(cached, max(len(tokens) - 1, 0))
+        vocab = self._model.vocab
+        for token in super().generate(tokens, *args, **kwargs):
+            if not llama_cpp.llama_vocab_is_eog(vocab, token):
+                report.completion_tokens += 1
+            yield token
+
+
 class LlamaContext:
     """One llama.cpp context: a KV cache, its tokens and its sampler, which hold one
     conversation's state. Exactly one generation may be live on it at a time, or one
     session's answer would continue from another's prompt: a second one is refused."""
 
     def __init__(self, path: Path, *, threads: int, context: int, scope: CacheScope) -> None:
-        self.llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads,
-                         n_threads_batch=threads, verbose=False)
+        self.llm = CountingLlama(model_path=str(path), n_ctx=context, n_threads=threads,
+                                 n_threads_batch=threads, verbose=False)
         self.scope = scope
         self.owner = ""  # whose prompt the KV cache holds
         self.system = ""  # and the system prompt it starts with
         self._live = threading.Lock()  # held by the one live generation
 
     def generate(self, messages: Sequence[ChatMessage], *, temperature: float,
-                 max_tokens: int, stop: threading.Event, session: str) -> Iterator[str]:
+                 max_tokens: int, stop: threading.Event, session: str,
+                 report: Generation | None = None) -> Iterator[str]:
         if not self._live.acquire(blocking=False):
             raise AssertionError("a second generation started on a llama.cpp context "
                                  "while another one was live")
@@ -54,6 +97,7 @@ class LlamaContext:
                 self.llm.reset()  # type: ignore[no-untyped-call]  # reuse no prefix of another session's prompt
             self.owner = session
             self.system = messages[0].content if messages and messages[0].role == "system" else ""
+            self.llm.generation = report
             chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(  # type: ignore[assignment]
                 messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
                 temperature=temperature, max_tokens=max_tokens, stream=True,
@@ -63,10 +107,14 @@ class LlamaContext:
                 for chunk in chunks:
                     if stop.is_set():
                         return
-                    delta = chunk["choices"][0].get("delta", {}).get("content")
+                    choice = chunk["choices"][0]
+                    delta = choice.get("delta", {}).get("content")
                     if delta:
                         yield delta
+                    if report is not None and choice.get("finish_reason"):
+                        report.finish_reason = choice["finish_reason"]
             finally:
+                self.llm.generation = None
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     close()
@@ -236,11 +284,14 @@ class LlamaModel:
     def stream(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
         stop: threading.Event, session: str = "", context: LlamaContext | None = None,
+        report: Generation | None = None,
     ) -> Iterator[str]:
-        """Fit the prompt, then generate on ``context`` (the first one by default)."""
+        """Fit the prompt, then generate on ``context`` (the first one by default);
+        ``report``, when given, receives the generation's token counts and finish reason."""
         kept = self.fit(messages, max_tokens)
         yield from (context or self.contexts[0]).generate(
-            kept, temperature=temperature, max_tokens=max_tokens, stop=stop, session=session)
+            kept, temperature=temperature, max_tokens=max_tokens, stop=stop, session=session,
+            report=report)
 
 
 _COUNT_CACHE = 4096
@@ -277,6 +328,7 @@ class LocalResponder:
         pool = self.model.pool
         system = messages[0].content if messages and messages[0].role == "system" else ""
         lease = Lease(request.speculative, system)
+        report = Generation()
         context = await pool.acquire(request.session, lease)
         returned = False
 
@@ -292,7 +344,8 @@ class LocalResponder:
         deltas = self.lane.stream(
             lambda: self.model.stream(messages, temperature=request.temperature,
                                       max_tokens=request.max_tokens, stop=stop,
-                                      session=request.session, context=context),
+                                      session=request.session, context=context,
+                                      report=report),
             stop, owner=request.session, step=True, on_closed=give_back,
             control=lease.control, background=request.background)
         try:
@@ -303,6 +356,7 @@ class LocalResponder:
             if lease.control.halted:
                 raise BackendError("the answer was stopped: nothing read it while other "
                                    "sessions waited for the model", code="llm_preempted")
+            yield report.finished()
         finally:
             lease.closing = True
             stop.set()

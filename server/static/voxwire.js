@@ -258,7 +258,9 @@
       const format = { type: "audio/pcm", rate: RATE };
       const session = { type: "realtime", audio: { input: { format }, output: { format } } };
       if (this.opts.instructions) session.instructions = this.opts.instructions;
-      if (this.opts.video) session.voxwire = { attach_latest_frame: true };
+      // Extensions: per-turn latency (voxwire.turn.metrics) for the panel; camera frames.
+      session.voxwire = { metrics: true };
+      if (this.opts.video) session.voxwire.attach_latest_frame = true;
       return { type: "session.update", session };
     }
 
