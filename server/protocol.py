@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from openai.types.beta.realtime.session import Session as BetaSession
+from openai.types.beta.realtime.transcription_session import (
+    InputAudioTranscription as BetaTranscriber,
+)
 
 from server.errors import ProtocolError
 
@@ -38,9 +41,12 @@ _GA_CONTENT = {v: k for k, v in _BETA_CONTENT.items()}
 
 SAMPLE_RATES = (8000, 16000, 24000, 44100, 48000)
 # The beta session's `model` may only name one of OpenAI's realtime models (the SDK's own
-# list): any other name a client connects with is echoed as null to beta clients.
+# list): any other name a client connects with is echoed as null to beta clients. Its
+# transcription session likewise names only OpenAI's transcription models.
 BETA_MODELS = frozenset(name for arg in get_args(BetaSession.model_fields["model"].annotation)
                         for name in get_args(arg))
+BETA_TRANSCRIBERS = frozenset(get_args(get_args(
+    BetaTranscriber.model_fields["model"].annotation)[0]))
 
 
 def new_id(prefix: str) -> str:
@@ -406,9 +412,14 @@ def _transcription_wire(cfg: SessionConfig, td: Json | None, session_id: str,
     """A transcription-only session: audio in, transcripts out, no model answering."""
     transcription = {"model": cfg.transcription_model, "language": None, "prompt": ""}
     if dialect == "beta":
+        named = cfg.transcription_model if cfg.transcription_model in BETA_TRANSCRIBERS else None
+        # The beta model requires `client_secret`, which only a minted session has: a
+        # WebSocket session's is empty and long expired.
         return {"id": session_id, "object": "realtime.transcription_session",
+                "client_secret": {"value": "", "expires_at": 0},
                 "input_audio_format": _GA_TO_BETA_FORMAT[cfg.input_format.type],
-                "input_audio_transcription": transcription, "turn_detection": td,
+                "input_audio_transcription": {**transcription, "model": named},
+                "turn_detection": td,
                 "input_audio_noise_reduction": None, "include": [],
                 "modalities": ["text"]}
     return {"type": "transcription", "object": "realtime.transcription_session",

@@ -42,6 +42,15 @@ MODELS: dict[Dialect, dict[str, Model]] = {
     "ga": _by_type(ga_events.RealtimeServerEvent),
     "beta": _by_type(beta_events.RealtimeServerEvent),
 }
+# OpenAI's beta API opens a transcription session (`?intent=transcription`) with
+# `transcription_session.created`, which the SDK has no model for; its session is the one
+# `transcription_session.updated` carries, so it is checked against that event's model.
+_BETA_CREATED = pydantic.create_model(
+    "TranscriptionSessionCreatedEvent",
+    __base__=MODELS["beta"]["transcription_session.updated"],
+    type=(Literal["transcription_session.created"], ...),
+)
+MODELS["beta"]["transcription_session.created"] = _BETA_CREATED
 
 
 def opted_in(event: dict[str, Any]) -> bool | None:
