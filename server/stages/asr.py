@@ -67,7 +67,10 @@ LOGPROB_FLOOR = -1.0  # Whisper's own log_prob_threshold
 # 6 a second, plus a few, leaves room for fast talkers and numbers.
 TOKENS_PER_S = 6
 TOKENS_EXTRA = 8
-MAX_NEW_TOKENS = 400  # Whisper's decoder holds 448 positions, the prompt included
+# CTranslate2 (4.x) lets a Whisper decode produce at most half its ``max_length``
+# (OpenAI's reference sample_len), so a cap of n tokens asks for prompt + 2n; Whisper's
+# decoder holds 448 positions, the prompt included.
+MAX_NEW_TOKENS = 220
 FALLBACK_TEMPERATURES = (0.0, 0.4)
 # A call may take this long, plus this many times the audio's duration (defaults of
 # --asr-budget-s, --asr-budget-ratio). Bounded decoding keeps the worst garbage measured
@@ -113,6 +116,11 @@ def cut_restart(text: str) -> str:
 def token_cap(seconds: float) -> int:
     """The most tokens a decode of ``seconds`` of audio may produce."""
     return min(int(TOKENS_PER_S * seconds + TOKENS_EXTRA), MAX_NEW_TOKENS)
+
+
+def max_length(prompt: int, cap: int) -> int:
+    """The ``max_length`` that lets a CTranslate2 Whisper decode produce ``cap`` tokens."""
+    return prompt + 2 * cap
 
 
 def doubtful(no_speech_prob: float, avg_logprob: float) -> bool:
@@ -197,7 +205,7 @@ class WhisperTranscriber:
         cap = token_cap(seconds)
         result = self.model.model.generate(
             ctranslate2.StorageView.from_array(features), [self._prompt],
-            beam_size=1, max_length=len(self._prompt) + cap, no_repeat_ngram_size=4,
+            beam_size=1, max_length=max_length(len(self._prompt), cap), no_repeat_ngram_size=4,
             return_scores=True, return_no_speech_prob=True, suppress_blank=True,
             suppress_tokens=self._suppress,
         )[0]
@@ -222,7 +230,8 @@ class WhisperTranscriber:
         segments, _info = self.model.transcribe(
             audio, language="en", beam_size=1, best_of=1, without_timestamps=True,
             condition_on_previous_text=False, vad_filter=False,
-            temperature=list(FALLBACK_TEMPERATURES), max_new_tokens=token_cap(seconds),
+            temperature=list(FALLBACK_TEMPERATURES),
+            max_new_tokens=max_length(0, token_cap(seconds)),  # faster-whisper adds the prompt
         )
         kept: list[str] = []
         worst = 0.0
