@@ -63,8 +63,8 @@ NO_SPEECH = 0.6
 # average log-probability >= -0.75. Garbage: no_speech_prob >= 0.44, log-probability <= -1.09.
 DOUBT_NO_SPEECH = 0.3
 LOGPROB_FLOOR = -1.0  # Whisper's own log_prob_threshold
-# Spoken English runs at 2-4 Whisper tokens a second (measured: 3.2-3.9 for sentences);
-# 6 a second, plus a few, leaves room for fast talkers and numbers.
+# Spoken English runs at 2-4 Whisper tokens a second of audio (measured: 3.2-3.9 for
+# sentences, 5.8 for numbers spoken 1.7x as fast); 6 a second, plus a few, leaves room.
 TOKENS_PER_S = 6
 TOKENS_EXTRA = 8
 # CTranslate2 (4.x) lets a Whisper decode produce at most half its ``max_length``
@@ -73,8 +73,9 @@ TOKENS_EXTRA = 8
 MAX_NEW_TOKENS = 220
 FALLBACK_TEMPERATURES = (0.0, 0.4)
 # A call may take this long, plus this many times the audio's duration (defaults of
-# --asr-budget-s, --asr-budget-ratio). Bounded decoding keeps the worst garbage measured
-# under 1x its duration with base on two idle cores; the rest is headroom for a busy machine.
+# --asr-budget-s, --asr-budget-ratio). Bounded, the worst garbage measured took 1.2 s of CPU
+# and 0.3x its duration (base, forced through the padded path, two shared cores); the rest
+# is headroom for a busy machine, so that speech is not failed for want of time.
 BUDGET_S = 5.0
 BUDGET_RATIO = 1.0
 _WORD = re.compile(r"[a-z0-9']+")
