@@ -72,6 +72,7 @@ TOKENS_EXTRA = 8
 # decoder holds 448 positions, the prompt included.
 MAX_NEW_TOKENS = 220
 FALLBACK_TEMPERATURES = (0.0, 0.4)
+MAX_RATIO = 2.4  # Whisper's compression_ratio_threshold: above it, text repeats itself
 # A call may take this long, plus this many times the audio's duration (defaults of
 # --asr-budget-s, --asr-budget-ratio). Bounded, the worst garbage measured took 1.2 s of CPU
 # and 0.3x its duration (base, forced through the padded path, two shared cores); the rest
@@ -238,7 +239,9 @@ class WhisperTranscriber:
         worst = 0.0
         for seg in segments:  # lazy: iterating is the work, and it happens in this thread
             worst = max(worst, seg.no_speech_prob)
-            if not doubtful(seg.no_speech_prob, seg.avg_logprob):
+            # The fallback's sample can settle into a loop ("B-B-B-B"): no more believable.
+            looping = seg.no_speech_prob > DOUBT_NO_SPEECH and seg.compression_ratio > MAX_RATIO
+            if not doubtful(seg.no_speech_prob, seg.avg_logprob) and not looping:
                 kept.append(seg.text)
             if seg.end < seconds:
                 budget.check()  # before the next 30 s window is decoded
