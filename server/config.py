@@ -42,6 +42,11 @@ class Settings:
     asr_model: str = "tiny.en"
     asr_mode: AsrMode = "short"
     asr_window_s: float = 15.0  # the short path's mel window; 0: the utterance's own length
+    # Time bound on one transcription, which holds the ASR lane every session shares:
+    # this many seconds plus asr_budget_ratio times the audio's duration; past it the
+    # turn's transcription fails with transcription_timeout (see server/stages/asr.py).
+    asr_budget_s: float = 5.0
+    asr_budget_ratio: float = 1.0
     device: Device = "auto"
     asr_threads: int = 2
     llm_backend: Backend = "local"
@@ -135,6 +140,8 @@ class Settings:
             ("token_ttl_s", 1.0 <= self.token_ttl_s <= 3600.0),
             ("asr_threads", self.asr_threads >= 1),
             ("asr_window_s", 0.0 <= self.asr_window_s <= 30.0),
+            ("asr_budget_s", self.asr_budget_s > 0),
+            ("asr_budget_ratio", self.asr_budget_ratio >= 0),
             ("llm_threads", self.llm_threads >= 1),
             ("llm_contexts", 1 <= self.llm_contexts <= 16),
             ("tts_threads", self.tts_threads >= 1),

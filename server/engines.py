@@ -59,7 +59,9 @@ class Engines:
         vad = SileroVad(resolve("silero-vad", "vad"))
         asr = WhisperTranscriber(resolve(settings.asr_model, "asr"), mode=settings.asr_mode,
                                  device=settings.device, threads=settings.asr_threads,
-                                 name=settings.asr_model, window_s=settings.asr_window_s)
+                                 name=settings.asr_model, window_s=settings.asr_window_s,
+                                 budget_s=settings.asr_budget_s,
+                                 budget_ratio=settings.asr_budget_ratio)
         tts = PiperSynthesizer(resolve(settings.tts_voice, "tts"), threads=settings.tts_threads)
         llm_lane = Lane("llm")
         llm: LlamaModel | None = None

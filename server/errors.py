@@ -13,6 +13,7 @@ __all__ = [
     "StoreError",
     "StoreQuotaError",
     "StoreUnavailable",
+    "TranscriptionTimeout",
     "VoxwireError",
     "WorkCancelled",
 ]
@@ -63,6 +64,15 @@ class StageError(VoxwireError):
         super().__init__(message)
         self.stage = stage
         self.code = f"{stage}_failed"
+
+
+class TranscriptionTimeout(StageError):
+    """A transcription ran past its time budget (audio that is not speech, a busy machine):
+    the turn's transcription fails, and no answer is made from it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("asr", message)
+        self.code = "transcription_timeout"
 
 
 class BackendError(StageError):

@@ -27,7 +27,7 @@ from server.config import Settings
 from server.conversation import Conversation, client_item
 from server.echo import MAX_LAG_S, EchoReference, echo_likeness
 from server.engines import Engines
-from server.errors import LimitError, ProtocolError, VoxwireError
+from server.errors import LimitError, ProtocolError, TranscriptionTimeout, VoxwireError
 from server.metrics import TurnClock
 from server.protocol import Json, SessionConfig, TurnDetection
 from server.response import CANNOT_SEE, Gate, Response, ResponseContext, ResponseRun
@@ -704,10 +704,15 @@ class Session:
                 result = await self.engines.asr_lane.run(lambda: asr.transcribe(job.audio),
                                                          owner=self.id)
         except Exception as exc:
-            log.exception("transcription failed")
+            code = "asr_failed"
+            if isinstance(exc, TranscriptionTimeout):  # bad audio, not a server fault
+                log.warning("transcription failed: %s", exc)
+                code = exc.code
+            else:
+                log.exception("transcription failed")
             await self.emit({"type": "conversation.item.input_audio_transcription.failed",
                              "item_id": job.item_id, "content_index": 0,
-                             "error": {"type": "transcription_error", "code": "asr_failed",
+                             "error": {"type": "transcription_error", "code": code,
                                        "message": str(exc)}})
             return
         job.clock.compute_once("asr", started)
