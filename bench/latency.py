@@ -31,6 +31,8 @@ import numpy as np
 from bench.fixtures import RATE, VOICES, speech_end
 from client.realtime import Float32, resample, send_audio, silence
 
+# A turn answered in full: `incomplete` is an answer the token cap (max_output_tokens) ended.
+ANSWERED = ("completed", "incomplete")
 QUESTIONS = [
     "What is the capital of France?",
     "Could you tell me what the weather is like in London today?",
@@ -266,7 +268,7 @@ def summarize(turns: list[dict[str, Any]], alone: list[dict[str, float]]) -> dic
             "beyond_alone_ms": beyond_alone,
             "server_overhead_ms": statistics.median(own) if own else None,
             "server_overhead_p95_ms": pct(own, 95) if own else None,
-            "turns": len(turns), "completed": sum(t["status"] == "completed" for t in turns)}
+            "turns": len(turns), "completed": sum(t["status"] in ANSWERED for t in turns)}
 
 
 def machine() -> dict[str, Any]:

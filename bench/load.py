@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.latency import Fixture, one_turn
+from bench.latency import ANSWERED, Fixture, one_turn
 
 KEEPS_UP_LAG_MS = 300  # end-of-turn lag beyond which a session no longer keeps up
 
@@ -52,7 +52,7 @@ async def step(url: str, fixtures: list[Fixture], sessions: int, pid: int | None
     v2v = [t["v2v_ms"] for t in turns if t["v2v_ms"] is not None]
     lag = [t["endpoint_lag_ms"] for t in turns if t["endpoint_lag_ms"] is not None]
     out: dict[str, Any] = {
-        "sessions": sessions, "completed": sum(t["status"] == "completed" for t in turns),
+        "sessions": sessions, "completed": sum(t["status"] in ANSWERED for t in turns),
         "v2v_p50_ms": float(np.percentile(v2v, 50)) if v2v else None,
         "v2v_p95_ms": float(np.percentile(v2v, 95)) if v2v else None,
         "endpoint_lag_p95_ms": float(np.percentile(lag, 95)) if lag else None,

@@ -44,6 +44,7 @@ from websockets.uri import parse_uri
 
 from bench.fixtures import RATE
 from bench.latency import (
+    ANSWERED,
     METRICS,
     QUESTIONS,
     Fixture,
@@ -197,7 +198,7 @@ class Soak:
                         result = await asyncio.wait_for(turn_on(conn, fx), 120)
                         result["t_s"] = round(time.monotonic() - self._t0, 1)
                         into.append(result)
-                        if result["status"] != "completed" or result["client_v2v_ms"] is None:
+                        if result["status"] not in ANSWERED or result["client_v2v_ms"] is None:
                             self.tally.fail(f"talker {n}", f"turn {result['status']}")
             except Exception as exc:  # a well-behaved session must not fail
                 self.tally.fail(f"talker {n}", f"{type(exc).__name__}: {exc}")
@@ -667,7 +668,7 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
                                        "misdeeds": list(MISDEEDS)},
         "sessions": {"peak": max(s["sessions"] for s in under_load), "end": loaded["sessions"],
                      "after": after["sessions"]},
-        "turns": {"completed": sum(t["status"] == "completed" for t in tally.turns),
+        "turns": {"completed": sum(t["status"] in ANSWERED for t in tally.turns),
                   "total": len(tally.turns), "v2v_p50_ms": percentile(v2v, 50),
                   "v2v_p95_ms": percentile(v2v, 95), "v2v_max_ms": max(v2v, default=None),
                   "quiet_total": len(tally.quiet), "quiet_v2v_p50_ms": percentile(quiet, 50),

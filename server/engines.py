@@ -69,6 +69,7 @@ class Engines:
             llm = LlamaModel(resolve(settings.llm_model, "llm"), threads=settings.llm_threads,
                              context=settings.llm_context, cache_scope=settings.llm_cache_scope,
                              contexts=settings.llm_contexts)
+            llm.warm(settings.instructions)
         responder = make_responder(settings, llm, llm_lane)
         # Everything loaded so far lives as long as the process: out of the collector's
         # sight, a full collection no longer walks it (about 85 ms, on the event loop).

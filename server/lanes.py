@@ -215,7 +215,7 @@ class Lane:
 
         def again() -> None:
             self._submit(_Job(pump, stop, owner, settled, must_run=True,
-                              background=background))
+                              background=deferrable))
 
         def pump() -> None:  # in the lane's thread; never raises: failures are queued
             nonlocal gen, free, parked
@@ -264,9 +264,12 @@ class Lane:
                 halted = True
             resume()
 
+        def deferrable() -> bool:  # a producer that is to close its generator never waits
+            return background is not None and not (halted or stop.is_set()) and background()
+
         if control is not None:
             control._halt = halt
-        self._submit(_Job(pump, stop, owner, settled, background=background))
+        self._submit(_Job(pump, stop, owner, settled, background=deferrable))
         try:
             while True:
                 item = await queue.get()

@@ -20,13 +20,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from client.realtime import Float32, pcm16, silence
 from server import audio as audio_codec
 from server.app import App
-from server.engines import Engines
+from server.engines import Engines, resolve
 from server.errors import BackendError
 from server.session import Session
 from server.stages import ChatMessage, ChatRequest, Finished, TextDelta
 from server.stages.llm import (
     OWN_WAIT_S,
     ContextPool,
+    Generation,
     Lease,
     LlamaContext,
     LlamaModel,
@@ -199,6 +200,39 @@ async def test_a_session_waits_briefly_for_its_own_context_while_it_is_given_bac
             assert waited < 0.1  # its context is busy with a live answer: no waiting
         elif back_after is None:
             assert OWN_WAIT_S * 0.9 <= waited < OWN_WAIT_S + 0.5  # then it takes another
+
+
+async def test_sessions_keep_their_own_contexts_while_there_are_enough() -> None:
+    """A new session takes a context holding no one's conversation before it takes one
+    holding another session's (whose next turn would compute its history all over
+    again); only when none is left does it take the one idle longest, its system prompt
+    first."""
+    def context(owner: str, system: str) -> LlamaContext:
+        made = object.__new__(LlamaContext)
+        made.owner, made.system = owner, system
+        return made
+
+    mine, theirs, blank, other = (context("s1", "sys"), context("s2", "sys"),
+                                  context("", "sys"), context("s3", "else"))
+    pool = ContextPool([other, mine, theirs, blank])
+    assert await pool.acquire("s1", Lease(False, "sys")) is mine
+    assert await pool.acquire("new", Lease(False, "sys")) is blank
+    assert await pool.acquire("newer", Lease(False, "sys")) is theirs  # its system prompt
+    assert await pool.acquire("newest", Lease(False, "sys")) is other
+
+
+def test_every_context_starts_with_the_default_system_prompt() -> None:
+    """The model is warmed with the default instructions in each context, so a session's
+    first turn does not compute them."""
+    model = LlamaModel(resolve(TEST_SETTINGS.llm_model, "llm"), contexts=2)
+    system = TEST_SETTINGS.instructions
+    model.warm(system)
+    question = [ChatMessage("system", system), ChatMessage("user", "Hello there!")]
+    for context in model.contexts:
+        report = Generation()
+        list(context.generate(question, temperature=0.0, max_tokens=2,
+                              stop=threading.Event(), session="new", report=report))
+        assert report.cached_tokens >= model.count_tokens(system), report
 
 
 async def test_one_llama_context_refuses_a_second_live_generation(engines: Engines) -> None:

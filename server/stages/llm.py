@@ -150,7 +150,7 @@ class Lease:
 class ContextPool:
     """Contexts lent to one generation at a time, on the event loop. A session gets the
     context that last held its prompt when it is free (its prefix is cached there), else
-    one that last started with the same system prompt, else the one idle longest. When
+    one that holds no one's, else one that last started with the same system prompt. When
     all are lent, a generation whose reader has taken nothing for ``preempt_s`` (a client
     that stopped reading; never a speculative answer, which waits for its turn to be
     confirmed) is ended to make room; otherwise the caller waits its turn."""
@@ -190,9 +190,13 @@ class ContextPool:
         return mine
 
     def _pick(self, session: str, lease: Lease) -> LlamaContext:
-        return next((c for c in self._free if c.owner == session),  # its own history
-                    next((c for c in self._free if c.system == lease.system),  # its prompt
-                         self._free[0]))
+        """Its own history; else a context holding no one's (it costs one prefill of the
+        system prompt, and keeps everyone else's history); else the one idle longest that
+        starts with the same system prompt; else the one idle longest."""
+        free = self._free  # least recently used first
+        return (next((c for c in free if c.owner == session), None)
+                or next((c for c in free if not c.owner), None)
+                or next((c for c in free if c.system == lease.system), free[0]))
 
     def _returning(self, session: str) -> bool:
         return any(c.owner == session and lease.closing for c, lease in self._lent.items())
@@ -246,6 +250,17 @@ class LlamaModel:
         self.context = context
         self.pool = ContextPool(self.contexts)
         self._counts: OrderedDict[str, int] = OrderedDict()  # text -> tokens, most recent last
+
+    def warm(self, system: str) -> None:
+        """Put the default system prompt in every context's KV cache, so that no
+        session's first turn computes it: a one-token answer to an empty question."""
+        if self.contexts[0].scope == "session":
+            return  # nothing is reused across sessions, this included
+        for context in self.contexts:
+            for _ in context.generate([ChatMessage("system", system), ChatMessage("user", "")],
+                                      temperature=0.0, max_tokens=1, stop=threading.Event(),
+                                      session=""):
+                pass
 
     def count_tokens(self, text: str) -> int:
         cached = self._counts.get(text)
