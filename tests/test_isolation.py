@@ -235,6 +235,36 @@ def test_every_context_starts_with_the_default_system_prompt() -> None:
         assert report.cached_tokens >= model.count_tokens(system), report
 
 
+async def test_a_long_prompt_is_computed_in_turns_with_other_sessions_answers(
+        engines: Engines, cold: LlamaModel) -> None:
+    """A prompt of some 1,500 tokens is computed a chunk per turn of the lane: another
+    session's short question, asked just after, gets its first words before the long one
+    does, and both answers are what they would be alone."""
+    responder = LocalResponder(cold, engines.llm_lane)
+    long_text = " ".join(f"Item {n} is a blue box." for n in range(150))
+    long = ChatRequest((ChatMessage("user", long_text + " How many items are there?"),),
+                       temperature=0.0, max_tokens=8, session="sess_long")
+    assert cold.count_tokens(long.messages[0].content) > 1000
+    order: list[str] = []
+
+    async def first_words(req: ChatRequest, name: str) -> str:
+        text = []
+        async for event in responder.stream(req):
+            if isinstance(event, TextDelta):
+                if not text:
+                    order.append(name)
+                text.append(event.text)
+        return "".join(text)
+
+    long_task = asyncio.create_task(first_words(long, "long"))
+    await asyncio.sleep(0.05)  # its prompt is being computed
+    short = dataclasses.replace(request("a"), max_tokens=8)
+    short_answer = await first_words(short, "short")
+    long_answer = await long_task
+    assert order == ["short", "long"]
+    assert long_answer and short_answer
+
+
 async def test_one_llama_context_refuses_a_second_live_generation(engines: Engines) -> None:
     model = engines.llm
     assert isinstance(model, LlamaModel)
