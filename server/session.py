@@ -235,6 +235,8 @@ class Session:
         self._closed = True
         for lane in self.engines.lanes:  # nobody waits for what this session queued
             lane.cancel_owner(self.id)
+        if self.engines.llm is not None:
+            self.engines.llm.forget(self.id)
         self._drop_speculation()
         for answer in list(self._early):
             answer.discard()

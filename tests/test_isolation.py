@@ -206,7 +206,7 @@ async def test_sessions_keep_their_own_contexts_while_there_are_enough() -> None
     """A new session takes a context holding no one's conversation before it takes one
     holding another session's (whose next turn would compute its history all over
     again); only when none is left does it take the one idle longest, its system prompt
-    first."""
+    first. A session that has ended holds no one's."""
     def context(owner: str, system: str) -> LlamaContext:
         made = object.__new__(LlamaContext)
         made.owner, made.system = owner, system
@@ -219,6 +219,11 @@ async def test_sessions_keep_their_own_contexts_while_there_are_enough() -> None
     assert await pool.acquire("new", Lease(False, "sys")) is blank
     assert await pool.acquire("newer", Lease(False, "sys")) is theirs  # its system prompt
     assert await pool.acquire("newest", Lease(False, "sys")) is other
+    # A session that has ended leaves its context to the next new one.
+    talking, ended = context("s1", "sys"), context("s2", "sys")
+    pool = ContextPool([talking, ended])
+    pool.forget("s2")
+    assert await pool.acquire("next", Lease(False, "sys")) is ended
 
 
 def test_every_context_starts_with_the_default_system_prompt() -> None:

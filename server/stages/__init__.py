@@ -142,6 +142,9 @@ class LanguageModel(Protocol):
         stop: threading.Event, session: str = "",
     ) -> Iterator[str]: ...
 
+    def forget(self, session: str) -> None:
+        """The session has ended: what is kept for its next turn may go to others."""
+
 
 class Responder(Protocol):
     """Whatever answers a turn: the embedded model, OpenAI, Anthropic, a compatible server.

@@ -235,6 +235,13 @@ class ContextPool:
     def _returning(self, session: str) -> bool:
         return any(c.owner == session and lease.closing for c, lease in self._lent.items())
 
+    def forget(self, session: str) -> None:
+        """An ended session's contexts hold no one's history any more: a new session takes
+        them before the context of a session still talking."""
+        for context in (*self._free, *self._lent):
+            if context.owner == session:
+                context.owner = ""
+
     def release(self, context: LlamaContext) -> None:
         self._lent.pop(context, None)
         self._free.append(context)
@@ -284,6 +291,9 @@ class LlamaModel:
         self.context = context
         self.pool = ContextPool(self.contexts)
         self._counts: OrderedDict[str, int] = OrderedDict()  # text -> tokens, most recent last
+
+    def forget(self, session: str) -> None:
+        self.pool.forget(session)
 
     def warm(self, system: str) -> None:
         """Put the default system prompt in every context's KV cache, so that no
