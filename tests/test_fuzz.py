@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
-from server import protocol as p
+import realtime as p
 from server.engines import Engines
 from server.errors import ProtocolError
 from server.session import Session
