@@ -57,10 +57,10 @@ sysdeps:
 	  else echo "tests need node and npm: sudo apt-get install nodejs npm"; exit 1; fi; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check server client models tests bench
+	$(BIN)/ruff check realtime voxwire server client models tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict server client models bench
+	$(BIN)/mypy --strict realtime voxwire server client models bench
 
 pytest: setup sysdeps node-clients
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -50,6 +50,7 @@ from bench.latency import (
     server,
 )
 from client.realtime import Float32, from_pcm16, pcm16, resample, send_audio, silence
+from server.audio import RATE as SERVER_RATE
 from server.config import Settings
 
 CHECKS = ("wer", "asr_paths", "hallucination", "turns", "echo", "vision")
@@ -264,7 +265,8 @@ def offline_transcripts(asr: str, audios: list[Float32]) -> list[str]:
     model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=2)
     out = []
     for audio in audios:
-        segments, _ = model.transcribe(resample(audio, RATE, 16000), beam_size=1, language="en")
+        segments, _ = model.transcribe(resample(audio, RATE, SERVER_RATE), beam_size=1,
+                                       language="en")
         out.append("".join(s.text for s in segments).strip())
     return out
 
@@ -306,7 +308,7 @@ def check_asr_paths(asr: str, window_s: float) -> dict[str, Any]:
     texts = list(dict.fromkeys(SENTENCES + QUESTIONS))
     clips = [(v, text, resample(np.concatenate([silence(300, RATE), trim(VOICES[v](text, RATE),
                                                                          RATE),
-                                                silence(200, RATE)]), RATE, 16000))
+                                                silence(200, RATE)]), RATE, SERVER_RATE))
              for v in VOICES for text in texts]
     path = Path(asr) if Path(asr).is_dir() else locate(asr, "asr")
     out: dict[str, Any] = {"clips": len(clips), "words": sum(len(normalise(t))

@@ -19,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from client.realtime import Float32, read_wav, resample, silence
+from realtime import DEFAULT_RATE
 
-RATE = 24000
+RATE = DEFAULT_RATE  # what the benchmark clients send and hear
 Floats = npt.NDArray[np.floating[Any]]
 Weights = Callable[[Floats], Floats]
 

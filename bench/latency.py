@@ -30,6 +30,7 @@ import numpy as np
 
 from bench.fixtures import RATE, VOICES, speech_end
 from client.realtime import Float32, resample, send_audio, silence
+from server.audio import RATE as SERVER_RATE
 
 # A turn answered in full: `incomplete` is an answer the token cap (max_output_tokens) ended.
 ANSWERED = ("completed", "incomplete")
@@ -181,7 +182,8 @@ def direct(fixtures: list[Fixture], asr_model: str, asr_mode: str, device: str
     try:
         for n, fx in enumerate([fixtures[0], *fixtures]):  # the first one warms up
             cut = int((fx.speech_end_s + 0.2) * RATE)
-            utterance = resample(fx.audio[int((LEAD_MS - 300) / 1000 * RATE):cut], RATE, 16000)
+            start = int((LEAD_MS - 300) / 1000 * RATE)
+            utterance = resample(fx.audio[start:cut], RATE, SERVER_RATE)
             t0 = time.perf_counter()
             text = eng.asr.transcribe(utterance).text
             t1 = time.perf_counter()

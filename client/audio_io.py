@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from client.realtime import pcm16, read_wav
+from realtime import DEFAULT_RATE
 
 OnInput = Callable[[bytes], None]
 
@@ -103,7 +104,7 @@ class _Speaker:
 class SoundDeviceIO(_Speaker):
     """The default microphone and speaker (PortAudio through sounddevice)."""
 
-    def __init__(self, rate: int = 24000, *, input_device: int | None = None,
+    def __init__(self, rate: int = DEFAULT_RATE, *, input_device: int | None = None,
                  output_device: int | None = None, block_ms: int = 20) -> None:
         import sounddevice as sd  # needs PortAudio: imported only when a device is used
 
@@ -144,7 +145,7 @@ class WavIO(_Speaker):
     truncation behave as they do with real devices.
     """
 
-    def __init__(self, source: Path, rate: int = 24000, *, block_ms: int = 20,
+    def __init__(self, source: Path, rate: int = DEFAULT_RATE, *, block_ms: int = 20,
                  tail_ms: int = 3000) -> None:
         self.rate = rate
         self._audio = np.concatenate([read_wav(source, rate),

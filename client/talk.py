@@ -14,6 +14,7 @@ cancellation, and allows interrupting by voice.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -27,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from client.audio_io import AudioIO
+from realtime import AudioAppend, FrameAppend, ItemTruncate, SessionUpdate, dump
 
 Duplex = Literal["half", "full"]
 ECHO_TAIL_S = 0.3
@@ -134,7 +136,7 @@ class TalkClient:
         session["voxwire"] = {"metrics": True}
         if self.frames is not None:
             session["voxwire"]["attach_latest_frame"] = True
-        await ws.send(json.dumps({"type": "session.update", "session": session}))
+        await ws.send(dump(SessionUpdate(None, session)))
 
     # ------------------------------------------------------------------ microphone
 
@@ -157,8 +159,7 @@ class TalkClient:
             pcm = await self._mic.get()
             if self.gated():
                 pcm = b"\x00" * len(pcm)  # keep the server's clock running, send no echo
-            await ws.send(json.dumps({"type": "input_audio_buffer.append",
-                                      "audio": base64.b64encode(pcm).decode()}))
+            await ws.send(dump(AudioAppend(None, pcm)))
 
     async def _send_frames(self, ws: ClientConnection) -> None:
         assert self.frames is not None
@@ -166,8 +167,7 @@ class TalkClient:
             jpeg = await asyncio.to_thread(self.frames)
             if jpeg:
                 uri = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-                await ws.send(json.dumps({"type": "voxwire.input_image.append",
-                                          "image_url": uri}))
+                await ws.send(dump(FrameAppend(None, uri)))
             await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ server events
@@ -217,9 +217,7 @@ class TalkClient:
         self.audio.flush()
         ms = heard * 1000 // self.audio.rate
         self.truncated.append((self._turn.item_id, ms))
-        await ws.send(json.dumps({"type": "conversation.item.truncate",
-                                  "item_id": self._turn.item_id, "content_index": 0,
-                                  "audio_end_ms": ms}))
+        await ws.send(dump(ItemTruncate(None, self._turn.item_id, 0, ms)))
 
 
 def latency_line(ev: dict[str, Any]) -> str:
@@ -277,12 +275,29 @@ def camera_source(index: int) -> Callable[[], bytes | None]:
     return grab
 
 
-def main(args: Any) -> int:
-    """Entry point for `voxwire talk` (arguments parsed by the CLI)."""
+def parser() -> argparse.ArgumentParser:
+    talk = argparse.ArgumentParser(prog="voxwire talk",
+                                   description="talk to a server with this machine's microphone")
+    talk.add_argument("--url", default="ws://127.0.0.1:8765/v1/realtime")
+    talk.add_argument("--device", type=int, default=None, help="input device number")
+    talk.add_argument("--output-device", type=int, default=None, help="output device number")
+    talk.add_argument("--camera", type=int, default=None,
+                      help="send frames from /dev/videoN with each turn")
+    talk.add_argument("--duplex", choices=["half", "full"], default="half",
+                      help="half: the mic is muted while the answer plays (no echo); "
+                           "full: always on, for headsets, allows interrupting by voice")
+    talk.add_argument("--key", default=None, help="API key (default: $VOXWIRE_API_KEY)")
+    talk.add_argument("--list-devices", action="store_true")
+    return talk
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `voxwire talk`."""
     import os
 
     from client.audio_io import SoundDeviceIO
 
+    args = parser().parse_args(argv)
     if args.list_devices:
         try:
             print(list_devices())

@@ -1,14 +1,6 @@
-"""Root of Voxwire's exception tree.
+"""The models' errors, on the tree rooted in ``realtime.errors``."""
 
-It lives at the bottom layer so that every package (models, server, client) can
-extend it without importing anything above itself. ``server.errors`` grows the tree.
-"""
-
-
-class VoxwireError(Exception):
-    """Base of every error Voxwire raises on purpose."""
-
-    code = "voxwire_error"
+from realtime.errors import VoxwireError
 
 
 class ModelError(VoxwireError):

@@ -27,8 +27,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+import realtime as p
 from server import auth
-from server import protocol as p
 from server.config import Settings
 from server.engines import Engines
 from server.errors import LimitError, ProtocolError
@@ -341,10 +341,9 @@ class App:
                     await session.handle(self._parse(message, size))
                 except ProtocolError as exc:
                     await session.error(exc)
-                except Exception:
+                except Exception as exc:
                     log.exception("unexpected error handling an event")
-                    await session.emit(p.error_event("internal error handling this event",
-                                                     code="server_error", kind="server_error"))
+                    await session.error(exc)
         except ConnectionClosed:
             pass
 

@@ -9,6 +9,9 @@ import soxr
 from server.errors import AudioFormatError
 
 Float32 = npt.NDArray[np.float32]
+# The server's own rate: what the VAD (silero), Whisper and the echo guard take, and what
+# recordings are kept at. Audio is resampled to it on the way in, from it on the way out.
+RATE = 16000
 PCM_FORMATS = {"audio/pcm": "pcm16", "pcm16": "pcm16", "audio/pcmu": "g711_ulaw",
                "g711_ulaw": "g711_ulaw", "audio/pcma": "g711_alaw", "g711_alaw": "g711_alaw"}
 

@@ -1,4 +1,4 @@
-"""The `voxwire` command: `serve` and `models`."""
+"""The server's commands: `voxwire serve`, `models` and `history` (see voxwire/__main__.py)."""
 
 from __future__ import annotations
 
@@ -21,21 +21,6 @@ def main(argv: list[str] | None = None) -> int:
     config.add_arguments(serve)
     models = sub.add_parser("models", help="list the embedded models and verify their checksums")
     models.add_argument("--force", action="store_true", help="re-hash every file")
-    talk = sub.add_parser("talk", help="talk to a server with this machine's microphone")
-    talk.add_argument("--url", default="ws://127.0.0.1:8765/v1/realtime")
-    talk.add_argument("--device", type=int, default=None, help="input device number")
-    talk.add_argument("--output-device", type=int, default=None, help="output device number")
-    talk.add_argument("--camera", type=int, default=None,
-                      help="send frames from /dev/videoN with each turn")
-    talk.add_argument("--duplex", choices=["half", "full"], default="half",
-                      help="half: the mic is muted while the answer plays (no echo); "
-                           "full: always on, for headsets, allows interrupting by voice")
-    talk.add_argument("--key", default=None, help="API key (default: $VOXWIRE_API_KEY)")
-    talk.add_argument("--list-devices", action="store_true")
-    sub.add_parser("bench", help="run every benchmark and write docs/benchmarks.md",
-                   add_help=False)
-    sub.add_parser("eval", help="the evaluation suite (WER, hallucination, turns, echo, vision)",
-                   add_help=False)
     history = sub.add_parser("history", help="list or export stored conversations (JSON)")
     history.add_argument("--store", default=None, help="default: the serve default, or "
                          "$VOXWIRE_STORE")
@@ -43,23 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     history.add_argument("--all", action="store_true", help="export every session's turns")
     history.add_argument("--audio", default=None, metavar="DIR", help="with --session or --all: "
                          "write recordings as DIR/<session>/<response_id>-<role>.wav")
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("bench", "eval"):  # they own their flags
-        if argv[0] == "bench":
-            from bench.__main__ import main as bench_main
-
-            return bench_main(argv[1:])
-        from bench.evaluate import main as eval_main
-
-        return eval_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "history":
             return show_history(args)
-        if args.command == "talk":
-            from client.talk import main as talk_main
-
-            return talk_main(args)
         if args.command == "models":
             from models.__main__ import main as models_main
 

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from realtime import Json, json_size, new_id
+from realtime import server_events as se
 from server.errors import LimitError, ProtocolError
-from server.protocol import Json, json_size, new_id
 from server.stages import ChatMessage, ImageData, ToolCall
 
 MAX_ITEMS = 1000
@@ -205,7 +206,7 @@ def client_item(raw: Json, event_id: str | None, max_bytes: int = MAX_ITEM_BYTES
     _require(isinstance(item["id"], str) and _ITEM_ID.fullmatch(item["id"]) is not None,
              "item.id must be a string of 1 to 64 printable ASCII characters", "item.id",
              event_id)
-    item.update(object="realtime.item", status="completed", type=kind)
+    item.update(se.item(item["id"], kind))
     if kind == "function_call_output":
         _require(isinstance(item.get("call_id"), str), "item.call_id must be a string",
                  "item.call_id", event_id)

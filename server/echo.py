@@ -13,9 +13,9 @@ from collections import deque
 
 import numpy as np
 
+from server.audio import RATE
 from server.stages import Float32
 
-RATE = 16000
 MAX_LAG_S = 0.8  # acoustic delay plus the client's capture, buffering and network latency
 KEEP_S = 20.0
 

@@ -1,6 +1,8 @@
-"""Voxwire's exception tree. Exceptions become `error` events only at the edge."""
+"""Voxwire's exception tree (rooted in ``realtime.errors``). Exceptions become `error` events
+in one function, ``realtime.server_events.error_event``."""
 
-from models.errors import ModelError, VoxwireError
+from models.errors import ModelError
+from realtime.errors import ProtocolError, VoxwireError
 
 __all__ = [
     "AudioFormatError",
@@ -23,21 +25,6 @@ class ConfigError(VoxwireError):
     """A setting has an invalid value."""
 
     code = "invalid_config"
-
-
-class ProtocolError(VoxwireError):
-    """A client event is malformed or not allowed now. Carries the Realtime error fields."""
-
-    code = "invalid_request_error"
-
-    def __init__(
-        self, message: str, *, code: str = "invalid_event", param: str | None = None,
-        event_id: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.param = param
-        self.event_id = event_id
 
 
 class AudioFormatError(ProtocolError):

@@ -20,15 +20,17 @@ from typing import Any, cast
 
 import numpy as np
 
+import realtime as p
+from realtime import AudioFormat, Json
+from realtime import server_events as se
 from server import audio as audio_codec
-from server import protocol as p
+from server.audio import RATE
 from server.config import Settings
 from server.conversation import Conversation, Spoken, item_text
 from server.echo import EchoReference
 from server.engines import Engines
-from server.errors import BackendError, ProtocolError, StageError
+from server.errors import BackendError, ProtocolError, StageError, StoreError
 from server.metrics import TurnClock
-from server.protocol import AudioFormat, Json
 from server.stages import (
     ChatRequest,
     Finished,
@@ -78,7 +80,7 @@ class Response:
     def audio(self) -> bool:
         return "audio" in self.modalities
 
-    def ids(self, item: Json) -> Json:
+    def ids(self, item: Json) -> se.ContentIds:
         return {"response_id": self.id, "item_id": item["id"],
                 "output_index": self.outputs.index(item), "content_index": 0}
 
@@ -157,8 +159,8 @@ class ResponseRun:
 
     async def run(self) -> None:
         resp = self.resp
-        await self.ctx.emit({"type": "response.created",
-                             "response": {**self.base, "status": "in_progress", "output": []}})
+        await self.ctx.emit(se.response_created({**self.base, "status": "in_progress",
+                                                 "output": []}))
         status, details = "completed", cast(Json | None, None)
         try:
             if resp.audio:
@@ -181,14 +183,12 @@ class ResponseRun:
         await self._finish(status, details)
 
     async def _failed(self, exc: BaseException) -> Json:
-        if isinstance(exc, StageError):
-            code, message = exc.code, str(exc)
-        else:
-            code, message = "response_failed", f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, StageError):
             log.exception("response %s failed", self.resp.id, exc_info=exc)
+        event = se.error_event(exc)
+        code, message = event["error"]["code"], event["error"]["message"]
         log.warning("response %s failed: %s (%s)", self.resp.id, message, code)
-        await self.ctx.emit(p.error_event(f"response failed: {message}", code=code,
-                                          kind="server_error"))
+        await self.ctx.emit(event)
         stage = exc.stage if isinstance(exc, StageError) else ""
         if self.resp.audio and stage != "tts":
             # The listener hears that something went wrong, not silence.
@@ -252,8 +252,8 @@ class ResponseRun:
             self.resp.clock.mark("first_sentence")
             item = await self._message()
             self.resp.clock.mark("released")
-            await self.ctx.emit({"type": "response.output_text.delta", **self.resp.ids(item),
-                                 "delta": delta}, self._mark_sent)
+            await self.ctx.emit(se.response_output_text_delta(self.resp.ids(item), delta),
+                                self._mark_sent)
 
         await self._consume(on_text)
 
@@ -299,30 +299,26 @@ class ResponseRun:
             conv = self.ctx.conv
             reserve = self.ctx.settings.max_output_tokens * BYTES_PER_TOKEN
             for gone in conv.make_room(conv.size_of(item, (), reserve)):
-                await self.ctx.emit({"type": "conversation.item.deleted", "item_id": gone})
+                await self.ctx.emit(se.conversation_item_deleted(gone))
             prev = conv.add(item, reserve=reserve)
-            await self.ctx.emit({"type": "conversation.item.added", "previous_item_id": prev,
-                                 "item": item})
-        await self.ctx.emit({"type": "response.output_item.added", "response_id": resp.id,
-                             "output_index": len(resp.outputs) - 1, "item": item})
+            await self.ctx.emit(se.conversation_item_added(prev, item))
+        await self.ctx.emit(se.response_output_item_added(resp.id, len(resp.outputs) - 1, item))
 
     async def _message(self) -> Json:
         resp = self.resp
         if resp.message is None:
             part: Json = ({"type": "output_audio", "transcript": ""} if resp.audio
                           else {"type": "output_text", "text": ""})
-            resp.message = {"id": p.new_id("item"), "object": "realtime.item",
-                            "type": "message", "role": "assistant", "status": "in_progress",
-                            "content": [part]}
+            resp.message = se.item(p.new_id("item"), "message", "in_progress",
+                                   role="assistant", content=[part])
             await self._add_output(resp.message)
-            await self.ctx.emit({"type": "response.content_part.added",
-                                 **resp.ids(resp.message), "part": dict(part)})
+            await self.ctx.emit(se.response_content_part_added(resp.ids(resp.message),
+                                                               dict(part)))
         return resp.message
 
     async def _tool_start(self, event: ToolCallStart) -> None:
-        item: Json = {"id": p.new_id("item"), "object": "realtime.item",
-                      "type": "function_call", "status": "in_progress",
-                      "call_id": event.call_id, "name": event.name, "arguments": ""}
+        item = se.item(p.new_id("item"), "function_call", "in_progress",
+                       call_id=event.call_id, name=event.name, arguments="")
         self.resp.calls[event.index] = item
         await self._add_output(item)
 
@@ -331,9 +327,8 @@ class ResponseRun:
         if item is None:
             return
         item["arguments"] += event.delta
-        await self.ctx.emit({"type": "response.function_call_arguments.delta",
-                             **self.resp.ids(item), "call_id": item["call_id"],
-                             "delta": event.delta})
+        await self.ctx.emit(se.response_function_call_arguments_delta(
+            self.resp.ids(item), item["call_id"], event.delta))
 
     # ------------------------------------------------------------------ audio
 
@@ -365,7 +360,7 @@ class ResponseRun:
                     piece = samples[i:i + per_delta]
                     data = base64.b64encode(audio_codec.encode(piece, fmt.type)).decode()
                     # What the echo guard listens for: the same audio at 16 kHz.
-                    reference = audio_codec.resample(piece, fmt.rate, 16000)
+                    reference = audio_codec.resample(piece, fmt.rate, RATE)
                     yield data, len(piece) * 1000 / fmt.rate, reference
 
         def on_sent(reference: Float32) -> Callable[[], None]:
@@ -374,18 +369,17 @@ class ResponseRun:
                 self.ctx.echo.sent(reference, time.monotonic())
             return sent
 
-        ids: Json = {}
         for text in pieces:
             started = False
 
-            async def start(text: str = text) -> Json:
+            async def start(text: str = text) -> se.ContentIds:
                 # After the first audio is ready: a speculative response synthesizes its
                 # first clause ahead and waits for its turn here, in `_message`.
                 ids = resp.ids(await self._message())
                 resp.clock.mark("released")
                 spacer = " " if resp.spoken.pieces else ""
-                await self.ctx.emit({"type": "response.output_audio_transcript.delta", **ids,
-                                     "delta": spacer + text})
+                await self.ctx.emit(se.response_output_audio_transcript_delta(ids,
+                                                                              spacer + text))
                 return ids
 
             try:
@@ -396,8 +390,8 @@ class ResponseRun:
                     if not started:
                         ids, started = await start(), True
                     resp.audio_ms += ms
-                    await self.ctx.emit({"type": "response.output_audio.delta", **ids,
-                                         "delta": data}, on_sent(reference))
+                    await self.ctx.emit(se.response_output_audio_delta(ids, data),
+                                        on_sent(reference))
                     if self.ctx.settings.record:
                         resp.sent_audio.append(reference)
             except asyncio.CancelledError:
@@ -421,28 +415,24 @@ class ResponseRun:
                 part = item["content"][0]
                 if resp.audio:
                     part["transcript"] = resp.spoken.text_until(10**12)
-                    await emit({"type": "response.output_audio.done", **ids})
-                    await emit({"type": "response.output_audio_transcript.done", **ids,
-                                "transcript": part["transcript"]})
+                    await emit(se.response_output_audio_done(ids))
+                    await emit(se.response_output_audio_transcript_done(ids, part["transcript"]))
                 else:
                     part["text"] = resp.text
-                    await emit({"type": "response.output_text.done", **ids, "text": resp.text})
-                await emit({"type": "response.content_part.done", **ids, "part": part})
+                    await emit(se.response_output_text_done(ids, resp.text))
+                await emit(se.response_content_part_done(ids, part))
                 if resp.in_conversation:
                     self.ctx.conv.spoken[item["id"]] = resp.spoken
             else:
-                await emit({"type": "response.function_call_arguments.done", **ids,
-                            "call_id": item["call_id"], "name": item["name"],
-                            "arguments": item["arguments"]})
-            await emit({"type": "response.output_item.done", "response_id": resp.id,
-                        "output_index": ids["output_index"], "item": item})
+                await emit(se.response_function_call_arguments_done(
+                    ids, item["call_id"], item["name"], item["arguments"]))
+            await emit(se.response_output_item_done(resp.id, ids["output_index"], item))
             if resp.in_conversation:
-                await emit({"type": "conversation.item.done", "item": item})
+                await emit(se.conversation_item_done(item))
         resp.clock.mark("response_done")
         await self._store(status)  # before response.done: an announced turn is never lost
-        await emit({"type": "response.done", "response": {
-            **self.base, "status": status, "status_details": details,
-            "output": resp.outputs, "usage": self._usage()}})
+        await emit(se.response_done({**self.base, "status": status, "status_details": details,
+                                     "output": resp.outputs, "usage": self._usage()}))
         await self._report(status)
 
     def _usage(self) -> Json | None:
@@ -474,7 +464,7 @@ class ResponseRun:
                     {"stages_ms": resp.clock.stages_ms(),
                      "tools": [i["name"] for i in resp.outputs if i["type"] == "function_call"]},
                     self.started_at, time.time())
-        recordings = [Recording(role, 16000, audio_codec.to_pcm16(audio).tobytes())
+        recordings = [Recording(role, RATE, audio_codec.to_pcm16(audio).tobytes())
                       for role, audio in (("user", resp.user_audio),
                                           ("assistant", _joined(resp.sent_audio)))
                       if ctx.settings.record and audio is not None and len(audio)]
@@ -482,8 +472,7 @@ class ResponseRun:
             await ctx.store.record(turn, recordings)
         except Exception as exc:
             log.exception("could not store turn %s", resp.id)
-            await ctx.emit(p.error_event(f"the turn could not be saved: {exc}",
-                                         code="store_failed", kind="server_error"))
+            await ctx.emit(se.error_event(StoreError(f"the turn could not be saved: {exc}")))
 
     def _mark_sent(self) -> None:
         self.resp.clock.mark("first_audio_sent")
@@ -510,7 +499,7 @@ class ResponseRun:
         if answered:
             registry.observe_turn(stages)
         turn_log.info(json.dumps({"session": self.ctx.session_id, **record}))
-        await self.ctx.emit({"type": "voxwire.turn.metrics", **record})
+        await self.ctx.emit(se.turn_metrics(record))
 
 
 def _joined(chunks: list[Float32]) -> Float32 | None:

@@ -20,16 +20,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import realtime as p
+from realtime import Json, SessionConfig, TurnDetection
+from realtime import server_events as se
 from server import audio as audio_codec
 from server import images
-from server import protocol as p
+from server.audio import RATE
 from server.config import Settings
 from server.conversation import Conversation, client_item
 from server.echo import MAX_LAG_S, EchoReference, echo_likeness
 from server.engines import Engines
 from server.errors import LimitError, ProtocolError, TranscriptionTimeout, VoxwireError
 from server.metrics import TurnClock
-from server.protocol import Json, SessionConfig, TurnDetection
 from server.response import CANNOT_SEE, Gate, Response, ResponseContext, ResponseRun
 from server.stages import (
     ChatMessage,
@@ -200,7 +202,7 @@ class Session:
         self._audio_budget = AudioBudget(settings.audio_rate, settings.audio_burst_s)
         self._vad: VadStream = engines.vad.new_stream()
         self._detector = self._new_detector()
-        self._resampler = audio_codec.StreamResampler(self.cfg.input_format.rate, 16000)
+        self._resampler = audio_codec.StreamResampler(self.cfg.input_format.rate, RATE)
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
         self._speech_item: str | None = None
         self._utt_start_ms = 0
@@ -227,7 +229,7 @@ class Session:
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name=f"{self.id}-turns")
-        await self.emit({"type": self._session_event("created"), "session": self._session_wire()})
+        await self.emit(se.session_created(self._session_wire()))
         # After session.created: a store that is down is reported, and the session goes on.
         await self.store.open_session(self.id, self.cfg.model, self.dialect)
 
@@ -254,14 +256,9 @@ class Session:
         if p.wants(self.cfg, event):
             await self.outbox.put(event, on_sent)
 
-    async def error(self, exc: VoxwireError) -> None:
-        if isinstance(exc, ProtocolError):
-            event = p.error_event(str(exc), code=exc.code, param=exc.param,
-                                  event_id=exc.event_id)
-        else:
-            event = p.error_event(str(exc), code=exc.code, kind="server_error")
+    async def error(self, exc: BaseException, event_id: str | None = None) -> None:
         self.engines.registry.inc("errors_total")
-        await self.emit(event)
+        await self.emit(se.error_event(exc, event_id))
 
     # ------------------------------------------------------------------ client events
 
@@ -269,11 +266,8 @@ class Session:
         """Apply one client event. Errors become `error` events; the session goes on."""
         try:
             await self._dispatch(event)
-        except ProtocolError as exc:
-            exc.event_id = exc.event_id or event.event_id
-            await self.error(exc)
         except VoxwireError as exc:
-            await self.error(exc)
+            await self.error(exc, event.event_id)
 
     async def _dispatch(self, ev: p.ClientEvent) -> None:
         match ev:
@@ -287,7 +281,7 @@ class Session:
                 self.buffer.clear()
                 self._detector.reset()
                 self._speech_item = None
-                await self.emit({"type": "input_audio_buffer.cleared"})
+                await self.emit(se.input_audio_buffer_cleared())
             case p.ItemCreate():
                 await self._create_item(ev)
             case p.FrameAppend():
@@ -295,12 +289,11 @@ class Session:
             case p.ItemTruncate():
                 self.conv.truncate(ev.item_id, ev.audio_end_ms, ev.event_id)
                 self.echo.stop(time.monotonic())
-                await self.emit({"type": "conversation.item.truncated", "item_id": ev.item_id,
-                                 "content_index": ev.content_index,
-                                 "audio_end_ms": ev.audio_end_ms})
+                await self.emit(se.conversation_item_truncated(ev.item_id, ev.content_index,
+                                                               ev.audio_end_ms))
             case p.ItemDelete():
                 self.conv.delete(ev.item_id, ev.event_id)
-                await self.emit({"type": "conversation.item.deleted", "item_id": ev.item_id})
+                await self.emit(se.conversation_item_deleted(ev.item_id))
             case p.ItemRetrieve():
                 await self._retrieve(ev)
             case p.ResponseCreate():
@@ -317,13 +310,7 @@ class Session:
 
     async def _update_session(self, ev: p.SessionUpdate) -> None:
         self.configure(ev.session)
-        await self.emit({"type": self._session_event("updated"), "session": self._session_wire()})
-
-    def _session_event(self, what: str) -> str:
-        """`session.created|updated`; a beta transcription session's own names."""
-        if self.dialect == "beta" and self.cfg.type == "transcription":
-            return f"transcription_session.{what}"
-        return f"session.{what}"
+        await self.emit(se.session_updated(self._session_wire()))
 
     def _voice(self, asked: str) -> str:
         """The voice in effect: one the server has, else the session's own."""
@@ -335,7 +322,7 @@ class Session:
         new = p.apply_session_update(self.cfg, session, self.dialect)
         new = dataclasses.replace(new, voice=self._voice(new.voice))
         if new.input_format != self.cfg.input_format:
-            self._resampler = audio_codec.StreamResampler(new.input_format.rate, 16000)
+            self._resampler = audio_codec.StreamResampler(new.input_format.rate, RATE)
         changed_td = new.turn_detection != self.cfg.turn_detection
         self.cfg = new
         if changed_td:
@@ -418,7 +405,7 @@ class Session:
         if self.settings.echo_guard <= 0:
             return None
         now = time.monotonic()
-        start = now - seconds - ECHO_WINDOW / 16000 - MAX_LAG_S
+        start = now - seconds - ECHO_WINDOW / RATE - MAX_LAG_S
         if not self.echo.playing_between(start, now):
             return None
         return self.echo.window(start, now)
@@ -439,8 +426,8 @@ class Session:
             self._partial_at_ms, self._partial_words, self._partial_sent = event.onset_ms, [], 0
             self.echo.stop(time.monotonic())  # Realtime clients stop playing on speech_started
             self._idle = None
-            await self.emit({"type": "input_audio_buffer.speech_started",
-                             "audio_start_ms": event.audio_start_ms, "item_id": self._speech_item})
+            await self.emit(se.input_audio_buffer_speech_started(event.audio_start_ms,
+                                                                 self._speech_item))
         elif isinstance(event, SpeechConfirmed):
             if self.response is not None and td.interrupt_response:
                 await self._cancel_response("turn_detected")
@@ -552,8 +539,7 @@ class Session:
         clock = spec.clock if spec is not None else TurnClock()
         clock.mark("speech_end", self._wall_time_of(audio_end_ms))
         clock.mark("speech_stopped")
-        await self.emit({"type": "input_audio_buffer.speech_stopped",
-                         "audio_end_ms": audio_end_ms, "item_id": item_id})
+        await self.emit(se.input_audio_buffer_speech_stopped(audio_end_ms, item_id))
         if self._partial is not None:
             self._partial.cancel()
         utterance = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
@@ -591,9 +577,8 @@ class Session:
     async def _commit(self, item_id: str, utterance: Float32, clock: TurnClock, respond: bool,
                       event_id: str | None, early: Speculation | None = None,
                       idle: bool = False) -> None:
-        item: Json = {"id": item_id, "object": "realtime.item", "type": "message",
-                      "role": "user", "status": "completed",
-                      "content": [{"type": "input_audio", "transcript": None}]}
+        item = se.item(item_id, "message", role="user",
+                       content=[{"type": "input_audio", "transcript": None}])
         frame = self._take_frame()
         frames = (frame,) if frame is not None else ()
         if frame is not None:
@@ -601,15 +586,13 @@ class Session:
         # A spoken turn never fails for want of room: the oldest items make way for it.
         size = self.conv.size_of(item, frames, TRANSCRIPT_RESERVE)
         for gone in self.conv.make_room(size):
-            await self.emit({"type": "conversation.item.deleted", "item_id": gone})
+            await self.emit(se.conversation_item_deleted(gone))
         prev = self.conv.add(item, images=frames, reserve=TRANSCRIPT_RESERVE)
         if self.settings.record:
             self._keep_audio(item_id, utterance)
-        await self.emit({"type": "input_audio_buffer.committed", "previous_item_id": prev,
-                         "item_id": item_id})
+        await self.emit(se.input_audio_buffer_committed(prev, item_id))
         if self.cfg.type == "realtime":  # a transcription session sends transcripts only
-            await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
-                             "item": item})
+            await self.emit(se.conversation_item_added(prev, item))
         try:
             await self._enqueue(TranscribeJob(item_id, utterance, clock, respond, early, idle),
                                 event_id)
@@ -620,7 +603,7 @@ class Session:
 
     async def _enqueue(self, job: TranscribeJob | RespondJob, event_id: str | None) -> None:
         samples = len(job.audio) if isinstance(job, TranscribeJob) else 0
-        if self._queued_samples + samples > self.settings.max_buffer_s * 16000:
+        if self._queued_samples + samples > self.settings.max_buffer_s * RATE:
             raise LimitError(f"more than {self.settings.max_buffer_s:g} s of turns waiting to "
                              "be transcribed; this one was dropped", code="turn_queue_full",
                              event_id=event_id)
@@ -665,8 +648,7 @@ class Session:
             new = words[self._partial_sent:agreed]
             delta = (" " if self._partial_sent else "") + " ".join(new)
             self._partial_sent = agreed
-            await self.emit({"type": "conversation.item.input_audio_transcription.delta",
-                             "item_id": item_id, "content_index": 0, "delta": delta})
+            await self.emit(se.input_audio_transcription_delta(item_id, delta))
 
     # ------------------------------------------------------------------ turns
 
@@ -681,15 +663,11 @@ class Session:
                     await self._transcribe(job)
                 else:
                     await self._respond(job.params, job.clock, job.event_id)
-            except ProtocolError as exc:  # name the response.create it came from
-                exc.event_id = exc.event_id or getattr(job, "event_id", None)
-                await self.error(exc)
-            except VoxwireError as exc:
-                await self.error(exc)
-            except Exception:
+            except VoxwireError as exc:  # a ProtocolError names the response.create
+                await self.error(exc, getattr(job, "event_id", None))
+            except Exception as exc:
                 log.exception("turn failed")
-                await self.emit(p.error_event("internal error while handling a turn",
-                                              code="server_error", kind="server_error"))
+                await self.error(exc)
             finally:
                 self._busy = False
                 if isinstance(job, TranscribeJob) and job.early and job.early.answer:
@@ -712,10 +690,7 @@ class Session:
                 code = exc.code
             else:
                 log.exception("transcription failed")
-            await self.emit({"type": "conversation.item.input_audio_transcription.failed",
-                             "item_id": job.item_id, "content_index": 0,
-                             "error": {"type": "transcription_error", "code": code,
-                                       "message": str(exc)}})
+            await self.emit(se.input_audio_transcription_failed(job.item_id, str(exc), code))
             return
         job.clock.compute_once("asr", started)
         job.clock.mark("asr_done")
@@ -725,14 +700,11 @@ class Session:
         except ProtocolError:
             return  # the client deleted the item meanwhile
         item["content"][0]["transcript"] = result.text
-        await self.emit({"type": "conversation.item.input_audio_transcription.completed",
-                         "item_id": job.item_id, "content_index": 0,
-                         "transcript": result.text,
-                         "usage": {"type": "duration",
-                                   "seconds": round(len(job.audio) / 16000, 3)}})
+        await self.emit(se.input_audio_transcription_completed(
+            job.item_id, result.text, len(job.audio) / RATE))
         if self.cfg.type != "realtime":
             return  # transcripts only
-        await self.emit({"type": "conversation.item.done", "item": item})
+        await self.emit(se.conversation_item_done(item))
         if job.respond and (result.text.strip() or job.idle):
             early = job.early.answer if job.early is not None else None
             # After the idle timeout the model is told of the silence, as it would hear it.
@@ -906,9 +878,7 @@ class Session:
             return
         self._idle = None
         item_id = p.new_id("item")
-        await self.emit({"type": "input_audio_buffer.timeout_triggered",
-                         "audio_start_ms": idle.start_ms, "audio_end_ms": end_ms,
-                         "item_id": item_id})
+        await self.emit(se.input_audio_buffer_timeout_triggered(idle.start_ms, end_ms, item_id))
         clock = TurnClock()
         clock.mark("speech_end")
         clock.mark("speech_stopped")
@@ -933,13 +903,13 @@ class Session:
             fmt = self.cfg.input_format if item.get("role") == "user" else self.cfg.output_format
 
             def encode() -> str:
-                resampled = audio_codec.resample(audio, 16000, fmt.rate)
+                resampled = audio_codec.resample(audio, RATE, fmt.rate)
                 return base64.b64encode(audio_codec.encode(resampled, fmt.type)).decode()
 
             content = [dict(part) for part in item["content"]]
             content[parts[0]]["audio"] = await self.engines.image_lane.run(encode)
             item = {**item, "content": content}
-        await self.emit({"type": "conversation.item.retrieved", "item": item})
+        await self.emit(se.conversation_item_retrieved(item))
     def _tools(self, params: Json) -> tuple[tuple[ToolSpec, ...], str, str | None]:
         """The tools a response may call and how: its own `tools`/`tool_choice`, else the
         session's. "none" still sends the tools (a history of calls needs them declared)."""
@@ -998,10 +968,8 @@ class Session:
                 part["image_url"] = image.data_uri()  # keep the checked, smaller copy
                 checked.append(image)
         prev = self.conv.add(item, ev.previous_item_id, images=checked, event_id=ev.event_id)
-        await self.emit({"type": "conversation.item.added", "previous_item_id": prev,
-                         "item": item})
-        await self.emit({"type": "conversation.item.done", "previous_item_id": prev,
-                         "item": item})
+        await self.emit(se.conversation_item_added(prev, item))
+        await self.emit(se.conversation_item_done(item, prev))
 
     async def _frame(self, ev: p.FrameAppend) -> None:
         self._latest_frame = (await self._image(ev.image_url, ev.event_id), time.monotonic())

@@ -19,8 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
+from realtime import Json, without_nulls
 from server.errors import LimitError, ProtocolError
-from server.protocol import Json, without_nulls
 
 PREFIX = "ek_"
 MAX_LIVE = 1024

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.audio import RATE
 from server.stages import Float32
-
-RATE = 16000
 
 
 @dataclass(frozen=True)

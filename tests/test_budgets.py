@@ -571,7 +571,7 @@ async def test_memory_stays_within_the_documented_budget(
 
 
 def test_json_size_estimates_the_encoded_size_without_encoding() -> None:
-    from server.protocol import encode, json_size
+    from realtime import encode, json_size
 
     event = {"type": "conversation.item.added", "item": {
         "id": "i1", "type": "message", "role": "user",

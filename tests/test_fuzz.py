@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
-from server import protocol as p
+import realtime as p
+from realtime import client_events
 from server.engines import Engines
 from server.errors import ProtocolError
 from server.session import Session
@@ -109,7 +110,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
                                                                 max_size=4),
     max_leaves=20)
-event_types = st.sampled_from([*p._PARSERS, "nope"])
+event_types = st.sampled_from([*client_events._PARSERS, "nope"])
 events = st.builds(lambda kind, body: {**body, "type": kind}, event_types,
                    st.dictionaries(st.sampled_from(
                        ["session", "audio", "item", "item_id", "audio_end_ms", "response",

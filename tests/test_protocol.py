@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from server import protocol as p
+import realtime as p
 from server.errors import ProtocolError
 
 

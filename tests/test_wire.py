@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+import realtime as p
 from client.realtime import pcm16
-from server import protocol as p
 from server.engines import Engines
 from tests.conftest import padded
 from tests.fakes import FakeProvider, Reply

@@ -49,12 +49,12 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
+from server.audio import RATE
 from server.errors import ConfigError, TranscriptionTimeout, WorkCancelled
 from server.stages import Float32, Transcript
 
 log = logging.getLogger(__name__)
 
-RATE = 16000
 HOP = 160
 MAX_FRAMES = 3000
 TAIL = RATE  # a second of trailing silence tells the decoder where speech ends

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from server.audio import RATE
 from server.stages import Float32
 
 WINDOW = 512
 CONTEXT = 64
-RATE = 16000
 
 
 class SileroVad:

@@ -1,56 +1,25 @@
-"""The OpenAI Realtime wire protocol: typed client events, session shapes, server events.
-
-Pure code: JSON text in, typed events out; typed builders in, JSON text out. Both the
-GA dialect and the beta one (``OpenAI-Beta: realtime=v1``) are spoken. Internally the
-server always uses GA names; ``encode`` renames for beta clients.
-"""
+"""Session state and its two wire shapes: `session.update` in, the session object out."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from dataclasses import dataclass, replace
+from typing import Any
 
-from openai.types.beta.realtime.session import Session as BetaSession
-from openai.types.beta.realtime.transcription_session import (
-    InputAudioTranscription as BetaTranscriber,
-)
+from realtime.base import Dialect, Json, without_nulls
+from realtime.errors import ProtocolError
 
-from server.errors import ProtocolError
-
-Dialect = Literal["ga", "beta"]
-Json = dict[str, Any]
-
-# GA name -> beta name; None means the beta protocol has no such event.
-_BETA_NAMES: dict[str, str | None] = {
-    "response.output_audio.delta": "response.audio.delta",
-    "response.output_audio.done": "response.audio.done",
-    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
-    "response.output_audio_transcript.done": "response.audio_transcript.done",
-    "response.output_text.delta": "response.text.delta",
-    "response.output_text.done": "response.text.done",
-    "conversation.item.added": "conversation.item.created",
-    "conversation.item.done": None,
-}
-_BETA_CONTENT = {"output_audio": "audio", "output_text": "text"}
-_GA_CONTENT = {v: k for k, v in _BETA_CONTENT.items()}
-
-SAMPLE_RATES = (8000, 16000, 24000, 44100, 48000)
+DEFAULT_RATE = 24000  # the wire's pcm rate unless a session sets another
+SAMPLE_RATES = (8000, 16000, DEFAULT_RATE, 44100, 48000)
 # The beta session's `model` may only name one of OpenAI's realtime models (the SDK's own
 # list): any other name a client connects with is echoed as null to beta clients. Its
-# transcription session likewise names only OpenAI's transcription models.
-BETA_MODELS = frozenset(name for arg in get_args(BetaSession.model_fields["model"].annotation)
-                        for name in get_args(arg))
-BETA_TRANSCRIBERS = frozenset(get_args(get_args(
-    BetaTranscriber.model_fields["model"].annotation)[0]))
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(10)}"
+# transcription session likewise names only OpenAI's transcription models. Copied here so
+# that the protocol needs no SDK; tests/test_realtime.py checks them against the SDK's.
+BETA_MODELS = frozenset({
+    "gpt-4o-realtime-preview", "gpt-4o-realtime-preview-2024-10-01",
+    "gpt-4o-realtime-preview-2024-12-17", "gpt-4o-realtime-preview-2025-06-03",
+    "gpt-4o-mini-realtime-preview", "gpt-4o-mini-realtime-preview-2024-12-17",
+    "gpt-realtime", "gpt-realtime-2025-08-28"})
+BETA_TRANSCRIBERS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"})
 
 
 # ---------------------------------------------------------------- session state
@@ -70,7 +39,7 @@ class TurnDetection:
 @dataclass(frozen=True)
 class AudioFormat:
     type: str = "audio/pcm"
-    rate: int = 24000
+    rate: int = DEFAULT_RATE
 
 
 @dataclass(frozen=True)
@@ -94,38 +63,6 @@ class SessionConfig:
     # show the `voxwire` object only to sessions that named it.
     metrics: bool = False
     extensions: bool = False
-
-
-# Keys whose explicit null means something of its own (turn detection off, no idle
-# timeout); every other null a client sends means "not set".
-_MEANINGFUL_NULLS = frozenset({"turn_detection", "idle_timeout_ms"})
-# Values taken as they are: a tool's JSON schema may hold nulls of its own ("default": null).
-_OPAQUE = frozenset({"parameters"})
-
-
-def without_nulls(value: Any) -> Any:
-    """``value`` with every ``"key": null`` dropped (at any depth), except the keys whose null
-    has a meaning: clients such as LiveKit's send an explicit null for each field they leave
-    unset, and OpenAI takes it as unset. Iterative, so deep nesting cannot exhaust the stack."""
-    if not isinstance(value, dict | list):
-        return value
-    root: Any = {} if isinstance(value, dict) else []
-    stack: list[tuple[Any, Any]] = [(value, root)]
-    while stack:
-        src, dst = stack.pop()
-        pairs = src.items() if isinstance(src, dict) else enumerate(src)
-        for key, inner in pairs:
-            if inner is None and isinstance(src, dict) and key not in _MEANINGFUL_NULLS:
-                continue
-            if isinstance(inner, dict | list) and key not in _OPAQUE:
-                copy: Any = {} if isinstance(inner, dict) else []
-                stack.append((inner, copy))
-                inner = copy
-            if isinstance(dst, dict):
-                dst[key] = inner
-            else:
-                dst.append(inner)
-    return root
 
 
 def _num(value: Any, param: str, lo: float, hi: float) -> float:
@@ -219,7 +156,7 @@ def _beta_format(value: Any, param: str) -> AudioFormat:
         raise ProtocolError(f"{param} must be one of {sorted(_BETA_FORMATS)}",
                             code="invalid_value", param=param)
     kind = _BETA_FORMATS[value]
-    return AudioFormat(kind, 24000 if kind == "audio/pcm" else 8000)
+    return AudioFormat(kind, DEFAULT_RATE if kind == "audio/pcm" else 8000)
 
 
 def modalities_value(value: Any, param: str) -> tuple[str, ...]:
@@ -362,8 +299,6 @@ def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> 
 
 
 def _replace(cfg: SessionConfig, changes: dict[str, Any]) -> SessionConfig:
-    from dataclasses import replace
-
     return replace(cfg, **changes)
 
 
@@ -441,251 +376,3 @@ def _extensions(cfg: SessionConfig) -> Json:
 def wants(cfg: SessionConfig, event: Json) -> bool:
     """Whether a session gets a server event: extension events only when it asked."""
     return not event["type"].startswith("voxwire.") or cfg.metrics
-
-
-# ---------------------------------------------------------------- client events
-
-
-@dataclass(frozen=True)
-class ClientEvent:
-    event_id: str | None
-
-
-@dataclass(frozen=True)
-class SessionUpdate(ClientEvent):
-    session: Json
-
-
-@dataclass(frozen=True)
-class TranscriptionSessionUpdate(SessionUpdate):
-    """Beta `transcription_session.update`: a session.update that makes the session
-    transcription-only; answered with `transcription_session.updated`."""
-
-
-@dataclass(frozen=True)
-class AudioAppend(ClientEvent):
-    audio: bytes
-
-
-@dataclass(frozen=True)
-class AudioCommit(ClientEvent):
-    pass
-
-
-@dataclass(frozen=True)
-class AudioClear(ClientEvent):
-    pass
-
-
-@dataclass(frozen=True)
-class ItemCreate(ClientEvent):
-    item: Json
-    previous_item_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ItemTruncate(ClientEvent):
-    item_id: str
-    content_index: int
-    audio_end_ms: int
-
-
-@dataclass(frozen=True)
-class ItemDelete(ClientEvent):
-    item_id: str
-
-
-@dataclass(frozen=True)
-class ItemRetrieve(ClientEvent):
-    item_id: str
-
-
-@dataclass(frozen=True)
-class ResponseCreate(ClientEvent):
-    response: Json = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ResponseCancel(ClientEvent):
-    response_id: str | None = None
-
-
-@dataclass(frozen=True)
-class FrameAppend(ClientEvent):
-    """Extension `voxwire.input_image.append`: the latest camera frame (a data URI)."""
-
-    image_url: str
-
-
-def _field(ev: Json, name: str, kind: type, event_id: str | None) -> Any:
-    value = ev.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise ProtocolError(f"missing or invalid '{name}' (expected {kind.__name__})",
-                            code="invalid_value", param=name, event_id=event_id)
-    return value
-
-
-def decode_base64(data: str, event_id: str | None) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ProtocolError("audio is not valid base64", code="invalid_audio",
-                            param="audio", event_id=event_id) from exc
-
-
-def parse_client_event(message: str | bytes) -> ClientEvent:
-    """Decode one client WebSocket message; raise ProtocolError naming what is wrong."""
-    if isinstance(message, bytes):
-        raise ProtocolError("binary frames are not part of the protocol; send JSON text",
-                            code="invalid_message")
-    try:
-        ev = json.loads(message)
-    except (ValueError, RecursionError) as exc:  # ValueError: also numbers of > 4300 digits
-        raise ProtocolError(f"message is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(ev, dict):
-        raise ProtocolError("event must be a JSON object", code="invalid_event")
-    ev = without_nulls(ev)
-    raw_id = ev.get("event_id")
-    eid = raw_id if isinstance(raw_id, str) else None
-    kind = ev.get("type")
-    if not isinstance(kind, str):
-        raise ProtocolError("event has no 'type'", code="invalid_event", param="type",
-                            event_id=eid)
-    parser = _PARSERS.get(kind)
-    if parser is None:
-        raise ProtocolError(f"unknown event type {kind!r}", code="unknown_event", param="type",
-                            event_id=eid)
-    return parser(ev, eid)
-
-
-def _parse_item_create(ev: Json, eid: str | None) -> ItemCreate:
-    prev = ev.get("previous_item_id")
-    return ItemCreate(eid, _field(ev, "item", dict, eid), prev if isinstance(prev, str) else None)
-
-
-def _parse_truncate(ev: Json, eid: str | None) -> ItemTruncate:
-    end = _field(ev, "audio_end_ms", int, eid)
-    if end < 0:
-        raise ProtocolError("audio_end_ms must be >= 0", code="invalid_value",
-                            param="audio_end_ms", event_id=eid)
-    index = ev.get("content_index", 0)
-    if index is None:
-        index = 0
-    if type(index) is not int or index < 0:
-        raise ProtocolError("content_index must be a whole number >= 0", code="invalid_value",
-                            param="content_index", event_id=eid)
-    return ItemTruncate(eid, _field(ev, "item_id", str, eid), index, end)
-
-
-def _parse_response_create(ev: Json, eid: str | None) -> ResponseCreate:
-    resp = ev.get("response") or {}
-    if not isinstance(resp, dict):
-        raise ProtocolError("'response' must be an object", code="invalid_value",
-                            param="response", event_id=eid)
-    return ResponseCreate(eid, resp)
-
-
-_PARSERS: dict[str, Callable[[Json, str | None], ClientEvent]] = {
-    "session.update": lambda ev, eid: SessionUpdate(eid, _field(ev, "session", dict, eid)),
-    "transcription_session.update": lambda ev, eid: TranscriptionSessionUpdate(
-        eid, {**_field(ev, "session", dict, eid), "type": "transcription"}),
-    "input_audio_buffer.append": lambda ev, eid: AudioAppend(
-        eid, decode_base64(_field(ev, "audio", str, eid), eid)),
-    "input_audio_buffer.commit": lambda ev, eid: AudioCommit(eid),
-    "input_audio_buffer.clear": lambda ev, eid: AudioClear(eid),
-    "conversation.item.create": _parse_item_create,
-    "conversation.item.truncate": _parse_truncate,
-    "conversation.item.delete": lambda ev, eid: ItemDelete(eid, _field(ev, "item_id", str, eid)),
-    "conversation.item.retrieve": lambda ev, eid: ItemRetrieve(
-        eid, _field(ev, "item_id", str, eid)),
-    "response.create": _parse_response_create,
-    "voxwire.input_image.append": lambda ev, eid: FrameAppend(
-        eid, _field(ev, "image_url", str, eid)),
-    "response.cancel": lambda ev, eid: ResponseCancel(
-        eid, ev.get("response_id") if isinstance(ev.get("response_id"), str) else None),
-}
-
-
-def carries_image(event: ClientEvent) -> bool:
-    """Whether an event may be as large as an image: a camera frame, or a user message with
-    an `input_image` part."""
-    if isinstance(event, FrameAppend):
-        return True
-    if isinstance(event, ItemCreate):
-        content = event.item.get("content")
-        return isinstance(content, list) and any(
-            isinstance(part, dict) and part.get("type") == "input_image" for part in content)
-    return False
-
-
-# ---------------------------------------------------------------- server events
-
-
-def content_for(dialect: Dialect, part: Json) -> Json:
-    kind = part.get("type", "")
-    if dialect == "beta" and kind in _BETA_CONTENT:
-        return {**part, "type": _BETA_CONTENT[kind]}
-    if dialect == "ga" and kind in _GA_CONTENT:
-        return {**part, "type": _GA_CONTENT[kind]}
-    return part
-
-
-def _item_for(dialect: Dialect, item: Json) -> Json:
-    if "content" not in item:
-        return item
-    return {**item, "content": [content_for(dialect, p) for p in item["content"]]}
-
-
-def encode(event: Json, dialect: Dialect) -> str | None:
-    """Serialize a server event (GA names) for the client's dialect; None if it has none."""
-    kind: str = event["type"]
-    out = dict(event)
-    if dialect == "beta":
-        beta = _BETA_NAMES.get(kind, kind)
-        if beta is None:
-            return None
-        out["type"] = beta
-    if isinstance(out.get("item"), dict):
-        out["item"] = _item_for(dialect, out["item"])
-    if isinstance(out.get("part"), dict):  # content part events say "audio"/"text" in both
-        out["part"] = content_for("beta", out["part"])
-    if isinstance(out.get("response"), dict) and "output" in out["response"]:
-        out["response"] = {**out["response"],
-                           "output": [_item_for(dialect, i) for i in out["response"]["output"]]}
-    out["event_id"] = new_id("event")
-    text = json.dumps(out, separators=(",", ":"), ensure_ascii=False)
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:  # a lone surrogate a client sent ("\ud800"): escape it
-            text = json.dumps(out, separators=(",", ":"))
-    return text
-
-
-def error_event(message: str, *, code: str, kind: str = "invalid_request_error",
-                param: str | None = None, event_id: str | None = None) -> Json:
-    return {"type": "error", "error": {"type": kind, "code": code, "message": message,
-                                       "param": param, "event_id": event_id}}
-
-
-def json_size(value: object, *, skip: frozenset[str] = frozenset()) -> int:
-    """About how many bytes ``value`` takes as JSON, without encoding it: string lengths
-    plus a little per value. Values under a key in ``skip`` count as nothing. Iterative,
-    so a deeply nested client item cannot exhaust the stack."""
-    size, stack = 0, [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            size += (len(v) if v.isascii() else 4 * len(v)) + 2  # UTF-8: up to 4 bytes
-        elif isinstance(v, dict):
-            size += 2
-            for key, inner in v.items():
-                size += len(str(key)) + 4
-                if key not in skip:
-                    stack.append(inner)
-        elif isinstance(v, list | tuple):
-            size += 2 + len(v)
-            stack.extend(v)
-        else:
-            size += 8
-    return size

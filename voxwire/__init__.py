@@ -1,0 +1,1 @@
+"""The `voxwire` command: a dispatcher that imports only the part a subcommand needs."""
