@@ -31,8 +31,9 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
+from server.config import Settings
 from server.errors import ConfigError, WorkCancelled
-from server.stages import Float32, Transcript
+from server.stages import Float32, Transcript, resolve
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +156,9 @@ class WhisperTranscriber:
                 continue
             kept.append(seg.text)
         return Transcript("".join(kept).strip(), "padded", worst)
+
+
+def load(settings: Settings) -> WhisperTranscriber:
+    return WhisperTranscriber(resolve(settings.asr_model, "asr"), mode=settings.asr_mode,
+                              device=settings.device, threads=settings.asr_threads,
+                              name=settings.asr_model, window_s=settings.asr_window_s)
