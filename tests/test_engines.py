@@ -170,6 +170,18 @@ def test_tts_stops_mid_stream(voiced: Engines, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", registry.TTS.names)
+def test_tts_speaks_a_long_sentence_in_bounded_runs(voiced: Engines, name: str) -> None:
+    """The longest run sets an engine's working memory for good: a long sentence (digits
+    make one of a short text) comes in runs of ten seconds or so at most."""
+    engine = speaker_of(voiced, name).engine
+    text = "The totals were " + ", ".join(f"{n:,}" for n in range(1_234_567, 1_234_587)) + "."
+    runs = list(engine.synthesize(text, engine.voices[0], threading.Event()))
+    assert len(runs) >= 5
+    longest = max(len(r) for r in runs) / engine.sample_rate
+    assert 2.0 < longest < 12.0, longest
+
+
+@pytest.mark.parametrize("name", registry.TTS.names)
 def test_tts_refuses_a_voice_it_lacks(voiced: Engines, name: str) -> None:
     engine = speaker_of(voiced, name).engine
     with pytest.raises(ValueError, match="no voice 'alloy'"):

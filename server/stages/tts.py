@@ -23,31 +23,15 @@ from piper.config import PiperConfig
 
 from server.errors import ConfigError
 from server.stages import Float32, resolve
+from server.stages.phonemes import bounded
 
 if TYPE_CHECKING:
     from server.config import Settings
 
 MAX_PHONEMES = 160  # about ten seconds of speech in one run
-_CLAUSE_MARKS = frozenset(",;:")
 # Ordinary words: what the warm-up speaks, one run of the longest size.
 _WARM_WORDS = ("the quick brown fox jumps over the lazy dog while the sky turns blue "
                "because light scatters in the air and the water reflects it back ")
-
-
-def bounded(phonemes: list[str], limit: int) -> Iterator[list[str]]:
-    """``phonemes`` in parts of at most ``limit``: cut after the last clause mark in the
-    second half of the window, else at the last gap between words, else at the limit."""
-    while len(phonemes) > limit:
-        window = phonemes[:limit]
-        marks = [i + 1 for i, p in enumerate(window) if p in _CLAUSE_MARKS and i >= limit // 2]
-        gaps = [i for i, p in enumerate(window) if p == " " and i > 0]
-        cut = marks[-1] if marks else gaps[-1] if gaps else limit
-        yield phonemes[:cut]
-        phonemes = phonemes[cut:]
-        while phonemes and phonemes[0] == " ":
-            phonemes = phonemes[1:]
-    if phonemes:
-        yield phonemes
 
 
 def load(settings: Settings, voices: Sequence[str]) -> list[PiperSynthesizer]:

@@ -2,8 +2,9 @@
 
 The package carries its own text-to-phoneme rules (a lexicon, a tagger and a small net for
 unknown words), so it needs no espeak-ng. The voice's model is the manifest's verified
-copy of the packaged file. The first synthesis loads the lexicons and plans the model's
-memory (most of a second): the synthesizer speaks one sentence at load, not in a turn.
+copy of the packaged file. The first synthesis loads the lexicons (most of a second),
+and the memory grows with the longest run spoken (see ``server.stages.phonemes``): the
+synthesizer speaks one run of the longest size at load, not in a turn.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnxruntime as ort
 from hibari import SAMPLE_RATE, Hibari
 from hibari.voices import VOICES
 
 from models import get_spec
 from server.errors import ConfigError
 from server.stages import Float32, resolve
+from server.stages.phonemes import bounded
 
 if TYPE_CHECKING:
     from server.config import Settings
 
-_WARM_TEXT = "The quick brown fox jumps over the lazy dog, and the sky turns blue."
+MAX_PHONEMES = 160  # about eight seconds of speech in one run
+_WARM_WORDS = ("the quick brown fox jumps over the lazy dog while the sky turns blue "
+               "because light scatters in the air and the water reflects it back ")
 
 
 def load(settings: Settings, voices: Sequence[str]) -> list[HibariSynthesizer]:
@@ -40,14 +45,29 @@ class HibariSynthesizer:
     name = "hibari"
     sample_rate: int = SAMPLE_RATE
 
-    def __init__(self, path: Path, voice: str, *, threads: int = 1, warm: bool = True) -> None:
+    def __init__(self, path: Path, voice: str, *, threads: int = 1,
+                 max_phonemes: int = MAX_PHONEMES, warm: bool = True) -> None:
         if not path.is_file():
             raise ConfigError(f"no hibari voice model at {path}")
         # `voice` picks the pronunciation rules (American or British); `model` the weights.
         self.model = Hibari(voice=voice, model=str(path), threads=threads)
+        # Its session as piper's: without memory patterns, planned (and kept) per input
+        # length, every run is served from the same arena blocks.
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.enable_mem_pattern = False
+        opts.log_severity_level = 3
+        self.model.sess = ort.InferenceSession(str(path), sess_options=opts,
+                                               providers=["CPUExecutionProvider"])
         self.voices = (voice,)
+        self.max_phonemes = max_phonemes
         if warm:
-            list(self.synthesize(_WARM_TEXT, voice, threading.Event()))
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Speak one run of the longest size: the memory takes its full size now."""
+        phonemes = self.model.phonemize(_WARM_WORDS * (self.max_phonemes // 100 + 1))[0]
+        self._speak(next(bounded(list(phonemes), self.max_phonemes)), np.random.default_rng())
 
     def synthesize(self, text: str, voice: str, stop: threading.Event) -> Iterator[Float32]:
         if voice not in self.voices:
@@ -55,7 +75,11 @@ class HibariSynthesizer:
         rng = np.random.default_rng()
         for sentence in self.model.split_sentences(text):  # the first is heard sooner
             for phonemes in self.model.phonemize(sentence):
-                if stop.is_set():
-                    return
-                audio = self.model.from_ids(self.model.ids(phonemes), 1.0, rng)
-                yield np.asarray(audio, dtype=np.float32).reshape(-1)
+                for part in bounded(list(phonemes), self.max_phonemes):
+                    if stop.is_set():
+                        return
+                    yield self._speak(part, rng)
+
+    def _speak(self, phonemes: list[str], rng: np.random.Generator) -> Float32:
+        audio = self.model.from_ids(self.model.ids("".join(phonemes)), 1.0, rng)
+        return np.asarray(audio, dtype=np.float32).reshape(-1)
