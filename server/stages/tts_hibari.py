@@ -51,8 +51,8 @@ class HibariSynthesizer:
             raise ConfigError(f"no hibari voice model at {path}")
         # `voice` picks the pronunciation rules (American or British); `model` the weights.
         self.model = Hibari(voice=voice, model=str(path), threads=threads)
-        # Its session as piper's: without memory patterns, planned (and kept) per input
-        # length, every run is served from the same arena blocks.
+        # Memory patterns are planned, and kept, per input length; without them (as in
+        # piper's session) every run is served from the same arena blocks.
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.enable_mem_pattern = False
