@@ -202,7 +202,7 @@ def direct(fixtures: list[Fixture], asr_model: str, asr_mode: str, device: str
             if first_piece is None:
                 first_piece, piece = time.perf_counter(), " ".join(splitter.flush())
             t3 = time.perf_counter()
-            next(iter(eng.tts.synthesize(piece, threading.Event())))
+            next(iter(eng.tts.synthesize(piece, eng.voice, threading.Event())))
             t4 = time.perf_counter()
             if n:
                 out.append({"asr": (t1 - t0) * 1000,

@@ -41,6 +41,7 @@ class ModelSpec:
     license: str
     files: tuple[FileSpec, ...]
     entry: str
+    engine: str = ""  # for a voice: the TTS engine that speaks it (server/stages/registry.py)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def _spec(m: dict[str, Any]) -> ModelSpec:
         FileSpec(name, tuple(f["source"]), f["sha256"]) for name, f in m["files"].items()
     )
     return ModelSpec(
-        m["name"], m["stage"], m["package"], m["module"], m["version"], m["license"], fs, m["entry"]
+        m["name"], m["stage"], m["package"], m["module"], m["version"], m["license"], fs,
+        m["entry"], m.get("engine", ""),
     )
 
 

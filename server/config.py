@@ -9,14 +9,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_type_hints
 
 from server.errors import ConfigError
+from server.stages import registry
 
 Device = Literal["auto", "cpu", "cuda"]
-Backend = Literal["local", "openai", "anthropic", "openai-compatible"]
 Toggle = Literal["auto", "on", "off"]
-DEFAULT_MODELS = {"local": "smollm2-135m", "openai": "gpt-4o-mini",
-                  "anthropic": "claude-haiku-4-5", "openai-compatible": ""}
-KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
-                 "openai-compatible": "OPENAI_API_KEY"}
 AsrMode = Literal["short", "padded"]
 CacheScope = Literal["shared", "session"]
 
@@ -39,7 +35,7 @@ class Settings:
     token_ttl_s: float = 60.0  # lifetime of a browser token (POST /v1/realtime/sessions)
     log_level: str = "INFO"
     # Models: an embedded name from the manifest, or a path to a local model.
-    asr_model: str = "tiny.en"
+    asr_model: str = ""  # "" picks the ASR engine's default (tiny.en for whisper)
     asr_mode: AsrMode = "short"
     asr_window_s: float = 15.0  # the short path's mel window; 0: the utterance's own length
     # Time bound on one transcription, which holds the ASR lane every session shares:
@@ -49,8 +45,8 @@ class Settings:
     asr_budget_ratio: float = 1.0
     device: Device = "auto"
     asr_threads: int = 2
-    llm_backend: Backend = "local"
-    llm_model: str = ""  # "" picks the backend's default (DEFAULT_MODELS)
+    llm_backend: str = field(default="local", metadata={"choices": registry.LLM.names})
+    llm_model: str = ""  # "" picks the backend's default (server/stages/registry.py)
     llm_base_url: str = ""
     llm_api_key: str = field(default="", repr=False, metadata={"flag": False})
     llm_timeout_s: float = 30.0
@@ -62,8 +58,16 @@ class Settings:
     # clients; a cold prefill when sessions alternate); "shared": reuse it (faster)
     llm_cache_scope: CacheScope = "shared"
     llm_contexts: int = 4  # llama.cpp contexts: answers made at once, taking turns per token
-    tts_voice: str = "joe"
+    tts_voice: str = ""  # the default voice; "" picks the TTS engine's (joe for piper)
     tts_threads: int = 1
+    # Engines, by their names in server/stages/registry.py. Every engine runs in a worker
+    # lane of its own; each voice listed in `voices` loads (with its engine) at start.
+    vad_engine: str = field(default="silero", metadata={"choices": registry.VAD.names})
+    asr_engine: str = field(default="whisper", metadata={"choices": registry.ASR.names})
+    tts_engine: str = field(default="piper", metadata={"choices": registry.TTS.names})
+    # More voices a client may pick (`audio.output.voice`), comma-separated, each
+    # ENGINE:VOICE (hibari:heart) or an embedded voice's name; "all": every embedded voice
+    voices: str = ""
     # Conversation defaults (a client may change them with session.update).
     instructions: str = DEFAULT_INSTRUCTIONS
     temperature: float = 0.2
@@ -128,10 +132,17 @@ class Settings:
     store_max_mb: float = 0.0  # the whole history database; 0: no limit
 
     def __post_init__(self) -> None:
-        if not self.llm_model:
-            object.__setattr__(self, "llm_model", DEFAULT_MODELS.get(self.llm_backend, ""))
-        if self.llm_backend == "openai-compatible" and not self.llm_base_url:
-            raise ConfigError("--llm-backend openai-compatible needs --llm-base-url "
+        for name, choices in _choices().items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        backend = registry.LLM.get(self.llm_backend)
+        for name, stage, engine in (("llm_model", registry.LLM, self.llm_backend),
+                                    ("asr_model", registry.ASR, self.asr_engine),
+                                    ("tts_voice", registry.TTS, self.tts_engine)):
+            if not getattr(self, name):
+                object.__setattr__(self, name, stage.get(engine).default)
+        if backend.needs_url and not self.llm_base_url:
+            raise ConfigError(f"--llm-backend {self.llm_backend} needs --llm-base-url "
                               "(for example http://127.0.0.1:8000/v1)")
         if self.llm_backend != "local" and not self.llm_model:
             raise ConfigError(f"--llm-backend {self.llm_backend} needs --llm-model")
@@ -178,20 +189,23 @@ class Settings:
         ):
             if not ok:
                 raise ConfigError(f"invalid setting {name}={getattr(self, name)!r}")
-        for name, hint in get_type_hints(Settings).items():
-            choices = get_args(hint)
-            if choices and getattr(self, name) not in choices:
-                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
 
     @property
     def can_see(self) -> bool:
         """Whether the backend gets images: on for OpenAI and Anthropic unless turned off."""
         if self.llm_vision == "auto":
-            return self.llm_backend in ("openai", "anthropic")
+            return registry.LLM.get(self.llm_backend).sees
         return self.llm_vision == "on"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The settings that take one of a few values: a Literal, or an engine registry's names."""
+    hints = get_type_hints(Settings)
+    out = {f.name: f.metadata.get("choices") or get_args(hints[f.name]) for f in fields(Settings)}
+    return {name: choices for name, choices in out.items() if choices}
 
 
 def _convert(name: str, hint: Any, raw: str) -> Any:
@@ -208,6 +222,7 @@ def _convert(name: str, hint: Any, raw: str) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--kebab-case` flag per setting; the default comes from the environment."""
     hints = get_type_hints(Settings)
+    options = _choices()
     for f in fields(Settings):
         if not f.metadata.get("flag", True):
             continue
@@ -217,7 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 action="store_const", const="true",
                                 help=f"(env VOXWIRE_{f.name.upper()}=1)")
             continue
-        choices = get_args(hint) or None
+        choices = options.get(f.name)
         parser.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, default=None, choices=choices,
             metavar=None if choices else f.name.split("_")[-1].upper(),
@@ -237,8 +252,9 @@ def from_sources(args: argparse.Namespace | None = None,
             raw = env.get(f"VOXWIRE_{f.name.upper()}")
         if raw is not None:
             values[f.name] = _convert(f.name, hints[f.name], str(raw))
-    backend = values.get("llm_backend", Settings.llm_backend)
-    key = values.get("llm_api_key") or env.get(KEY_VARIABLES.get(backend, ""), "")
+    backend = registry.LLM.engines.get(values.get("llm_backend", Settings.llm_backend))
+    variable = backend.key_variable if backend is not None else ""
+    key = values.get("llm_api_key") or (env.get(variable, "") if variable else "")
     if key:
         values["llm_api_key"] = key
     return Settings(**values)

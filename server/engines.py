@@ -1,15 +1,14 @@
-"""Load every model once per process and give each its own worker lane."""
+"""Load every engine once per process, by its registry name, each in a worker lane of its own."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from models import locate
+from models import load_manifest
 from server.config import Settings
 from server.errors import ConfigError
 from server.images import ImageLane
@@ -21,17 +20,21 @@ from server.stages import (
     Synthesizer,
     Transcriber,
     VoiceActivityModel,
+    resolve,
 )
+from server.stages import registry as engines_registry
+
+__all__ = ["Engines", "Speaker", "make_responder", "resolve", "voice_plan"]
 
 log = logging.getLogger(__name__)
 
 
-def resolve(name_or_path: str, stage: str) -> Path:
-    """An embedded model by manifest name, or any local path the user points at."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return path
-    return locate(name_or_path, stage)
+@dataclass(frozen=True)
+class Speaker:
+    """A loaded TTS engine and the lane it runs in."""
+
+    engine: Synthesizer
+    lane: Lane
 
 
 @dataclass
@@ -40,50 +43,61 @@ class Engines:
     asr: Transcriber
     llm: LanguageModel | None  # the embedded model, when the local backend is in use
     responder: Responder
-    tts: Synthesizer
+    tts: Synthesizer  # the engine of the default voice
     registry: Registry
     vad_lane: Lane
     asr_lane: Lane
     llm_lane: Lane
     tts_lane: Lane
     image_lane: ImageLane = field(default_factory=ImageLane)  # shared by every session
+    more_tts: tuple[Speaker, ...] = ()  # the other voices' engines, each with its own lane
 
     @classmethod
     def load(cls, settings: Settings) -> Engines:
-        from server.stages.asr import WhisperTranscriber
-        from server.stages.llm import LlamaModel
-        from server.stages.tts import PiperSynthesizer
-        from server.stages.vad import SileroVad
-
         t0 = time.monotonic()
-        vad = SileroVad(resolve("silero-vad", "vad"))
-        asr = WhisperTranscriber(resolve(settings.asr_model, "asr"), mode=settings.asr_mode,
-                                 device=settings.device, threads=settings.asr_threads,
-                                 name=settings.asr_model, window_s=settings.asr_window_s,
-                                 budget_s=settings.asr_budget_s,
-                                 budget_ratio=settings.asr_budget_ratio)
-        tts = PiperSynthesizer(resolve(settings.tts_voice, "tts"), threads=settings.tts_threads)
+        vad = engines_registry.VAD.loader(settings.vad_engine)(settings)
+        asr = engines_registry.ASR.loader(settings.asr_engine)(settings)
+        speakers = load_voices(settings)
         llm_lane = Lane("llm")
-        llm: LlamaModel | None = None
-        if settings.llm_backend == "local":
-            llm = LlamaModel(resolve(settings.llm_model, "llm"), threads=settings.llm_threads,
-                             context=settings.llm_context, cache_scope=settings.llm_cache_scope,
-                             contexts=settings.llm_contexts)
-            llm.warm(settings.instructions)
-        responder = make_responder(settings, llm, llm_lane)
+        responder = make_responder(settings, None, llm_lane)
+        model = getattr(responder, "model", None)  # the embedded model, for tests and benches
         # Everything loaded so far lives as long as the process: out of the collector's
         # sight, a full collection no longer walks it (about 85 ms, on the event loop).
         gc.freeze()
-        log.info("models loaded in %.1f s (asr %s on %s, mode %s; llm %s via %s; tts %s)",
-                 time.monotonic() - t0, settings.asr_model, asr.device, settings.asr_mode,
-                 responder.name, settings.llm_backend, tts.name)
-        return cls(vad, asr, llm, responder, tts, Registry(), Lane("vad"), Lane("asr"),
-                   llm_lane, Lane("tts"),
-                   ImageLane(settings.image_workers, settings.max_image_jobs))
+        log.info("models loaded in %.1f s (asr %s via %s; llm %s via %s; voices %s)",
+                 time.monotonic() - t0, settings.asr_model, settings.asr_engine,
+                 responder.name, settings.llm_backend,
+                 ", ".join(f"{v} ({s.engine.name})" for s in speakers for v in s.engine.voices))
+        return cls(vad, asr, model, responder, speakers[0].engine, Registry(), Lane("vad"),
+                   Lane("asr"), llm_lane, speakers[0].lane,
+                   ImageLane(settings.image_workers, settings.max_image_jobs),
+                   more_tts=tuple(speakers[1:]))
+
+    @property
+    def speakers(self) -> tuple[Speaker, ...]:
+        return (Speaker(self.tts, self.tts_lane), *self.more_tts)
+
+    @property
+    def voice(self) -> str:
+        """The server's default voice."""
+        return self.tts.voices[0]
+
+    @property
+    def voices(self) -> tuple[str, ...]:
+        return tuple(v for s in self.speakers for v in s.engine.voices)
+
+    def speaker(self, voice: str) -> tuple[Speaker, str]:
+        """The engine that speaks ``voice``, and the voice; the default one for a voice
+        the server lacks."""
+        for speaker in self.speakers:
+            if voice in speaker.engine.voices:
+                return speaker, voice
+        return self.speakers[0], self.voice
 
     @property
     def lanes(self) -> tuple[Lane, ...]:
-        return (self.vad_lane, self.asr_lane, self.llm_lane, self.tts_lane)
+        return (self.vad_lane, self.asr_lane, self.llm_lane,
+                *(s.lane for s in self.speakers))
 
     def close(self) -> None:
         for lane in self.lanes:
@@ -91,18 +105,52 @@ class Engines:
         self.image_lane.close()
 
 
-def make_responder(settings: Settings, llm: LanguageModel | None, lane: Lane) -> Responder:
-    """The configured language backend behind the one Responder interface."""
-    from server.stages.cloud import AnthropicResponder, OpenAIResponder
-    from server.stages.llm import LlamaModel, LocalResponder
+def voice_plan(settings: Settings) -> dict[str, list[str]]:
+    """The voices to load, by engine, the default voice first: ``--tts-voice`` on
+    ``--tts-engine``, then each of ``--voices`` (ENGINE:VOICE, an embedded voice's name,
+    or "all": every embedded voice)."""
+    embedded = {m.name: m.engine for m in load_manifest() if m.stage == "tts" and m.engine}
+    plan: dict[str, list[str]] = {settings.tts_engine: [settings.tts_voice]}
+    wanted = [v.strip() for v in settings.voices.split(",") if v.strip()]
+    if wanted == ["all"]:
+        wanted = [f"{engine}:{name}" for name, engine in embedded.items()]
+    for item in wanted:
+        engine, sep, voice = item.partition(":")
+        if not sep or engine not in engines_registry.TTS.engines:
+            engine, voice = embedded.get(item, ""), item
+            if not engine:
+                raise ConfigError(f"--voices: {item!r} is no embedded voice (known: "
+                                  f"{', '.join(embedded)}); name a file as ENGINE:PATH")
+        engines_registry.TTS.get(engine)
+        if voice not in plan.setdefault(engine, []):
+            plan[engine].append(voice)
+    return plan
 
-    if settings.llm_backend == "local":
-        if not isinstance(llm, LlamaModel):
-            raise ConfigError("the local backend needs its model loaded")
-        return LocalResponder(llm, lane)
-    common: dict[str, Any] = {"model": settings.llm_model, "api_key": settings.llm_api_key,
-              "base_url": settings.llm_base_url or None, "timeout": settings.llm_timeout_s,
-              "retries": settings.llm_retries, "vision": settings.can_see}
-    if settings.llm_backend == "anthropic":
-        return AnthropicResponder(**common)
-    return OpenAIResponder(**common, compatible=settings.llm_backend == "openai-compatible")
+
+def load_voices(settings: Settings) -> list[Speaker]:
+    """Every planned voice's engine, each synthesizer in a lane of its own; the default
+    voice's first. Two engines may not answer to the same voice name."""
+    speakers: list[Speaker] = []
+    seen: dict[str, str] = {}
+    for engine, voices in voice_plan(settings).items():
+        for synth in _load_tts(settings, engine, voices):
+            for voice in synth.voices:
+                if voice in seen:
+                    raise ConfigError(f"two voices are named {voice!r} ({seen[voice]} and "
+                                      f"{synth.name}): name one by its path")
+                seen[voice] = synth.name
+            speakers.append(Speaker(synth, Lane(f"tts-{synth.name}-{synth.voices[0]}")))
+    return speakers
+
+
+def _load_tts(settings: Settings, engine: str, voices: Sequence[str]) -> list[Synthesizer]:
+    loaded = engines_registry.TTS.loader(engine)(settings, voices)
+    if not loaded:
+        raise ConfigError(f"the {engine} engine loaded no voice of {', '.join(voices)}")
+    return loaded
+
+
+def make_responder(settings: Settings, llm: LanguageModel | None, lane: Lane) -> Responder:
+    """The configured language backend behind the one Responder interface; ``llm``, an
+    embedded model already loaded, is used rather than loaded again."""
+    return engines_registry.LLM.loader(settings.llm_backend)(settings, lane, llm)

@@ -347,13 +347,14 @@ class ResponseRun:
 
     async def _voice_pieces(self, pieces: list[str]) -> None:
         resp, engines, fmt = self.resp, self.ctx.engines, self.ctx.output_format
-        tts = engines.tts
+        speaker, voice = engines.speaker(resp.voice)
+        tts = speaker.engine
         per_delta = int(fmt.rate * DELTA_MS / 1000)
         resampler = self._resampler(tts.sample_rate, fmt.rate)
 
         def encoded(text: str) -> Iterator[tuple[str, float, Float32]]:
             started = time.monotonic()
-            for chunk in tts.synthesize(text, resp.stop):
+            for chunk in tts.synthesize(text, voice, resp.stop):
                 resp.clock.compute_once("tts_first_audio", started)
                 samples = resampler(chunk)
                 for i in range(0, len(samples), per_delta):
@@ -383,7 +384,7 @@ class ResponseRun:
                 return ids
 
             try:
-                async for data, ms, reference in engines.tts_lane.stream(
+                async for data, ms, reference in speaker.lane.stream(
                         lambda text=text: encoded(text), resp.stop,  # type: ignore[misc]
                         owner=self.ctx.session_id, background=self.ctx.tentative):
                     resp.clock.mark("tts_first_audio")

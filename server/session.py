@@ -190,7 +190,7 @@ class Session:
         self.id = p.new_id("sess")
         self.outbox = Outbox(settings.send_queue, settings.max_outbox_bytes)
         self.cfg = SessionConfig(
-            model=model, instructions=settings.instructions, voice=engines.tts.name,
+            model=model, instructions=settings.instructions, voice=engines.voice,
             temperature=settings.temperature,
             turn_detection=TurnDetection(
                 threshold=settings.vad_threshold, prefix_padding_ms=settings.prefix_padding_ms,
@@ -314,7 +314,7 @@ class Session:
 
     def _voice(self, asked: str) -> str:
         """The voice in effect: one the server has, else the session's own."""
-        return asked if asked == self.engines.tts.name else self.engines.tts.name
+        return asked if asked in self.engines.voices else self.cfg.voice
 
     def configure(self, session: Json) -> None:
         """Apply a `session.update`'s `session` object (raises ProtocolError, changes

@@ -296,9 +296,9 @@ class BrokenVoice:
     """A synthesizer whose engine fails, as a broken voice file would."""
 
     def __init__(self, inner: Any) -> None:
-        self.name, self.sample_rate = inner.name, inner.sample_rate
+        self.name, self.sample_rate, self.voices = inner.name, inner.sample_rate, inner.voices
 
-    def synthesize(self, text: str, stop: Any) -> Iterator[Float32]:
+    def synthesize(self, text: str, voice: str, stop: Any) -> Iterator[Float32]:
         raise RuntimeError("voice model crashed")
         yield  # pragma: no cover
 

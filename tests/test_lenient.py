@@ -307,7 +307,7 @@ async def test_an_empty_input_answers_without_the_conversation(
 async def test_a_voice_the_server_lacks_is_taken_and_its_own_speaks(
         engines: Engines, fake: FakeProvider) -> None:
     fake.script(Reply(text="Hello."), Reply(text="Hello again."))
-    own = engines.tts.name
+    own = engines.voice
     async with serving(engines, **backend("openai", fake.url)) as url, ga(url) as conn:
         await conn.session.update(session={"type": "realtime",
                                            "audio": {"output": {"voice": "alloy"}}})

@@ -131,7 +131,7 @@ def test_llm_stops_when_asked(engines: Engines) -> None:
 
 def test_tts_speaks_at_a_plausible_length(engines: Engines) -> None:
     audio = np.concatenate(list(engines.tts.synthesize("Paris is the capital of France.",
-                                                       threading.Event())))
+                                                       engines.voice, threading.Event())))
     seconds = len(audio) / engines.tts.sample_rate
     assert engines.tts.sample_rate == 22050
     assert 1.0 < seconds < 4.0
@@ -165,7 +165,7 @@ def test_tts_speaks_a_long_sentence_in_bounded_runs(engines: Engines) -> None:
     text = "The totals were " + ", ".join(f"{n:,}" for n in range(1_234_567, 1_234_587)) + "."
     phonemes = engines.tts.voice.phonemize(text)
     assert sum(map(len, phonemes)) > 4 * engines.tts.max_phonemes
-    runs = list(engines.tts.synthesize(text, threading.Event()))
+    runs = list(engines.tts.synthesize(text, engines.voice, threading.Event()))
     assert len(runs) >= 5
     longest = max(len(r) for r in runs) / engines.tts.sample_rate
     assert 2.0 < longest < 16.0, longest  # the longest run is about ten seconds at most

@@ -103,12 +103,12 @@ async def test_a_browser_connects_once_with_a_minted_token(engines: Engines) -> 
         assert abs(minted["client_secret"]["expires_at"] - (time.time() + 60)) < 5
         # A voice the server does not have is taken; the one in effect is shown.
         assert minted["instructions"] == "Answer like a pirate."
-        assert minted["voice"] == engines.tts.name
+        assert minted["voice"] == engines.voice
         async with as_browser(hostport, token) as ws:
             assert ws.subprotocol == "realtime"
             session = await created(ws)
             assert session["instructions"] == "Answer like a pirate."
-            assert session["audio"]["output"]["voice"] == engines.tts.name
+            assert session["audio"]["output"]["voice"] == engines.voice
             assert session["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 700
         with pytest.raises(InvalidStatus) as info:  # single use
             async with as_browser(hostport, token):

@@ -10,12 +10,23 @@ import base64
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from models import locate
+
 Float32 = npt.NDArray[np.float32]
+
+
+def resolve(name_or_path: str, stage: str) -> Path:
+    """An embedded model by manifest name, or any local path the user points at."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    return locate(name_or_path, stage)
 
 
 class VadStream(Protocol):
@@ -161,7 +172,14 @@ class Responder(Protocol):
 
 
 class Synthesizer(Protocol):
-    name: str
+    """A loaded TTS engine speaking one or more voices, all at one sample rate.
+
+    ``synthesize`` yields float32 audio in [-1, 1] as it is made, checks ``stop`` between
+    pieces and ends early once it is set. ``voice`` is one of ``voices``; another raises
+    ``ValueError``. Calls come from the engine's own lane, one at a time."""
+
+    name: str  # the engine, as the TTS registry names it
+    voices: tuple[str, ...]  # what clients name in `audio.output.voice`
     sample_rate: int
 
-    def synthesize(self, text: str, stop: threading.Event) -> Iterator[Float32]: ...
+    def synthesize(self, text: str, voice: str, stop: threading.Event) -> Iterator[Float32]: ...

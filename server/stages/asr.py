@@ -50,8 +50,9 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from server.audio import RATE
+from server.config import Settings
 from server.errors import ConfigError, TranscriptionTimeout, WorkCancelled
-from server.stages import Float32, Transcript
+from server.stages import Float32, Transcript, resolve
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +247,11 @@ class WhisperTranscriber:
             if seg.end < seconds:
                 budget.check()  # before the next 30 s window is decoded
         return Transcript("".join(kept).strip(), "padded", worst)
+
+
+def load(settings: Settings) -> WhisperTranscriber:
+    return WhisperTranscriber(resolve(settings.asr_model, "asr"), mode=settings.asr_mode,
+                              device=settings.device, threads=settings.asr_threads,
+                              name=settings.asr_model, window_s=settings.asr_window_s,
+                              budget_s=settings.asr_budget_s,
+                              budget_ratio=settings.asr_budget_ratio)

@@ -29,11 +29,14 @@ from anthropic.types import (
 )
 from anthropic.types import TextDelta as AnthropicTextDelta
 
+from server.config import Settings
 from server.errors import BackendError
+from server.lanes import Lane
 from server.stages import (
     ChatMessage,
     ChatRequest,
     Finished,
+    LanguageModel,
     ResponderEvent,
     TextDelta,
     ToolCallArguments,
@@ -286,3 +289,23 @@ class AnthropicResponder:
 
 # Anthropic's stop reasons, as Chat Completions' finish reasons.
 _ANTHROPIC_REASONS = {"max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def _common(settings: Settings) -> dict[str, Any]:
+    return {"model": settings.llm_model, "api_key": settings.llm_api_key,
+            "base_url": settings.llm_base_url or None, "timeout": settings.llm_timeout_s,
+            "retries": settings.llm_retries, "vision": settings.can_see}
+
+
+def load_openai(settings: Settings, lane: Lane, model: LanguageModel | None) -> OpenAIResponder:
+    return OpenAIResponder(**_common(settings), compatible=False)
+
+
+def load_compatible(settings: Settings, lane: Lane,
+                    model: LanguageModel | None) -> OpenAIResponder:
+    return OpenAIResponder(**_common(settings), compatible=True)
+
+
+def load_anthropic(settings: Settings, lane: Lane,
+                   model: LanguageModel | None) -> AnthropicResponder:
+    return AnthropicResponder(**_common(settings))

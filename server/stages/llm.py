@@ -14,14 +14,17 @@ from typing import Any, Literal, cast
 import llama_cpp
 from llama_cpp import Llama
 
+from server.config import Settings
 from server.errors import BackendError, ConfigError
 from server.lanes import Lane, StreamControl
 from server.stages import (
     ChatMessage,
     ChatRequest,
     Finished,
+    LanguageModel,
     ResponderEvent,
     TextDelta,
+    resolve,
 )
 
 _PER_MESSAGE = 8  # chat-template tokens around each message
@@ -422,3 +425,15 @@ class LocalResponder:
             lease.closing = True
             stop.set()
             await deltas.aclose()
+
+
+def load(settings: Settings, lane: Lane, model: LanguageModel | None) -> LocalResponder:
+    """The embedded model in ``lane``: ``model`` when one is already loaded."""
+    if model is None:
+        model = LlamaModel(resolve(settings.llm_model, "llm"), threads=settings.llm_threads,
+                           context=settings.llm_context, cache_scope=settings.llm_cache_scope,
+                           contexts=settings.llm_contexts)
+        model.warm(settings.instructions)
+    if not isinstance(model, LlamaModel):
+        raise ConfigError("the local backend runs an embedded llama.cpp model")
+    return LocalResponder(model, lane)

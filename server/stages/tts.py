@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -21,34 +22,31 @@ from piper import PiperVoice
 from piper.config import PiperConfig
 
 from server.errors import ConfigError
-from server.stages import Float32
+from server.stages import Float32, resolve
+from server.stages.phonemes import bounded
+
+if TYPE_CHECKING:
+    from server.config import Settings
 
 MAX_PHONEMES = 160  # about ten seconds of speech in one run
-_CLAUSE_MARKS = frozenset(",;:")
 # Ordinary words: what the warm-up speaks, one run of the longest size.
 _WARM_WORDS = ("the quick brown fox jumps over the lazy dog while the sky turns blue "
                "because light scatters in the air and the water reflects it back ")
 
 
-def bounded(phonemes: list[str], limit: int) -> Iterator[list[str]]:
-    """``phonemes`` in parts of at most ``limit``: cut after the last clause mark in the
-    second half of the window, else at the last gap between words, else at the limit."""
-    while len(phonemes) > limit:
-        window = phonemes[:limit]
-        marks = [i + 1 for i, p in enumerate(window) if p in _CLAUSE_MARKS and i >= limit // 2]
-        gaps = [i for i, p in enumerate(window) if p == " " and i > 0]
-        cut = marks[-1] if marks else gaps[-1] if gaps else limit
-        yield phonemes[:cut]
-        phonemes = phonemes[cut:]
-        while phonemes and phonemes[0] == " ":
-            phonemes = phonemes[1:]
-    if phonemes:
-        yield phonemes
+def load(settings: Settings, voices: Sequence[str]) -> list[PiperSynthesizer]:
+    """One synthesizer per voice file: an embedded voice's name, or a path to a piper
+    ``.onnx`` (with its ``.onnx.json``), which clients then name by the file's stem."""
+    return [PiperSynthesizer(resolve(voice, "tts"), threads=settings.tts_threads,
+                             voice=voice if not Path(voice).expanduser().exists() else None)
+            for voice in voices]
 
 
 class PiperSynthesizer:
+    name = "piper"
+
     def __init__(self, path: Path, *, threads: int = 1, max_phonemes: int = MAX_PHONEMES,
-                 warm: bool = True) -> None:
+                 warm: bool = True, voice: str | None = None) -> None:
         config = Path(str(path) + ".json")
         if not path.is_file() or not config.is_file():
             raise ConfigError(f"no Piper voice at {path} (needs {path.name} and {config.name})")
@@ -63,7 +61,7 @@ class PiperSynthesizer:
         self.voice = PiperVoice(session=session,
                                 config=PiperConfig.from_dict(json.loads(config.read_text())))
         self.sample_rate: int = self.voice.config.sample_rate
-        self.name = path.stem
+        self.voices = (voice or path.stem,)
         self.max_phonemes = max_phonemes
         if warm:
             self.warm_up()
@@ -73,7 +71,9 @@ class PiperSynthesizer:
         sentence = self.voice.phonemize(_WARM_WORDS * (self.max_phonemes // 100 + 1))[0]
         self._speak(next(bounded(sentence, self.max_phonemes)))
 
-    def synthesize(self, text: str, stop: threading.Event) -> Iterator[Float32]:
+    def synthesize(self, text: str, voice: str, stop: threading.Event) -> Iterator[Float32]:
+        if voice not in self.voices:
+            raise ValueError(f"piper has no voice {voice!r} here (it has {self.voices[0]!r})")
         for sentence in self.voice.phonemize(text):
             for part in bounded(sentence, self.max_phonemes):
                 if stop.is_set():

@@ -8,7 +8,8 @@ import numpy as np
 import onnxruntime as ort
 
 from server.audio import RATE
-from server.stages import Float32
+from server.config import Settings
+from server.stages import Float32, resolve
 
 WINDOW = 512
 CONTEXT = 64
@@ -51,3 +52,7 @@ class SileroStream:
             out.append(float(prob[0, 0]))
         self._pending = buf[n * WINDOW:]
         return out
+
+
+def load(settings: Settings) -> SileroVad:
+    return SileroVad(resolve("silero-vad", "vad"))
