@@ -21,6 +21,8 @@ from server.engines import Engines
 from server.stages.tts import PiperSynthesizer
 from tests import wire_check
 
+# How a spoken answer ends normally: `incomplete` is one the token cap (max_output_tokens) ended.
+ANSWERED = ("completed", "incomplete")
 TEST_SETTINGS = Settings(port=0, log_level="DEBUG", store="none")
 EXACT = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
 

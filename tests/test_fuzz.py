@@ -18,7 +18,7 @@ from realtime import client_events
 from server.engines import Engines
 from server.errors import ProtocolError
 from server.session import Session
-from tests.conftest import TEST_SETTINGS
+from tests.conftest import ANSWERED, TEST_SETTINGS
 
 B64 = base64.b64encode
 MALFORMED: list[Any] = [
@@ -95,7 +95,7 @@ async def test_every_malformed_event_gets_an_error_and_the_session_goes_on(
             {"type": "input_text", "text": "Still there?"}]})
         await conn.response.create(response={"output_modalities": ["text"]})
         done = await asyncio.wait_for(_next_error_or_done(conn), 30)
-    assert done.type == "response.done" and done.response.status == "completed"
+    assert done.type == "response.done" and done.response.status in ANSWERED
 
 
 async def _next_error_or_done(conn: Any) -> Any:
