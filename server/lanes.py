@@ -6,8 +6,11 @@ run in parallel. Generators are iterated inside the lane's thread too.
 
 Lanes are shared by every session, so they are fair and cancellable:
 
-- Each job belongs to an owner (a session id). The lane takes one job from each owner in
-  turn (round robin), so a session that queues a lot only waits behind itself.
+- Each job belongs to an owner (a session id). The lane is shared fairly in time: it
+  serves next the waiting owner that has used the lane least since it last started
+  waiting (start-time fair queueing over the seconds each job held the thread), so a
+  session that queues a lot, or whose jobs are long (a long prompt, a long utterance),
+  only waits behind itself, and a short job of a light user goes ahead of them.
 - A job may be background work (a speculation on a turn not yet over): while its
   ``background`` check says so, it waits for every other owner's foreground job. The check
   is made each time the lane picks, so work that becomes urgent (its turn was confirmed)
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -67,7 +71,11 @@ class Lane:
         self.name = name
         self._cond = threading.Condition()
         self._queues: dict[str, deque[_Job]] = {}
-        self._turns: deque[str] = deque()  # owners with queued jobs, in the order they go
+        self._turns: deque[str] = deque()  # owners with queued jobs, in the order they came
+        # Virtual time: each owner's lane seconds used, counted from the virtual time at
+        # which it last started waiting; `_now` is the mark of the job last started.
+        self._used: dict[str, float] = {}
+        self._now = 0.0
         self._running: _Job | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._work, name=f"voxwire-{name}",
@@ -87,10 +95,12 @@ class Lane:
                 queue = self._queues[owner]
                 job = queue.popleft()
                 if queue:
-                    self._turns.append(owner)  # its next job waits for everyone else's
+                    self._turns.append(owner)
                 else:
                     del self._queues[owner]
                 self._running = job
+                self._now = max(self._now, self._used[owner])
+            started = time.monotonic()
             try:
                 if job.token.is_set() and not job.must_run:
                     job.settle(None, asyncio.CancelledError())
@@ -104,15 +114,25 @@ class Lane:
             finally:
                 with self._cond:
                     self._running = None
+                    self._used[owner] += time.monotonic() - started
+                    if owner not in self._queues and len(self._used) > 2 * len(self._queues):
+                        # Owners not waiting whose use is already behind the virtual time
+                        # would start from `_now` anyway: forget them.
+                        for idle in [o for o, used in self._used.items()
+                                     if o not in self._queues and used <= self._now]:
+                            del self._used[idle]
 
     def _next_owner(self) -> str:
-        """The first owner in turn whose next job is foreground, else the first in turn.
-        Called with the lock held and at least one owner waiting."""
-        for i, owner in enumerate(self._turns):
-            if not self._queues[owner][0].deferrable():
-                del self._turns[i]
-                return owner
-        return self._turns.popleft()
+        """The waiting owner that has used the lane least (the first come among equals),
+        among those whose next job is foreground if any is. Called with the lock held and
+        at least one owner waiting."""
+        foreground = [i for i, owner in enumerate(self._turns)
+                      if not self._queues[owner][0].deferrable()]
+        pick = min(foreground or range(len(self._turns)),
+                   key=lambda i: self._used[self._turns[i]])
+        owner = self._turns[pick]
+        del self._turns[pick]
+        return owner
 
     def _submit(self, job: _Job) -> None:
         with self._cond:
@@ -123,6 +143,9 @@ class Lane:
             if queue is None:
                 queue = self._queues[job.owner] = deque()
                 self._turns.append(job.owner)
+                # Use before the owner last stopped waiting counts only while others
+                # still catch up with it: a newcomer starts at the present.
+                self._used[job.owner] = max(self._used.get(job.owner, 0.0), self._now)
             queue.append(job)
             self._cond.notify()
 

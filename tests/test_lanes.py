@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -205,5 +206,27 @@ async def test_background_work_waits_for_other_sessions_until_it_becomes_urgent(
                 assert order == ["spec", "b", "c"], order  # round robin, in arrival order
             else:
                 assert order == ["b", "c", "spec"], order
+    finally:
+        lane.close()
+
+
+async def test_the_lane_is_shared_fairly_in_time_not_in_jobs() -> None:
+    """A session whose jobs are long (a long prompt computed in chunks) does not get a
+    turn for every short job of another: the one that has used the lane least goes next."""
+    lane = Lane("test")
+    order: list[str] = []
+
+    def job(name: str, seconds: float) -> None:
+        time.sleep(seconds)
+        order.append(name)
+
+    try:
+        heavy = [asyncio.ensure_future(lane.run(lambda: job("h", 0.04), owner="heavy"))
+                 for _ in range(4)]
+        await asyncio.sleep(0.01)  # heavy's first job holds the lane
+        light = [asyncio.ensure_future(lane.run(lambda: job("l", 0.0), owner="light"))
+                 for _ in range(4)]
+        await asyncio.gather(*heavy, *light)
+        assert order == ["h", "l", "l", "l", "l", "h", "h", "h"], order
     finally:
         lane.close()
