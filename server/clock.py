@@ -8,10 +8,14 @@ advances it, so turn timings are exact and instant.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -27,6 +31,11 @@ class Clock(Protocol):
         """Wait ``seconds`` on this clock."""
         ...
 
+    async def wait_for(self, aw: Awaitable[T], seconds: float) -> T:
+        """``aw``'s result, or TimeoutError (``aw`` cancelled) after ``seconds`` on this
+        clock, as `asyncio.wait_for`."""
+        ...
+
 
 class SystemClock:
     """The machine's clocks."""
@@ -39,6 +48,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    async def wait_for(self, aw: Awaitable[T], seconds: float) -> T:
+        return await asyncio.wait_for(aw, seconds)
 
 
 SYSTEM: Clock = SystemClock()
@@ -68,6 +80,23 @@ class FakeClock:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._t + seconds, next(self._order), future))
         await future
+
+    async def wait_for(self, aw: Awaitable[T], seconds: float) -> T:
+        task = asyncio.ensure_future(aw)
+        timer = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            timer.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise TimeoutError
 
     @property
     def sleepers(self) -> int:

@@ -213,8 +213,8 @@ class ResponseRun:
             while True:
                 try:
                     if first:
-                        event = await asyncio.wait_for(anext(stream),
-                                                       settings.first_token_timeout_s)
+                        event = await self.ctx.clock.wait_for(
+                            anext(stream), settings.first_token_timeout_s)
                     else:
                         event = await anext(stream)
                 except StopAsyncIteration:
@@ -488,7 +488,7 @@ class ResponseRun:
             # Output is queued but not sent yet (a released speculative answer arrives all
             # at once): the turn's figures are only whole once its first audio has left.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._first_sent.wait(), 2)
+                await self.ctx.clock.wait_for(self._first_sent.wait(), 2)
         stages = resp.clock.stages_ms()
         record = {"response_id": resp.id, "item_id": resp.user_item_id, "status": status,
                   "stages_ms": stages, "overhead_ms": resp.clock.overhead_ms(),

@@ -950,8 +950,8 @@ class Session:
         self.echo.stop(self.clock.monotonic())  # the client stops playing at once
         resp.task.cancel()
         if wait:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({resp.task}, timeout=5)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await self.clock.wait_for(asyncio.wait({resp.task}), 5)
 
     # ------------------------------------------------------------------ images
 

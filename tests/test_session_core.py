@@ -8,8 +8,11 @@ of silence.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+
 from server.stages import ChatRequest
-from tests.harness import Harness, harness
+from tests.harness import Harness, harness, tone
 
 MOON = "tell me about the moon"
 ANSWER = "The moon is bright and full tonight, and it rises late."
@@ -190,3 +193,34 @@ async def test_a_client_leaving_mid_answer_stops_everything() -> None:
         assert h.clock.sleepers == 0  # nothing waits on the clock any more
         done = h.of("response.done")[-1]["response"]
         assert done["status_details"]["reason"] == "client_disconnected"
+
+
+async def test_no_first_token_in_time_fails_the_response_on_the_clock() -> None:
+    async with harness(finals=[MOON], replies=[ANSWER], first_ms=60_000,
+                       speculate=False) as h:
+        await h.speech(640)
+        await h.silence(600)
+        asked = h.at("input_audio_buffer.speech_stopped")  # the model is asked at once
+        await h.advance(asked + 19_990 - h.ms)
+        assert "response.done" not in h.types()
+        await h.advance(20)
+        assert h.one("error")["error"]["code"] == "llm_timeout"
+        assert h.at("error") == asked + 20_000
+        assert h.one("response.done")["response"]["status"] == "failed"
+        assert h.engines.responder.closed == 1
+
+
+async def test_audio_faster_than_real_time_past_the_burst_waits_on_the_clock() -> None:
+    second = base64.b64encode(tone(1000)).decode()
+    async with harness(max_append_s=1.0, audio_burst_s=2.0, audio_rate=1.5) as h:
+        for _ in range(2):  # the burst: taken at once
+            await h.send({"type": "input_audio_buffer.append", "audio": second})
+        third = asyncio.create_task(
+            h.send({"type": "input_audio_buffer.append", "audio": second}))
+        await h.settle()
+        # One second over the burst, refilled at 1.5 s per second: due in 666.7 ms.
+        await h.advance(666)
+        assert not third.done()
+        await h.advance(1)
+        await third
+        assert h.session.buffer.total_ms == 3000
