@@ -224,3 +224,24 @@ async def test_audio_faster_than_real_time_past_the_burst_waits_on_the_clock() -
         await h.advance(1)
         await third
         assert h.session.buffer.total_ms == 3000
+
+
+async def test_the_idle_timeout_counts_from_the_end_of_playback() -> None:
+    async with harness(finals=[MOON, ""], replies=["Hello there."], ms_per_word=100) as h:
+        await h.send({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {
+                "type": "server_vad", "idle_timeout_ms": 2000}}}}})
+        await h.speech(640)
+        await h.silence(600)
+        # Two words of answer, all sent when the turn ended at 1160 ms: it plays until
+        # about 1344 ms (what was sent), so the idle wait counts from the input that arrived
+        # next, at 1360 ms, and times out 2000 ms of input audio later.
+        assert h.at("response.output_audio.delta") == 1160
+        assert 1340 < h.session.echo.play_end * 1000 - h.start * 1000 < 1360
+        await h.silence(2100)
+        assert "input_audio_buffer.timeout_triggered" not in h.types()
+        await h.silence(100)
+        timeout = h.one("input_audio_buffer.timeout_triggered")
+        assert (timeout["audio_start_ms"], timeout["audio_end_ms"]) == (1360, 3360)
+        assert h.at("input_audio_buffer.timeout_triggered") == 3360
+        assert h.types().count("response.created") == 2
