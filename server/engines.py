@@ -5,14 +5,15 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from models import load_manifest
 from server.config import Settings
 from server.errors import ConfigError
 from server.images import ImageLane
-from server.lanes import Lane
+from server.lanes import Lane, WorkLane
 from server.metrics import Registry
 from server.stages import (
     LanguageModel,
@@ -24,7 +25,9 @@ from server.stages import (
 )
 from server.stages import registry as engines_registry
 
-__all__ = ["Engines", "Speaker", "make_responder", "resolve", "voice_plan"]
+__all__ = ["Engines", "SessionEngines", "Speaker", "make_responder", "resolve", "voice_plan"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,43 @@ class Speaker:
     """A loaded TTS engine and the lane it runs in."""
 
     engine: Synthesizer
-    lane: Lane
+    lane: WorkLane
+
+
+class ImageRunner(Protocol):
+    """Where images are decoded (`ImageLane`)."""
+
+    async def run(self, fn: Callable[[], T]) -> T: ...
+
+
+class SessionEngines(Protocol):
+    """What a session (and its responses) needs of the engines: the stage interfaces, the
+    lanes to run them in, the voices and the metrics registry. `Engines` is the real one;
+    tests fill it with deterministic fakes."""
+
+    @property
+    def vad(self) -> VoiceActivityModel: ...
+    @property
+    def asr(self) -> Transcriber: ...
+    @property
+    def llm(self) -> LanguageModel | None: ...
+    @property
+    def responder(self) -> Responder: ...
+    @property
+    def registry(self) -> Registry: ...
+    @property
+    def vad_lane(self) -> WorkLane: ...
+    @property
+    def asr_lane(self) -> WorkLane: ...
+    @property
+    def image_lane(self) -> ImageRunner: ...
+    @property
+    def lanes(self) -> tuple[WorkLane, ...]: ...
+    @property
+    def voice(self) -> str: ...
+    @property
+    def voices(self) -> tuple[str, ...]: ...
+    def speaker(self, voice: str) -> tuple[Speaker, str]: ...
 
 
 @dataclass
@@ -48,7 +87,7 @@ class Engines:
     vad_lane: Lane
     asr_lane: Lane
     llm_lane: Lane
-    tts_lane: Lane
+    tts_lane: WorkLane
     image_lane: ImageLane = field(default_factory=ImageLane)  # shared by every session
     more_tts: tuple[Speaker, ...] = ()  # the other voices' engines, each with its own lane
 
@@ -95,7 +134,7 @@ class Engines:
         return self.speakers[0], self.voice
 
     @property
-    def lanes(self) -> tuple[Lane, ...]:
+    def lanes(self) -> tuple[WorkLane, ...]:
         return (self.vad_lane, self.asr_lane, self.llm_lane,
                 *(s.lane for s in self.speakers))
 

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
@@ -60,6 +60,28 @@ class StreamControl:
         self.halted = True
         if self._halt is not None:
             self._halt()
+
+
+class WorkLane(Protocol):
+    """What callers need of a lane: `Lane`, or `InlineLane` where tests want no threads."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def run(self, fn: Callable[[], T], *, owner: str = "",
+                  token: threading.Event | None = None,
+                  background: Callable[[], bool] | None = None) -> T: ...
+
+    def stream(
+        self, make: Callable[[], Iterator[T]], stop: threading.Event, maxsize: int = 16, *,
+        owner: str = "", park: bool = True, step: bool = False,
+        on_closed: Callable[[], None] | None = None, control: StreamControl | None = None,
+        background: Callable[[], bool] | None = None,
+    ) -> AsyncGenerator[T, None]: ...
+
+    def cancel_owner(self, owner: str) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class LaneClosed(RuntimeError):
@@ -342,3 +364,69 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 class _Failure:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+
+class InlineLane:
+    """A lane with no thread: each job runs at once, on the event loop, when it is awaited.
+
+    For tests with fake engines that take no time: the session's code is unchanged (the
+    `Lane` API), and everything happens in one thread, in an order the test controls.
+    A stream yields back to the loop between items, as a real lane's consumer would wait."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.jobs = 0  # jobs run, streams included
+        self._tokens: dict[str, set[threading.Event]] = {}
+
+    async def run(self, fn: Callable[[], T], *, owner: str = "",
+                  token: threading.Event | None = None,
+                  background: Callable[[], bool] | None = None) -> T:
+        token = token or threading.Event()
+        await asyncio.sleep(0)  # the hop to a worker: others may act before the job runs
+        if token.is_set():
+            raise asyncio.CancelledError
+        self.jobs += 1
+        tokens = self._tokens.setdefault(owner, set())
+        tokens.add(token)
+        try:
+            return fn()
+        finally:
+            tokens.discard(token)
+
+    async def stream(
+        self, make: Callable[[], Iterator[T]], stop: threading.Event, maxsize: int = 16, *,
+        owner: str = "", park: bool = True, step: bool = False,
+        on_closed: Callable[[], None] | None = None, control: StreamControl | None = None,
+        background: Callable[[], bool] | None = None,
+    ) -> AsyncGenerator[T, None]:
+        self.jobs += 1
+        tokens = self._tokens.setdefault(owner, set())
+        tokens.add(stop)
+        gen: Iterator[T] | None = None
+        try:
+            await asyncio.sleep(0)
+            gen = make()
+            for item in gen:
+                if stop.is_set() or (control is not None and control.halted):
+                    break
+                yield item
+                await asyncio.sleep(0)
+        finally:
+            tokens.discard(stop)
+            close_gen = getattr(gen, "close", None)
+            if close_gen is not None:
+                close_gen()
+            if on_closed is not None:
+                on_closed()
+
+    def cancel_owner(self, owner: str) -> int:
+        tokens = self._tokens.get(owner, set())
+        for token in tokens:
+            token.set()
+        return len(tokens)
+
+    def pending(self, owner: str | None = None) -> int:
+        return 0
+
+    def close(self) -> None:
+        self._tokens.clear()

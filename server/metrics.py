@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from dataclasses import dataclass, field
+
+from server.clock import SYSTEM, Clock
 
 # Marks on a turn's clock, in the order they happen.
 MARKS = ("speech_end", "speech_stopped", "asr_done", "llm_first_token", "first_sentence",
@@ -29,17 +30,18 @@ STAGES = {
 
 @dataclass
 class TurnClock:
-    """Monotonic timestamps of one turn's marks, plus compute-only durations."""
+    """Monotonic timestamps of one turn's marks (on ``clock``), plus compute-only durations."""
 
     marks: dict[str, float] = field(default_factory=dict)
     compute_ms: dict[str, float] = field(default_factory=dict)
+    clock: Clock = field(default=SYSTEM, repr=False, compare=False)
 
     def mark(self, name: str, at: float | None = None) -> None:
-        self.marks.setdefault(name, time.monotonic() if at is None else at)
+        self.marks.setdefault(name, self.clock.monotonic() if at is None else at)
 
     def compute_once(self, name: str, started: float) -> None:
         """Record a model call's own duration, measured in its worker thread (first call)."""
-        self.compute_ms.setdefault(name, round((time.monotonic() - started) * 1000, 1))
+        self.compute_ms.setdefault(name, round((self.clock.monotonic() - started) * 1000, 1))
 
     def overhead_ms(self) -> float | None:
         """Time on the path to first audio spent outside the models: thread hand-offs,

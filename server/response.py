@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -25,10 +24,11 @@ from realtime import AudioFormat, Json
 from realtime import server_events as se
 from server import audio as audio_codec
 from server.audio import RATE
+from server.clock import SYSTEM, Clock
 from server.config import Settings
 from server.conversation import Conversation, Spoken, item_text
 from server.echo import EchoReference
-from server.engines import Engines
+from server.engines import SessionEngines
 from server.errors import BackendError, ProtocolError, StageError, StoreError
 from server.metrics import TurnClock
 from server.stages import (
@@ -92,13 +92,14 @@ class ResponseContext:
     session_id: str
     emit: Emit
     conv: Conversation
-    engines: Engines
+    engines: SessionEngines
     settings: Settings
     output_format: AudioFormat
     store: Store = field(default_factory=NullStore)
     echo: EchoReference = field(default_factory=EchoReference)
     gate: Gate | None = None  # a speculative response: `emit` is the gate's
     caught_up: Callable[[], Awaitable[None]] = field(default=lambda: _at_once())  # client read
+    clock: Clock = SYSTEM
 
     def tentative(self) -> bool:
         """Whether the response is still a speculation: its gate is not open yet. Lanes
@@ -144,7 +145,7 @@ class ResponseRun:
     def __init__(self, ctx: ResponseContext, resp: Response, request: ChatRequest,
                  notice: str | None) -> None:
         self.ctx, self.resp, self.request, self.notice = ctx, resp, request, notice
-        self.started_at = time.time()
+        self.started_at = ctx.clock.now()
         self._stream_resampler: audio_codec.StreamResampler | None = None
         self._first_sent = asyncio.Event()  # the first audio (or text) left the socket
         self.finished: Finished | None = None  # how the backend ended, with its usage
@@ -205,15 +206,15 @@ class ResponseRun:
         if self.notice:
             yield TextDelta(self.notice + " ")
         resp.clock.mark("llm_request")
-        started = time.monotonic()
+        started = self.ctx.clock.monotonic()
         stream = self.ctx.engines.responder.stream(self.request)
         first = True
         try:
             while True:
                 try:
                     if first:
-                        event = await asyncio.wait_for(anext(stream),
-                                                       settings.first_token_timeout_s)
+                        event = await self.ctx.clock.wait_for(
+                            anext(stream), settings.first_token_timeout_s)
                     else:
                         event = await anext(stream)
                 except StopAsyncIteration:
@@ -353,7 +354,7 @@ class ResponseRun:
         resampler = self._resampler(tts.sample_rate, fmt.rate)
 
         def encoded(text: str) -> Iterator[tuple[str, float, Float32]]:
-            started = time.monotonic()
+            started = self.ctx.clock.monotonic()
             for chunk in tts.synthesize(text, voice, resp.stop):
                 resp.clock.compute_once("tts_first_audio", started)
                 samples = resampler(chunk)
@@ -367,7 +368,7 @@ class ResponseRun:
         def on_sent(reference: Float32) -> Callable[[], None]:
             def sent() -> None:
                 self._mark_sent()
-                self.ctx.echo.sent(reference, time.monotonic())
+                self.ctx.echo.sent(reference, self.ctx.clock.monotonic())
             return sent
 
         for text in pieces:
@@ -464,7 +465,7 @@ class ResponseRun:
                     status == "cancelled", ctx.settings.llm_backend,
                     {"stages_ms": resp.clock.stages_ms(),
                      "tools": [i["name"] for i in resp.outputs if i["type"] == "function_call"]},
-                    self.started_at, time.time())
+                    self.started_at, ctx.clock.now())
         recordings = [Recording(role, RATE, audio_codec.to_pcm16(audio).tobytes())
                       for role, audio in (("user", resp.user_audio),
                                           ("assistant", _joined(resp.sent_audio)))
@@ -487,7 +488,7 @@ class ResponseRun:
             # Output is queued but not sent yet (a released speculative answer arrives all
             # at once): the turn's figures are only whole once its first audio has left.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._first_sent.wait(), 2)
+                await self.ctx.clock.wait_for(self._first_sent.wait(), 2)
         stages = resp.clock.stages_ms()
         record = {"response_id": resp.id, "item_id": resp.user_item_id, "status": status,
                   "stages_ms": stages, "overhead_ms": resp.clock.overhead_ms(),

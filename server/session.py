@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,10 +25,11 @@ from realtime import server_events as se
 from server import audio as audio_codec
 from server import images
 from server.audio import RATE
+from server.clock import SYSTEM, Clock
 from server.config import Settings
 from server.conversation import Conversation, client_item
 from server.echo import MAX_LAG_S, EchoReference, echo_likeness
-from server.engines import Engines
+from server.engines import SessionEngines
 from server.errors import LimitError, ProtocolError, TranscriptionTimeout, VoxwireError
 from server.metrics import TurnClock
 from server.response import CANNOT_SEE, Gate, Response, ResponseContext, ResponseRun
@@ -109,6 +109,16 @@ class Outbox:
             self._changed.notify_all()
         return event, on_sent
 
+    async def drain(self) -> list[tuple[Json, OnSent | None]]:
+        """Take every waiting event at once, without waiting for more (for a door that
+        sends in batches, and for tests). The caller calls each ``on_sent`` once sent."""
+        async with self._changed:
+            taken = [(event, on_sent) for event, on_sent, _ in self._events]
+            self._events.clear()
+            self.bytes = 0
+            self._changed.notify_all()
+        return taken
+
     def __aiter__(self) -> AsyncIterator[tuple[Json, OnSent | None]]:
         return self._iter()
 
@@ -177,10 +187,11 @@ class Idle:
 
 
 class Session:
-    def __init__(self, engines: Engines, settings: Settings, *, dialect: p.Dialect = "ga",
+    def __init__(self, engines: SessionEngines, settings: Settings, *, dialect: p.Dialect = "ga",
                  model: str = "voxwire", store: Store | None = None,
-                 kind: str = "realtime") -> None:
+                 kind: str = "realtime", clock: Clock = SYSTEM) -> None:
         self.engines = engines
+        self.clock = clock
         self.store = SessionHistory(
             store or NullStore(), self.error, max_text=settings.max_stored_text_bytes,
             max_bytes=settings.max_store_bytes_per_session,
@@ -288,7 +299,7 @@ class Session:
                 await self._frame(ev)
             case p.ItemTruncate():
                 self.conv.truncate(ev.item_id, ev.audio_end_ms, ev.event_id)
-                self.echo.stop(time.monotonic())
+                self.echo.stop(self.clock.monotonic())
                 await self.emit(se.conversation_item_truncated(ev.item_id, ev.content_index,
                                                                ev.audio_end_ms))
             case p.ItemDelete():
@@ -353,9 +364,9 @@ class Session:
                              "per append (send it in smaller chunks)", code="append_too_large")
         if fmt.type == "audio/pcm" and len(ev.audio) % 2:
             audio_codec.decode(ev.audio, fmt.type)  # raises: an odd byte count
-        wait = self._audio_budget.take(seconds, time.monotonic())
+        wait = self._audio_budget.take(seconds, self.clock.monotonic())
         if wait > 0:  # faster than real time past the burst: slowed down, not refused
-            await asyncio.sleep(wait)
+            await self.clock.sleep(wait)
         # At most a second of audio per lane job: the VAD lane takes one job from each
         # session in turn, so nobody's 20 ms chunk waits behind a long append.
         step = int(per_ms * 1000) // 2 * 2 or 2
@@ -388,7 +399,7 @@ class Session:
         samples, probs = await self.engines.vad_lane.run(ingest, owner=self.id)
         self._mic_tail = np.concatenate([self._mic_tail, samples])[-ECHO_WINDOW:]
         self.buffer.append(samples)
-        self._arrivals.append((self.buffer.total_ms, time.monotonic()))
+        self._arrivals.append((self.buffer.total_ms, self.clock.monotonic()))
         for prob in probs:  # window by window: the utterance limit holds inside an append
             for turn_event in self._detector.feed([prob]):
                 await self._on_turn_event(turn_event)
@@ -404,7 +415,7 @@ class Session:
         """The reference audio a chunk arriving now may echo, if anything was playing."""
         if self.settings.echo_guard <= 0:
             return None
-        now = time.monotonic()
+        now = self.clock.monotonic()
         start = now - seconds - ECHO_WINDOW / RATE - MAX_LAG_S
         if not self.echo.playing_between(start, now):
             return None
@@ -414,7 +425,7 @@ class Session:
         for end_ms, t in self._arrivals:
             if end_ms >= ms:
                 return t
-        return time.monotonic()
+        return self.clock.monotonic()
 
     async def _on_turn_event(self, event: object) -> None:
         td = self.cfg.turn_detection
@@ -424,7 +435,8 @@ class Session:
             self._speech_item = p.new_id("item")
             self._utt_start_ms = max(event.audio_start_ms, self.buffer.base_ms)
             self._partial_at_ms, self._partial_words, self._partial_sent = event.onset_ms, [], 0
-            self.echo.stop(time.monotonic())  # Realtime clients stop playing on speech_started
+            # Realtime clients stop playing on speech_started
+            self.echo.stop(self.clock.monotonic())
             self._idle = None
             await self.emit(se.input_audio_buffer_speech_started(event.audio_start_ms,
                                                                  self._speech_item))
@@ -449,13 +461,13 @@ class Session:
         self._drop_speculation()
         asr = self.engines.asr
         audio = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
-        clock = TurnClock()
+        clock = TurnClock(clock=self.clock)
         clock.mark("speech_end", self._wall_time_of(audio_end_ms))
 
         stop = threading.Event()
 
         def transcribe() -> Transcript:
-            started = time.monotonic()
+            started = self.clock.monotonic()
             out = asr.transcribe(audio, stop=stop)
             clock.compute_once("asr", started)
             return out
@@ -508,7 +520,7 @@ class Session:
         gate = Gate(self.emit)
         ctx = ResponseContext(self.id, gate.emit, self.conv, self.engines, self.settings,
                               self.cfg.output_format, self.store, self.echo, gate,
-                              self.outbox.caught_up)
+                              self.outbox.caught_up, self.clock)
         request = dataclasses.replace(request, speculative=True, background=ctx.tentative)
         resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
                                         name=f"{resp.id}-early")
@@ -536,7 +548,7 @@ class Session:
             self._speculation = spec
             self._drop_speculation()
             spec = None
-        clock = spec.clock if spec is not None else TurnClock()
+        clock = spec.clock if spec is not None else TurnClock(clock=self.clock)
         clock.mark("speech_end", self._wall_time_of(audio_end_ms))
         clock.mark("speech_stopped")
         await self.emit(se.input_audio_buffer_speech_stopped(audio_end_ms, item_id))
@@ -565,7 +577,7 @@ class Session:
             raise ProtocolError(
                 f"buffer too small: {self.buffer.held_ms} ms held, at least {MIN_COMMIT_MS} ms "
                 "needed", code="input_audio_buffer_commit_empty")
-        clock = TurnClock()
+        clock = TurnClock(clock=self.clock)
         clock.mark("speech_end")
         clock.mark("speech_stopped")
         utterance = self.buffer.slice_ms(self.buffer.base_ms)
@@ -675,7 +687,7 @@ class Session:
 
     async def _transcribe(self, job: TranscribeJob) -> None:
         asr = self.engines.asr
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             if job.early is not None:  # started at the first silence: usually done already
                 result = await job.early.result
@@ -727,7 +739,7 @@ class Session:
             elif self.response.task is not None:
                 await asyncio.wait({self.response.task})
         if clock is None:
-            clock = TurnClock()
+            clock = TurnClock(clock=self.clock)
             clock.mark("speech_end")
         conversation = params.get("conversation", "auto")
         if conversation not in ("auto", "none"):
@@ -759,7 +771,7 @@ class Session:
                         voice=voice, max_output_tokens=request.max_tokens)
         ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
                               output_format, self.store, self.echo,
-                              caught_up=self.outbox.caught_up)
+                              caught_up=self.outbox.caught_up, clock=self.clock)
         self.response = resp
         resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
                                         name=resp.id)
@@ -852,7 +864,7 @@ class Session:
             if self.response is resp:
                 self.response = None
                 if resp.cancel_reason is None:  # the idle timeout counts from here
-                    self._idle = Idle(time.monotonic())
+                    self._idle = Idle(self.clock.monotonic())
                 if self.settings.record and resp.message is not None and resp.sent_audio:
                     self._keep_audio(resp.message["id"], np.concatenate(resp.sent_audio))
 
@@ -869,7 +881,7 @@ class Session:
             return
         if idle.start_ms is None:
             played = max(idle.since, self.echo.play_end)
-            if time.monotonic() < played:
+            if self.clock.monotonic() < played:
                 return  # still playing
             idle.start_ms = next((ms for ms, t in self._arrivals if t >= played),
                                  self.buffer.total_ms)
@@ -879,7 +891,7 @@ class Session:
         self._idle = None
         item_id = p.new_id("item")
         await self.emit(se.input_audio_buffer_timeout_triggered(idle.start_ms, end_ms, item_id))
-        clock = TurnClock()
+        clock = TurnClock(clock=self.clock)
         clock.mark("speech_end")
         clock.mark("speech_stopped")
         audio = self.buffer.slice_ms(max(idle.start_ms, self.buffer.base_ms), end_ms)
@@ -935,11 +947,11 @@ class Session:
             return
         resp.cancel_reason = reason
         resp.stop.set()
-        self.echo.stop(time.monotonic())  # the client stops playing at once
+        self.echo.stop(self.clock.monotonic())  # the client stops playing at once
         resp.task.cancel()
         if wait:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({resp.task}, timeout=5)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await self.clock.wait_for(asyncio.wait({resp.task}), 5)
 
     # ------------------------------------------------------------------ images
 
@@ -972,7 +984,8 @@ class Session:
         await self.emit(se.conversation_item_done(item, prev))
 
     async def _frame(self, ev: p.FrameAppend) -> None:
-        self._latest_frame = (await self._image(ev.image_url, ev.event_id), time.monotonic())
+        image = await self._image(ev.image_url, ev.event_id)
+        self._latest_frame = (image, self.clock.monotonic())
 
     def _take_frame(self, *, peek: bool = False) -> ImageData | None:
         """The latest camera frame for a spoken turn, if the session asked and it is fresh."""
@@ -982,4 +995,4 @@ class Session:
         if frame is None or not self.cfg.attach_latest_frame:
             return None
         image, at = frame
-        return image if time.monotonic() - at <= self.settings.frame_max_age_s else None
+        return image if self.clock.monotonic() - at <= self.settings.frame_max_age_s else None
