@@ -339,6 +339,31 @@ class ResponseRun:
             batch.append(piece)
             await self._voice_pieces(batch)
             batch.clear()
+        await self._voice_tail()
+
+    async def _voice_tail(self) -> None:
+        """The resampler holds the answer's last few milliseconds back (its filter's delay)
+        until it is told that the stream has ended: send them."""
+        resampler, resp, fmt = self._stream_resampler, self.resp, self.ctx.output_format
+        if resampler is None or resp.stop.is_set() or not resp.spoken.pieces:
+            return
+        tail = resampler(np.zeros(0, np.float32), last=True)
+        if len(tail):
+            ids = resp.ids(await self._message())
+            data = base64.b64encode(audio_codec.encode(tail, fmt.type)).decode()
+            reference = audio_codec.resample(tail, fmt.rate, RATE)
+            resp.audio_ms += len(tail) * 1000 / fmt.rate
+            await self.ctx.emit(se.response_output_audio_delta(ids, data),
+                                self._on_sent(reference))
+            if self.ctx.settings.record:
+                resp.sent_audio.append(reference)
+
+    def _on_sent(self, reference: Float32) -> Callable[[], None]:
+        """What to do once a piece of audio has left: the echo guard listens for it."""
+        def sent() -> None:
+            self._mark_sent()
+            self.ctx.echo.sent(reference, self.ctx.clock.monotonic())
+        return sent
 
     def _resampler(self, rate_in: int, rate_out: int) -> audio_codec.StreamResampler:
         """One stream resampler for the whole answer, so sentences join without seams."""
@@ -365,12 +390,6 @@ class ResponseRun:
                     reference = audio_codec.resample(piece, fmt.rate, RATE)
                     yield data, len(piece) * 1000 / fmt.rate, reference
 
-        def on_sent(reference: Float32) -> Callable[[], None]:
-            def sent() -> None:
-                self._mark_sent()
-                self.ctx.echo.sent(reference, self.ctx.clock.monotonic())
-            return sent
-
         for text in pieces:
             started = False
 
@@ -393,7 +412,7 @@ class ResponseRun:
                         ids, started = await start(), True
                     resp.audio_ms += ms
                     await self.ctx.emit(se.response_output_audio_delta(ids, data),
-                                        on_sent(reference))
+                                        self._on_sent(reference))
                     if self.ctx.settings.record:
                         resp.sent_audio.append(reference)
             except asyncio.CancelledError:

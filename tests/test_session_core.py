@@ -234,14 +234,27 @@ async def test_the_idle_timeout_counts_from_the_end_of_playback() -> None:
         await h.speech(640)
         await h.silence(600)
         # Two words of answer, all sent when the turn ended at 1160 ms: it plays until
-        # about 1344 ms (what was sent), so the idle wait counts from the input that arrived
-        # next, at 1360 ms, and times out 2000 ms of input audio later.
+        # 1360 ms, so the idle wait counts from the input that arrived next, at 1380 ms,
+        # and times out 2000 ms of input audio later.
         assert h.at("response.output_audio.delta") == 1160
-        assert 1340 < h.session.echo.play_end * 1000 - h.start * 1000 < 1360
+        assert 1359 < h.session.echo.play_end * 1000 - h.start * 1000 < 1361
         await h.silence(2100)
         assert "input_audio_buffer.timeout_triggered" not in h.types()
         await h.silence(100)
         timeout = h.one("input_audio_buffer.timeout_triggered")
-        assert (timeout["audio_start_ms"], timeout["audio_end_ms"]) == (1360, 3360)
-        assert h.at("input_audio_buffer.timeout_triggered") == 3360
+        assert (timeout["audio_start_ms"], timeout["audio_end_ms"]) == (1380, 3380)
+        assert h.at("input_audio_buffer.timeout_triggered") == 3380
         assert h.types().count("response.created") == 2
+
+
+async def test_every_millisecond_of_the_answer_is_sent() -> None:
+    """The answer is resampled as one stream (16 kHz voice, 24 kHz out); the resampler's
+    last few milliseconds come out only when the stream is flushed, after the last word."""
+    async with harness(finals=[MOON], replies=["Hello there, friend."], ms_per_word=100) as h:
+        await h.speech(640)
+        await h.silence(600)
+        await h.settle()
+        deltas = h.of("response.output_audio.delta")
+        samples = sum(len(base64.b64decode(d["delta"])) // 2 for d in deltas)
+        assert h.one("response.done")["response"]["status"] == "completed"
+        assert abs(samples - 3 * 100 * 24) <= 1, samples  # three words, 300 ms at 24 kHz
