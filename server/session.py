@@ -12,10 +12,10 @@ import base64
 import contextlib
 import dataclasses
 import logging
-import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +23,7 @@ import realtime as p
 from realtime import Json, SessionConfig, TurnDetection
 from realtime import server_events as se
 from server import audio as audio_codec
-from server import images
+from server import images, requests
 from server.audio import RATE
 from server.clock import SYSTEM, Clock
 from server.config import Settings
@@ -32,14 +32,14 @@ from server.echo import MAX_LAG_S, EchoReference, echo_likeness
 from server.engines import SessionEngines
 from server.errors import LimitError, ProtocolError, TranscriptionTimeout, VoxwireError
 from server.metrics import TurnClock
-from server.response import CANNOT_SEE, Gate, Response, ResponseContext, ResponseRun
+from server.outbox import OnSent, Outbox
+from server.response import Gate, Response, ResponseContext, ResponseRun
+from server.speculation import EarlyAnswer, Speculation, Speculator
 from server.stages import (
     ChatMessage,
     ChatRequest,
     Float32,
     ImageData,
-    ToolSpec,
-    Transcript,
     VadStream,
 )
 from server.store import NullStore, SessionHistory, Store
@@ -64,101 +64,6 @@ IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and mi
 SILENCE = "(The user has said nothing since your last answer.)"  # after idle_timeout_ms
 MAX_KEPT_AUDIO = 64  # items whose audio conversation.item.retrieve returns, with --record
 TRANSCRIPT_RESERVE = 2048  # bytes counted for a user item's transcript, written later
-
-OnSent = Callable[[], None]
-
-
-class Outbox:
-    """Server events waiting for the edge to send them, bounded by count and by bytes (an
-    estimate of their JSON). A full outbox makes the producer wait; an event larger than
-    the whole byte budget still goes through, alone."""
-
-    def __init__(self, maxsize: int, max_bytes: int = 8 * 1024 * 1024) -> None:
-        self.maxsize, self.max_bytes = maxsize, max_bytes
-        self.bytes = 0
-        self._events: deque[tuple[Json, OnSent | None, int]] = deque()
-        self._changed = asyncio.Condition()
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    async def put(self, event: Json, on_sent: OnSent | None = None) -> None:
-        size = p.json_size(event)
-
-        def room() -> bool:
-            return not self._events or (len(self._events) < self.maxsize
-                                        and self.bytes + size <= self.max_bytes)
-
-        async with self._changed:
-            await self._changed.wait_for(room)
-            self._events.append((event, on_sent, size))
-            self.bytes += size
-            self._changed.notify_all()
-
-    async def caught_up(self) -> None:
-        """Wait until the client has taken at least half of what its outbox may hold."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: len(self._events) <= self.maxsize // 2
-                                         and self.bytes <= self.max_bytes // 2)
-
-    async def get(self) -> tuple[Json, OnSent | None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._events))
-            event, on_sent, size = self._events.popleft()
-            self.bytes -= size
-            self._changed.notify_all()
-        return event, on_sent
-
-    async def drain(self) -> list[tuple[Json, OnSent | None]]:
-        """Take every waiting event at once, without waiting for more (for a door that
-        sends in batches, and for tests). The caller calls each ``on_sent`` once sent."""
-        async with self._changed:
-            taken = [(event, on_sent) for event, on_sent, _ in self._events]
-            self._events.clear()
-            self.bytes = 0
-            self._changed.notify_all()
-        return taken
-
-    def __aiter__(self) -> AsyncIterator[tuple[Json, OnSent | None]]:
-        return self._iter()
-
-    async def _iter(self) -> AsyncIterator[tuple[Json, OnSent | None]]:
-        while True:
-            yield await self.get()
-
-
-@dataclass(eq=False)
-class EarlyAnswer:
-    """A response computed speculatively for a turn not yet over, held behind its gate."""
-
-    request: ChatRequest
-    modalities: tuple[str, ...]
-    resp: Response
-    gate: Gate
-    adopted: bool = False
-
-    def discard(self) -> None:
-        if self.adopted:
-            return
-        self.resp.stop.set()
-        if self.resp.task is not None:
-            self.resp.task.cancel()  # no cancel_reason: it ends without a word
-
-
-@dataclass
-class Speculation:
-    """Work started at the first silence of a turn, before the turn is known to be over:
-    its transcript, then (when nothing else is going on) the answer itself."""
-
-    start_ms: int
-    end_ms: int
-    item_id: str
-    clock: TurnClock
-    result: asyncio.Future[Transcript]
-    stop: threading.Event  # set when the speculation is dropped: its ASR job is not run
-    starter: asyncio.Task[None] | None = None
-    answer: EarlyAnswer | None = None
-
 
 @dataclass
 class TranscribeJob:
@@ -226,9 +131,7 @@ class Session:
         self._worker: asyncio.Task[None] | None = None
         self.response: Response | None = None
         self._latest_frame: tuple[ImageData, float] | None = None
-        self._speculation: Speculation | None = None
-        self._discarded = 0  # speculative starts dropped in the current turn
-        self._early: set[EarlyAnswer] = set()  # live ones, to discard at close
+        self._spec = Speculator(self.id, engines, clock, self)
         self._busy = False  # the turn worker is handling a job
         self.echo = EchoReference()
         self._mic_tail: Float32 = np.zeros(0, np.float32)
@@ -250,9 +153,7 @@ class Session:
             lane.cancel_owner(self.id)
         if self.engines.llm is not None:
             self.engines.llm.forget(self.id)
-        self._drop_speculation()
-        for answer in list(self._early):
-            answer.discard()
+        self._spec.close()
         if self.response is not None:
             await self._cancel_response("client_disconnected", wait=True)
         for task in (self._partial, self._worker):
@@ -323,15 +224,12 @@ class Session:
         self.configure(ev.session)
         await self.emit(se.session_updated(self._session_wire()))
 
-    def _voice(self, asked: str) -> str:
-        """The voice in effect: one the server has, else the session's own."""
-        return asked if asked in self.engines.voices else self.cfg.voice
-
     def configure(self, session: Json) -> None:
         """Apply a `session.update`'s `session` object (raises ProtocolError, changes
         nothing, when a value is invalid). Before `start`, `session.created` shows it."""
         new = p.apply_session_update(self.cfg, session, self.dialect)
-        new = dataclasses.replace(new, voice=self._voice(new.voice))
+        new = dataclasses.replace(new, voice=requests.voice(new.voice, self.engines.voices,
+                                                                 self.cfg.voice))
         if new.input_format != self.cfg.input_format:
             self._resampler = audio_codec.StreamResampler(new.input_format.rate, RATE)
         changed_td = new.turn_detection != self.cfg.turn_detection
@@ -445,9 +343,8 @@ class Session:
                 await self._cancel_response("turn_detected")
         elif isinstance(event, SpeechPaused) and self.settings.speculate and self._live():
             self._speculate(event.audio_end_ms)
-        elif isinstance(event, SpeechResumed) and self._speculation is not None:
-            self._drop_speculation()  # a pause, not the end
-            self._discarded += 1
+        elif isinstance(event, SpeechResumed) and self._spec.current is not None:
+            self._spec.resumed()  # a pause, not the end
         elif isinstance(event, SpeechStopped) and self._speech_item is not None:
             await self._end_of_speech(event.audio_end_ms, td.create_response)
 
@@ -458,33 +355,9 @@ class Session:
         Nothing is sent and nothing is written until the turn is confirmed; if speech
         resumes, everything speculative is dropped.
         """
-        self._drop_speculation()
-        asr = self.engines.asr
         audio = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
-        clock = TurnClock(clock=self.clock)
-        clock.mark("speech_end", self._wall_time_of(audio_end_ms))
-
-        stop = threading.Event()
-
-        def transcribe() -> Transcript:
-            started = self.clock.monotonic()
-            out = asr.transcribe(audio, stop=stop)
-            clock.compute_once("asr", started)
-            return out
-
-        def tentative() -> bool:  # until the turn is confirmed (or this is dropped)
-            return self._speculation is not None and self._speculation.stop is stop
-
-        result = asyncio.ensure_future(
-            self.engines.asr_lane.run(transcribe, owner=self.id, token=stop,
-                                      background=tentative))
-        result.add_done_callback(lambda f: f.cancelled() or f.exception())  # never unretrieved
-        spec = Speculation(self._utt_start_ms, audio_end_ms, self._speech_item or "",
-                           clock, result, stop)
-        self._speculation = spec
-        if self._may_answer_early():
-            spec.starter = asyncio.create_task(self._answer_early(spec),
-                                               name=f"{self.id}-early")
+        self._spec.start(self._speech_item or "", self._utt_start_ms, audio_end_ms, audio,
+                         self._wall_time_of(audio_end_ms))
 
     def _live(self) -> bool:
         """Whether audio arrives as it is spoken. Speculation buys a live speaker time; audio
@@ -493,61 +366,15 @@ class Session:
         budget = self._audio_budget
         return budget.level >= budget.burst - AHEAD_S
 
-    def _may_answer_early(self) -> bool:
+    def may_answer_early(self) -> bool:
         td = self.cfg.turn_detection
         return (self.settings.speculate_answer and td is not None and td.create_response
                 and self.cfg.type == "realtime" and self.response is None
                 and not self._busy and self._jobs.empty())
 
-    async def _answer_early(self, spec: Speculation) -> None:
-        try:
-            result = await spec.result
-        except Exception:
-            return  # the turn's own transcription will report it
-        spec.clock.mark("asr_done")
-        if self._speculation is not spec or not result.text.strip() or self._closed:
-            return
-        if not self._may_answer_early():
-            return
-        frame = self._take_frame(peek=True)
-        pending = ChatMessage("user", result.text, images=(frame,) if frame else ())
-        try:
-            request, notice, modalities = self._prepare({}, None, pending)
-        except VoxwireError:
-            return  # the confirmed turn will raise it again, and say so
-        resp = Response(p.new_id("resp"), modalities, spec.clock, spec.item_id, True,
-                        voice=self.cfg.voice, max_output_tokens=request.max_tokens)
-        gate = Gate(self.emit)
-        ctx = ResponseContext(self.id, gate.emit, self.conv, self.engines, self.settings,
-                              self.cfg.output_format, self.store, self.echo, gate,
-                              self.outbox.caught_up, self.clock)
-        request = dataclasses.replace(request, speculative=True, background=ctx.tentative)
-        resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
-                                        name=f"{resp.id}-early")
-        answer = EarlyAnswer(request, modalities, resp, gate)
-        spec.answer = answer
-        self._early.add(answer)
-        resp.task.add_done_callback(lambda _t: self._early.discard(answer))
-
-    def _drop_speculation(self) -> None:
-        spec, self._speculation = self._speculation, None
-        if spec is None:
-            return
-        spec.stop.set()  # its transcription is not run, or ends at its next check
-        spec.result.cancel()
-        if spec.starter is not None:
-            spec.starter.cancel()
-        if spec.answer is not None:
-            spec.answer.discard()
-
     async def _end_of_speech(self, audio_end_ms: int, respond: bool) -> None:
         item_id, self._speech_item = self._speech_item or p.new_id("item"), None
-        spec, self._speculation = self._speculation, None
-        if spec is not None and (spec.start_ms, spec.end_ms, spec.item_id) != (
-                self._utt_start_ms, audio_end_ms, item_id):
-            self._speculation = spec
-            self._drop_speculation()
-            spec = None
+        spec = self._spec.take(self._utt_start_ms, audio_end_ms, item_id)
         clock = spec.clock if spec is not None else TurnClock(clock=self.clock)
         clock.mark("speech_end", self._wall_time_of(audio_end_ms))
         clock.mark("speech_stopped")
@@ -556,8 +383,7 @@ class Session:
             self._partial.cancel()
         utterance = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
         self.buffer.drop_before_ms(audio_end_ms)
-        clock.compute_ms["speculative_discarded"] = float(self._discarded)
-        self._discarded = 0
+        clock.compute_ms["speculative_discarded"] = float(self._spec.discarded())
         await self._commit(item_id, utterance, clock, respond, None, spec)
 
     async def _enforce_utterance_limit(self) -> None:
@@ -746,10 +572,11 @@ class Session:
             raise ProtocolError('response.conversation must be "auto" or "none"',
                                 code="invalid_value", param="response.conversation",
                                 event_id=event_id)
-        context = await self._input_context(params["input"], event_id) if "input" in params \
-            else None
+        context = await requests.input_context(params["input"], event_id, self.conv,
+                                               self.settings, self._image) \
+            if "input" in params else None
         request, notice, modalities = self._prepare(params, event_id, pending, context)
-        voice, output_format = self._response_audio(params)
+        voice, output_format = requests.response_audio(self.cfg, self.engines.voices, params)
         metadata = (p.metadata_value(params["metadata"], "response.metadata")
                     if "metadata" in params else None)
         if user_item_id is None:  # response.create: it answers the latest user message
@@ -776,86 +603,35 @@ class Session:
         resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
                                         name=resp.id)
 
-    async def _input_context(self, value: object, event_id: str | None) -> Conversation:
-        """A response's own `input`: its items, new ones or references to the conversation's,
-        in place of the conversation (an empty list: no context at all)."""
-        if not isinstance(value, list):
-            raise ProtocolError("response.input must be a list of items", code="invalid_value",
-                                param="response.input", event_id=event_id)
-        context = Conversation(self.settings.max_items, self.settings.max_conversation_bytes)
-        for i, raw in enumerate(value):
-            if isinstance(raw, dict) and raw.get("type") == "item_reference":
-                ref = raw.get("id")
-                item = self.conv.get(ref if isinstance(ref, str) else "", event_id)
-                images = self.conv.images.get(item["id"], ())
-                context.add({**item, "id": f"{item['id']}#{i}"}, images=images)
-                continue
-            item = client_item(raw if isinstance(raw, dict) else {"type": None}, event_id,
-                               self.settings.max_item_bytes)
-            checked = [await self._image(part["image_url"], event_id)
-                       for part in item.get("content", []) if part.get("type") == "input_image"]
-            context.add({**item, "id": f"{item['id']}#{i}"}, images=checked, event_id=event_id)
-        return context
+    # ------------------------------------------------------------------ for speculation
 
-    def _response_audio(self, params: Json) -> tuple[str, p.AudioFormat]:
-        """A response's voice and output format: its own where it names them (GA
-        `audio.output`, beta `voice`/`output_audio_format`), else the session's. A voice
-        the server does not have is taken, and the session's voice speaks."""
-        voice, fmt = self.cfg.voice, self.cfg.output_format
-        out = params.get("audio", {})
-        out = out.get("output", {}) if isinstance(out, dict) else None
-        if not isinstance(out, dict):
-            raise ProtocolError("response.audio.output must be an object", code="invalid_value",
-                                param="response.audio.output")
-        if "voice" in params:
-            voice = self._voice(p.voice_value(params["voice"], "response.voice"))
-        if "voice" in out:
-            voice = self._voice(p.voice_value(out["voice"], "response.audio.output.voice"))
-        if "output_audio_format" in params:
-            fmt = p.apply_session_update(self.cfg, {"output_audio_format": params[
-                "output_audio_format"]}, "beta").output_format
-        if "format" in out:
-            fmt = p.apply_session_update(self.cfg, {"audio": {"output": {"format": out[
-                "format"]}}}, "ga").output_format
-        return voice, fmt
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def voice(self) -> str:
+        return self.cfg.voice
+
+    def prepare_early(self, text: str) -> tuple[ChatRequest, str | None, tuple[str, ...]]:
+        frame = self._take_frame(peek=True)
+        pending = ChatMessage("user", text, images=(frame,) if frame else ())
+        return self._prepare({}, None, pending)
+
+    def gated_context(self) -> tuple[ResponseContext, Gate]:
+        gate = Gate(self.emit)
+        return ResponseContext(self.id, gate.emit, self.conv, self.engines, self.settings,
+                               self.cfg.output_format, self.store, self.echo, gate,
+                               self.outbox.caught_up, self.clock), gate
+
+    def run_response(self, resp: Response, run: ResponseRun) -> Coroutine[Any, Any, None]:
+        return self._run(resp, run)
 
     def _prepare(self, params: Json, event_id: str | None, pending: ChatMessage | None = None,
                  context: Conversation | None = None
                  ) -> tuple[ChatRequest, str | None, tuple[str, ...]]:
-        """The request a response sends to the responder, from the session and ``params``;
-        ``context`` replaces the conversation (a response's own `input`)."""
-        modalities = self.cfg.output_modalities
-        for key in ("output_modalities", "modalities"):
-            if key in params:
-                modalities = p.modalities_value(params[key], f"response.{key}")
-        instructions = p.text_value(params.get("instructions", self.cfg.instructions),
-                                    "response.instructions")
-        temperature = params.get("temperature", self.cfg.temperature)
-        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-            raise ProtocolError("response.temperature must be a number", code="invalid_value",
-                                event_id=event_id)
-        limit = self.settings.max_output_tokens
-        if "max_output_tokens" in params:
-            asked = p.max_tokens_value(params["max_output_tokens"], "response.max_output_tokens")
-        else:
-            asked = self.cfg.max_output_tokens
-        responder = self.engines.responder
-        history = (context or self.conv).history(instructions, self.settings.history_turns,
-                                                 pending)
-        tools, choice, name = self._tools(params)
-        if not responder.can_use_tools:
-            if tools and choice in ("required", "function"):
-                raise ProtocolError(
-                    f"the language model {responder.name!r} cannot call tools, so tool_choice "
-                    f"{choice!r} cannot be honoured: use a backend that calls tools (OpenAI, "
-                    "Anthropic, a compatible server) or tool_choice auto", code="invalid_value",
-                    param="tool_choice", event_id=event_id)
-            tools = ()
-        request = ChatRequest(tuple(history), float(temperature), min(asked or limit, limit),
-                              tools, choice, name, session=self.id)
-        sees_images = any(m.images for m in history)
-        notice = CANNOT_SEE if sees_images and not responder.can_see else None
-        return request, notice, modalities
+        return requests.prepare(self.cfg, self.settings, self.conv, self.engines.responder,
+                                self.id, params, event_id, pending, context)
 
     async def _run(self, resp: Response, run: ResponseRun) -> None:
         try:
@@ -922,25 +698,6 @@ class Session:
             content[parts[0]]["audio"] = await self.engines.image_lane.run(encode)
             item = {**item, "content": content}
         await self.emit(se.conversation_item_retrieved(item))
-    def _tools(self, params: Json) -> tuple[tuple[ToolSpec, ...], str, str | None]:
-        """The tools a response may call and how: its own `tools`/`tool_choice`, else the
-        session's. "none" still sends the tools (a history of calls needs them declared)."""
-        tools = (p.tools_value(params["tools"], "response.tools") if "tools" in params
-                 else self.cfg.tools)
-        choice, name = p.tool_choice_mode(
-            p.tool_choice_value(params["tool_choice"], "response.tool_choice")
-            if "tool_choice" in params else self.cfg.tool_choice)
-        specs = tuple(ToolSpec(t["name"], str(t.get("description", "")),
-                               t.get("parameters") or {"type": "object", "properties": {}})
-                      for t in tools)
-        if name is not None and name not in {t.name for t in specs}:
-            raise ProtocolError(f"tool_choice names the function {name!r}, which is not among "
-                                "the tools", code="invalid_value", param="tool_choice.name")
-        if choice == "required" and not specs:
-            raise ProtocolError('tool_choice "required" needs at least one tool',
-                                code="invalid_value", param="tool_choice")
-        return specs, choice, name
-
     async def _cancel_response(self, reason: str, *, wait: bool = False) -> None:
         resp = self.response
         if resp is None or resp.task is None:
