@@ -8,7 +8,6 @@ Whisper, llama.cpp, piper) runs in the engines' worker lanes, never on the loop.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import logging
@@ -23,14 +22,15 @@ import realtime as p
 from realtime import Json, SessionConfig, TurnDetection
 from realtime import server_events as se
 from server import audio as audio_codec
-from server import images, requests
+from server import requests
 from server.audio import RATE
 from server.clock import SYSTEM, Clock
 from server.config import Settings
-from server.conversation import Conversation, client_item
+from server.conversation import Conversation
 from server.echo import MAX_LAG_S, EchoReference, echo_likeness
 from server.engines import SessionEngines
 from server.errors import LimitError, ProtocolError, TranscriptionTimeout, VoxwireError
+from server.items import Items
 from server.metrics import TurnClock
 from server.outbox import OnSent, Outbox
 from server.response import Gate, Response, ResponseContext, ResponseRun
@@ -39,7 +39,6 @@ from server.stages import (
     ChatMessage,
     ChatRequest,
     Float32,
-    ImageData,
     VadStream,
 )
 from server.store import NullStore, SessionHistory, Store
@@ -62,7 +61,6 @@ MIN_COMMIT_MS = 100
 AHEAD_S = 2.0  # audio this far ahead of real time is not live: no speculation on it
 IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and minimum speech
 SILENCE = "(The user has said nothing since your last answer.)"  # after idle_timeout_ms
-MAX_KEPT_AUDIO = 64  # items whose audio conversation.item.retrieve returns, with --record
 TRANSCRIPT_RESERVE = 2048  # bytes counted for a user item's transcript, written later
 
 @dataclass
@@ -130,14 +128,13 @@ class Session:
         self._queued_samples = 0  # audio held by the turns waiting: max_buffer_s at most
         self._worker: asyncio.Task[None] | None = None
         self.response: Response | None = None
-        self._latest_frame: tuple[ImageData, float] | None = None
         self._spec = Speculator(self.id, engines, clock, self)
         self._busy = False  # the turn worker is handling a job
         self.echo = EchoReference()
         self._mic_tail: Float32 = np.zeros(0, np.float32)
         self._closed = False
         self._idle: Idle | None = None  # armed after an answer when idle_timeout_ms is set
-        self._item_audio: dict[str, Float32] = {}  # items' audio (16 kHz), with --record
+        self.items = Items(engines, settings, clock, self.conv, self.emit)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,9 +192,9 @@ class Session:
                 self._speech_item = None
                 await self.emit(se.input_audio_buffer_cleared())
             case p.ItemCreate():
-                await self._create_item(ev)
+                await self.items.create(ev)
             case p.FrameAppend():
-                await self._frame(ev)
+                await self.items.frame(ev)
             case p.ItemTruncate():
                 self.conv.truncate(ev.item_id, ev.audio_end_ms, ev.event_id)
                 self.echo.stop(self.clock.monotonic())
@@ -207,7 +204,7 @@ class Session:
                 self.conv.delete(ev.item_id, ev.event_id)
                 await self.emit(se.conversation_item_deleted(ev.item_id))
             case p.ItemRetrieve():
-                await self._retrieve(ev)
+                await self.items.retrieve(ev, self.cfg)
             case p.ResponseCreate():
                 if self.cfg.type == "transcription":
                     raise ProtocolError("this is a transcription session: it gives transcripts "
@@ -417,7 +414,7 @@ class Session:
                       idle: bool = False) -> None:
         item = se.item(item_id, "message", role="user",
                        content=[{"type": "input_audio", "transcript": None}])
-        frame = self._take_frame()
+        frame = self.items.take_frame(self.cfg)
         frames = (frame,) if frame is not None else ()
         if frame is not None:
             item["content"].append({"type": "input_image", "image_url": frame.data_uri()})
@@ -427,7 +424,7 @@ class Session:
             await self.emit(se.conversation_item_deleted(gone))
         prev = self.conv.add(item, images=frames, reserve=TRANSCRIPT_RESERVE)
         if self.settings.record:
-            self._keep_audio(item_id, utterance)
+            self.items.keep_audio(item_id, utterance)
         await self.emit(se.input_audio_buffer_committed(prev, item_id))
         if self.cfg.type == "realtime":  # a transcription session sends transcripts only
             await self.emit(se.conversation_item_added(prev, item))
@@ -573,7 +570,7 @@ class Session:
                                 code="invalid_value", param="response.conversation",
                                 event_id=event_id)
         context = await requests.input_context(params["input"], event_id, self.conv,
-                                               self.settings, self._image) \
+                                               self.settings, self.items.image) \
             if "input" in params else None
         request, notice, modalities = self._prepare(params, event_id, pending, context)
         voice, output_format = requests.response_audio(self.cfg, self.engines.voices, params)
@@ -614,7 +611,7 @@ class Session:
         return self.cfg.voice
 
     def prepare_early(self, text: str) -> tuple[ChatRequest, str | None, tuple[str, ...]]:
-        frame = self._take_frame(peek=True)
+        frame = self.items.take_frame(self.cfg, peek=True)
         pending = ChatMessage("user", text, images=(frame,) if frame else ())
         return self._prepare({}, None, pending)
 
@@ -642,7 +639,7 @@ class Session:
                 if resp.cancel_reason is None:  # the idle timeout counts from here
                     self._idle = Idle(self.clock.monotonic())
                 if self.settings.record and resp.message is not None and resp.sent_audio:
-                    self._keep_audio(resp.message["id"], np.concatenate(resp.sent_audio))
+                    self.items.keep_audio(resp.message["id"], np.concatenate(resp.sent_audio))
 
     # ------------------------------------------------------------------ idle timeout
 
@@ -674,30 +671,6 @@ class Session:
         self.buffer.drop_before_ms(end_ms)
         await self._commit(item_id, audio, clock, td.create_response, None, idle=True)
 
-    # ------------------------------------------------------------------ retrieve
-
-    def _keep_audio(self, item_id: str, audio: Float32) -> None:
-        """An item's audio (16 kHz) for `conversation.item.retrieve`; the latest items only."""
-        self._item_audio[item_id] = audio
-        while len(self._item_audio) > MAX_KEPT_AUDIO:
-            del self._item_audio[next(iter(self._item_audio))]
-
-    async def _retrieve(self, ev: p.ItemRetrieve) -> None:
-        item = self.conv.get(ev.item_id, ev.event_id)
-        audio = self._item_audio.get(ev.item_id)
-        parts = [i for i, part in enumerate(item.get("content", []))
-                 if part.get("type") in ("input_audio", "output_audio", "audio")]
-        if audio is not None and parts:
-            fmt = self.cfg.input_format if item.get("role") == "user" else self.cfg.output_format
-
-            def encode() -> str:
-                resampled = audio_codec.resample(audio, RATE, fmt.rate)
-                return base64.b64encode(audio_codec.encode(resampled, fmt.type)).decode()
-
-            content = [dict(part) for part in item["content"]]
-            content[parts[0]]["audio"] = await self.engines.image_lane.run(encode)
-            item = {**item, "content": content}
-        await self.emit(se.conversation_item_retrieved(item))
     async def _cancel_response(self, reason: str, *, wait: bool = False) -> None:
         resp = self.response
         if resp is None or resp.task is None:
@@ -709,47 +682,3 @@ class Session:
         if wait:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await self.clock.wait_for(asyncio.wait({resp.task}), 5)
-
-    # ------------------------------------------------------------------ images
-
-    async def _image(self, image_url: str, event_id: str | None) -> ImageData:
-        """Decode, check and downscale an image in the server's image lane."""
-        st = self.settings
-
-        def work() -> ImageData:
-            data = images.parse_data_uri(image_url, max_bytes=st.max_image_bytes)
-            return images.prepare(data, max_bytes=st.max_image_bytes,
-                                  max_pixels=st.max_image_pixels, max_side=st.image_max_side)
-
-        try:
-            return await self.engines.image_lane.run(work)
-        except ProtocolError as exc:
-            exc.event_id = exc.event_id or event_id
-            raise
-
-    async def _create_item(self, ev: p.ItemCreate) -> None:
-        item = client_item(ev.item, ev.event_id, self.settings.max_item_bytes)
-        self.conv.check(item["id"], 0, ev.event_id)  # before decoding any image
-        checked: list[ImageData] = []
-        for part in item.get("content", []):
-            if part.get("type") == "input_image":
-                image = await self._image(part["image_url"], ev.event_id)
-                part["image_url"] = image.data_uri()  # keep the checked, smaller copy
-                checked.append(image)
-        prev = self.conv.add(item, ev.previous_item_id, images=checked, event_id=ev.event_id)
-        await self.emit(se.conversation_item_added(prev, item))
-        await self.emit(se.conversation_item_done(item, prev))
-
-    async def _frame(self, ev: p.FrameAppend) -> None:
-        image = await self._image(ev.image_url, ev.event_id)
-        self._latest_frame = (image, self.clock.monotonic())
-
-    def _take_frame(self, *, peek: bool = False) -> ImageData | None:
-        """The latest camera frame for a spoken turn, if the session asked and it is fresh."""
-        frame = self._latest_frame
-        if not peek:
-            self._latest_frame = None
-        if frame is None or not self.cfg.attach_latest_frame:
-            return None
-        image, at = frame
-        return image if self.clock.monotonic() - at <= self.settings.frame_max_age_s else None
