@@ -31,6 +31,7 @@ from server.echo import MAX_LAG_S, EchoReference, echo_likeness
 from server.engines import SessionEngines
 from server.errors import LimitError, ProtocolError, TranscriptionTimeout, VoxwireError
 from server.items import Items
+from server.jobs import RespondJob, TranscribeJob, TurnQueue
 from server.metrics import TurnClock
 from server.outbox import OnSent, Outbox
 from server.partials import Partials
@@ -63,23 +64,6 @@ AHEAD_S = 2.0  # audio this far ahead of real time is not live: no speculation o
 IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and minimum speech
 SILENCE = "(The user has said nothing since your last answer.)"  # after idle_timeout_ms
 TRANSCRIPT_RESERVE = 2048  # bytes counted for a user item's transcript, written later
-
-@dataclass
-class TranscribeJob:
-    item_id: str
-    audio: Float32
-    clock: TurnClock
-    respond: bool
-    early: Speculation | None = None  # started at the first silence, same span
-    idle: bool = False  # committed by the idle timeout: answered even if nothing was heard
-
-
-@dataclass
-class RespondJob:
-    params: Json
-    event_id: str | None
-    clock: TurnClock | None
-
 
 @dataclass
 class Idle:
@@ -123,8 +107,7 @@ class Session:
         self._utt_start_ms = 0
         self._partials = Partials(self.id, engines, settings, self.emit,
                                   lambda: self._speech_item)
-        self._jobs: asyncio.Queue[TranscribeJob | RespondJob] = asyncio.Queue(8)
-        self._queued_samples = 0  # audio held by the turns waiting: max_buffer_s at most
+        self._jobs = TurnQueue(settings.max_buffer_s)
         self._worker: asyncio.Task[None] | None = None
         self.response: Response | None = None
         self._spec = Speculator(self.id, engines, clock, self)
@@ -209,7 +192,7 @@ class Session:
                     raise ProtocolError("this is a transcription session: it gives transcripts "
                                         "only, never a response", code="invalid_request",
                                         param="type")
-                await self._enqueue(RespondJob(ev.response, ev.event_id, None), ev.event_id)
+                self._jobs.put(RespondJob(ev.response, ev.event_id, None), ev.event_id)
             case p.ResponseCancel():
                 if self.response is None or (ev.response_id not in (None, self.response.id)):
                     raise ProtocolError("no active response to cancel",
@@ -427,25 +410,12 @@ class Session:
         if self.cfg.type == "realtime":  # a transcription session sends transcripts only
             await self.emit(se.conversation_item_added(prev, item))
         try:
-            await self._enqueue(TranscribeJob(item_id, utterance, clock, respond, early, idle),
-                                event_id)
+            self._jobs.put(TranscribeJob(item_id, utterance, clock, respond, early, idle),
+                           event_id)
         except LimitError:
             if early is not None and early.answer is not None:
                 early.answer.discard()
             raise
-
-    async def _enqueue(self, job: TranscribeJob | RespondJob, event_id: str | None) -> None:
-        samples = len(job.audio) if isinstance(job, TranscribeJob) else 0
-        if self._queued_samples + samples > self.settings.max_buffer_s * RATE:
-            raise LimitError(f"more than {self.settings.max_buffer_s:g} s of turns waiting to "
-                             "be transcribed; this one was dropped", code="turn_queue_full",
-                             event_id=event_id)
-        try:
-            self._jobs.put_nowait(job)
-        except asyncio.QueueFull:
-            raise LimitError("too many turns waiting; this one was dropped",
-                             code="turn_queue_full", event_id=event_id) from None
-        self._queued_samples += samples
 
     # ------------------------------------------------------------------ partial transcripts
 
@@ -462,8 +432,6 @@ class Session:
     async def _work(self) -> None:
         while True:
             job = await self._jobs.get()
-            if isinstance(job, TranscribeJob):
-                self._queued_samples -= len(job.audio)
             self._busy = True
             try:
                 if isinstance(job, TranscribeJob):
