@@ -31,8 +31,10 @@ from server.echo import MAX_LAG_S, EchoReference, echo_likeness
 from server.engines import SessionEngines
 from server.errors import LimitError, ProtocolError, TranscriptionTimeout, VoxwireError
 from server.items import Items
+from server.jobs import RespondJob, TranscribeJob, TurnQueue
 from server.metrics import TurnClock
 from server.outbox import OnSent, Outbox
+from server.partials import Partials
 from server.response import Gate, Response, ResponseContext, ResponseRun
 from server.speculation import EarlyAnswer, Speculation, Speculator
 from server.stages import (
@@ -62,23 +64,6 @@ AHEAD_S = 2.0  # audio this far ahead of real time is not live: no speculation o
 IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and minimum speech
 SILENCE = "(The user has said nothing since your last answer.)"  # after idle_timeout_ms
 TRANSCRIPT_RESERVE = 2048  # bytes counted for a user item's transcript, written later
-
-@dataclass
-class TranscribeJob:
-    item_id: str
-    audio: Float32
-    clock: TurnClock
-    respond: bool
-    early: Speculation | None = None  # started at the first silence, same span
-    idle: bool = False  # committed by the idle timeout: answered even if nothing was heard
-
-
-@dataclass
-class RespondJob:
-    params: Json
-    event_id: str | None
-    clock: TurnClock | None
-
 
 @dataclass
 class Idle:
@@ -120,12 +105,9 @@ class Session:
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
         self._speech_item: str | None = None
         self._utt_start_ms = 0
-        self._partial: asyncio.Task[None] | None = None
-        self._partial_at_ms = 0
-        self._partial_words: list[str] = []
-        self._partial_sent = 0
-        self._jobs: asyncio.Queue[TranscribeJob | RespondJob] = asyncio.Queue(8)
-        self._queued_samples = 0  # audio held by the turns waiting: max_buffer_s at most
+        self._partials = Partials(self.id, engines, settings, self.emit,
+                                  lambda: self._speech_item)
+        self._jobs = TurnQueue(settings.max_buffer_s)
         self._worker: asyncio.Task[None] | None = None
         self.response: Response | None = None
         self._spec = Speculator(self.id, engines, clock, self)
@@ -153,7 +135,7 @@ class Session:
         self._spec.close()
         if self.response is not None:
             await self._cancel_response("client_disconnected", wait=True)
-        for task in (self._partial, self._worker):
+        for task in (self._partials.task, self._worker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -210,7 +192,7 @@ class Session:
                     raise ProtocolError("this is a transcription session: it gives transcripts "
                                         "only, never a response", code="invalid_request",
                                         param="type")
-                await self._enqueue(RespondJob(ev.response, ev.event_id, None), ev.event_id)
+                self._jobs.put(RespondJob(ev.response, ev.event_id, None), ev.event_id)
             case p.ResponseCancel():
                 if self.response is None or (ev.response_id not in (None, self.response.id)):
                     raise ProtocolError("no active response to cancel",
@@ -329,7 +311,7 @@ class Session:
         if isinstance(event, SpeechStarted):
             self._speech_item = p.new_id("item")
             self._utt_start_ms = max(event.audio_start_ms, self.buffer.base_ms)
-            self._partial_at_ms, self._partial_words, self._partial_sent = event.onset_ms, [], 0
+            self._partials.restart(event.onset_ms)
             # Realtime clients stop playing on speech_started
             self.echo.stop(self.clock.monotonic())
             self._idle = None
@@ -376,8 +358,7 @@ class Session:
         clock.mark("speech_end", self._wall_time_of(audio_end_ms))
         clock.mark("speech_stopped")
         await self.emit(se.input_audio_buffer_speech_stopped(audio_end_ms, item_id))
-        if self._partial is not None:
-            self._partial.cancel()
+        self._partials.cancel()
         utterance = self.buffer.slice_ms(self._utt_start_ms, audio_end_ms + ASR_TAIL_MS)
         self.buffer.drop_before_ms(audio_end_ms)
         clock.compute_ms["speculative_discarded"] = float(self._spec.discarded())
@@ -429,25 +410,12 @@ class Session:
         if self.cfg.type == "realtime":  # a transcription session sends transcripts only
             await self.emit(se.conversation_item_added(prev, item))
         try:
-            await self._enqueue(TranscribeJob(item_id, utterance, clock, respond, early, idle),
-                                event_id)
+            self._jobs.put(TranscribeJob(item_id, utterance, clock, respond, early, idle),
+                           event_id)
         except LimitError:
             if early is not None and early.answer is not None:
                 early.answer.discard()
             raise
-
-    async def _enqueue(self, job: TranscribeJob | RespondJob, event_id: str | None) -> None:
-        samples = len(job.audio) if isinstance(job, TranscribeJob) else 0
-        if self._queued_samples + samples > self.settings.max_buffer_s * RATE:
-            raise LimitError(f"more than {self.settings.max_buffer_s:g} s of turns waiting to "
-                             "be transcribed; this one was dropped", code="turn_queue_full",
-                             event_id=event_id)
-        try:
-            self._jobs.put_nowait(job)
-        except asyncio.QueueFull:
-            raise LimitError("too many turns waiting; this one was dropped",
-                             code="turn_queue_full", event_id=event_id) from None
-        self._queued_samples += samples
 
     # ------------------------------------------------------------------ partial transcripts
 
@@ -456,42 +424,14 @@ class Session:
         # the ASR lane just when the final transcript of that turn needs it.
         if self._speech_item is None or not self._detector.hearing_speech:
             return
-        if self._partial is not None and not self._partial.done():
-            return
-        if self.buffer.total_ms - self._partial_at_ms < self.settings.partial_interval_ms:
-            return
-        self._partial_at_ms = self.buffer.total_ms
-        audio = self.buffer.slice_ms(self._utt_start_ms)
-        self._partial = asyncio.create_task(self._run_partial(self._speech_item, audio))
-
-    async def _run_partial(self, item_id: str, audio: Float32) -> None:
-        asr = self.engines.asr
-        try:
-            result = await self.engines.asr_lane.run(
-                lambda: asr.transcribe(audio, partial=True), owner=self.id)
-        except Exception:  # a failed preview costs nothing: the final transcript decides
-            log.debug("partial transcription failed", exc_info=True)
-            return
-        words = result.text.split()
-        # Local agreement: send only the words two consecutive hypotheses agree on.
-        agreed = 0
-        while (agreed < min(len(words), len(self._partial_words))
-               and words[agreed] == self._partial_words[agreed]):
-            agreed += 1
-        self._partial_words = words
-        if agreed > self._partial_sent and item_id == self._speech_item:
-            new = words[self._partial_sent:agreed]
-            delta = (" " if self._partial_sent else "") + " ".join(new)
-            self._partial_sent = agreed
-            await self.emit(se.input_audio_transcription_delta(item_id, delta))
+        self._partials.maybe(self._speech_item, self.buffer.total_ms,
+                             lambda: self.buffer.slice_ms(self._utt_start_ms))
 
     # ------------------------------------------------------------------ turns
 
     async def _work(self) -> None:
         while True:
             job = await self._jobs.get()
-            if isinstance(job, TranscribeJob):
-                self._queued_samples -= len(job.audio)
             self._busy = True
             try:
                 if isinstance(job, TranscribeJob):
