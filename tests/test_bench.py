@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from bench.latency import Fixture, make_fixtures, one_turn, speech_end, summarize
+from bench.latency import ANSWERED, Fixture, make_fixtures, one_turn, speech_end, summarize
 from client.realtime import silence
 
 
@@ -17,7 +17,7 @@ def test_speech_end_finds_the_last_loud_frame() -> None:
 async def test_one_turn_through_the_server(server_url: str) -> None:
     fixtures: list[Fixture] = make_fixtures(["What is the capital of France?"])
     turn = await one_turn(server_url, fixtures[0])
-    assert turn["status"] == "completed"
+    assert turn["status"] in ANSWERED
     assert turn["client_v2v_ms"] > 0
     summary = summarize([turn], [{"asr": 1.0, "llm_first_token": 1.0, "first_sentence": 1.0,
                                   "tts_first_audio": 1.0}])
