@@ -83,7 +83,7 @@ def prepare(cfg: SessionConfig, settings: Settings, conv: Conversation, responde
     temperature = params.get("temperature", cfg.temperature)
     if isinstance(temperature, bool) or not isinstance(temperature, int | float):
         raise ProtocolError("response.temperature must be a number", code="invalid_value",
-                            event_id=event_id)
+                            param="response.temperature", event_id=event_id)
     limit = settings.max_output_tokens
     if "max_output_tokens" in params:
         asked = p.max_tokens_value(params["max_output_tokens"], "response.max_output_tokens")

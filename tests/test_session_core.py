@@ -258,3 +258,12 @@ async def test_every_millisecond_of_the_answer_is_sent() -> None:
         samples = sum(len(base64.b64decode(d["delta"])) // 2 for d in deltas)
         assert h.one("response.done")["response"]["status"] == "completed"
         assert abs(samples - 3 * 100 * 24) <= 1, samples  # three words, 300 ms at 24 kHz
+
+
+async def test_a_bad_response_temperature_names_its_param() -> None:
+    async with harness() as h:
+        await h.send({"type": "response.create", "event_id": "ev1",
+                      "response": {"temperature": "hot"}})
+        error = h.one("error")["error"]
+        assert (error["code"], error["param"], error["event_id"]) == (
+            "invalid_value", "response.temperature", "ev1")
