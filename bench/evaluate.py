@@ -303,7 +303,7 @@ def check_asr_paths(asr: str, window_s: float) -> dict[str, Any]:
     faster-whisper's standard) and the short one (the server's default). WER, compute time
     per clip, and how often the short path fell back to the padded one."""
     from models import locate
-    from server.stages.asr import WhisperTranscriber
+    from server.stages.asr import PADDED, WhisperTranscriber
 
     texts = list(dict.fromkeys(SENTENCES + QUESTIONS))
     clips = [(v, text, resample(np.concatenate([silence(300, RATE), trim(VOICES[v](text, RATE),
@@ -321,7 +321,7 @@ def check_asr_paths(asr: str, window_s: float) -> dict[str, Any]:
             result = model.transcribe(audio)
             times.append((time.perf_counter() - t0) * 1000)
             pairs.append((text, result.text))
-            fallbacks += mode == "short" and result.path == "padded"
+            fallbacks += mode == "short" and result.details == PADDED
         out[mode] = {"wer": round(wer(pairs) * 100, 2),
                      "median_ms": round(float(np.median(times)), 1),
                      "fallbacks": fallbacks, "texts": [h for _, h in pairs]}

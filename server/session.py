@@ -469,7 +469,8 @@ class Session:
             return
         job.clock.compute_once("asr", started)
         job.clock.mark("asr_done")
-        job.clock.compute_ms["asr_path_short"] = float(result.path == "short")
+        for name, value in result.details.items():
+            job.clock.compute_ms[f"asr_{name}"] = value
         try:
             item = self.conv.get(job.item_id)
         except ProtocolError:

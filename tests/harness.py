@@ -93,13 +93,14 @@ class FakeAsr:
     finals: list[str] = field(default_factory=list)
     partials: list[str] = field(default_factory=list)
     calls: list[tuple[int, bool]] = field(default_factory=list)  # (audio ms, partial)
+    details: dict[str, float] = field(default_factory=dict)  # reported with each transcript
     name: str = "fake-asr"
 
     def transcribe(self, audio: Float32, *, partial: bool = False,
                    stop: threading.Event | None = None) -> Transcript:
         self.calls.append((len(audio) * 1000 // RATE, partial))
         script = self.partials if partial else self.finals
-        return Transcript(script.pop(0) if script else "", "short")
+        return Transcript(script.pop(0) if script else "", self.details)
 
 
 @dataclass

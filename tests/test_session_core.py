@@ -267,3 +267,14 @@ async def test_a_bad_response_temperature_names_its_param() -> None:
         error = h.one("error")["error"]
         assert (error["code"], error["param"], error["event_id"]) == (
             "invalid_value", "response.temperature", "ev1")
+
+
+async def test_what_the_asr_engine_reports_reaches_the_turn_metrics() -> None:
+    async with harness(finals=[MOON]) as h:
+        h.engines.asr.details["path_short"] = 1.0
+        await h.send({"type": "session.update", "session": {
+            "type": "realtime", "voxwire": {"metrics": True}}})
+        await h.speech(640)
+        await h.silence(800)
+        compute = h.one("voxwire.turn.metrics")["compute_ms"]
+        assert compute["asr_path_short"] == 1.0

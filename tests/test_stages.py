@@ -9,7 +9,7 @@ import pytest
 from client.realtime import Float32, silence
 from server.engines import Engines
 from server.stages import ChatMessage
-from server.stages.asr import cut_restart, looks_degenerate
+from server.stages.asr import PADDED, SHORT, cut_restart, looks_degenerate
 from server.turns import SpeechStarted, SpeechStopped, TurnDetector
 from tests.conftest import padded, words
 
@@ -69,7 +69,7 @@ def test_asr_transcribes_spoken_sentences(engines: Engines, speak: Speak, voice:
         # The padded path (faster-whisper's standard one) gets every one of these exactly.
         assert words(engines.asr._padded(audio).text) == words(sentence)
         result = engines.asr.transcribe(audio)
-        assert result.path == "short"
+        assert result.details == SHORT
         short_errors += word_errors(words(sentence), words(result.text))
     # The default short path matches the padded one on the evaluation set's WER (`voxwire
     # eval`, asr_paths), not clip by clip: espeak's robotic "capital of France" comes out
@@ -96,13 +96,13 @@ def test_asr_short_path_falls_back_to_padded_on_degenerate_output(
         engines: Engines, speak: Speak) -> None:
     assert engines.asr.mode == "short"  # the default path
     fine = engines.asr.transcribe(padded(speak("Set a timer for ten minutes."), 16000, 200, 200))
-    assert fine.path == "short"
+    assert fine.details == SHORT
     # A real loop-like utterance: its faithful transcript trips the guard, so the padded
     # path decides.
     looping = padded(speak("Hello hello hello hello hello hello."), 16000, 200, 200)
     result = engines.asr.transcribe(looping)
     assert looks_degenerate(result.text, len(looping) / 16000)
-    assert result.path == "padded"
+    assert result.details == PADDED
 
 
 def test_asr_returns_nothing_for_silence(engines: Engines) -> None:

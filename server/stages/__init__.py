@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,11 +44,16 @@ class VoiceActivityModel(Protocol):
 @dataclass(frozen=True)
 class Transcript:
     text: str
-    path: str  # "short" or "padded": which Whisper path produced it
-    no_speech_prob: float = 0.0
+    # What the engine reports about how it got the text, by names of its own choosing;
+    # a turn's metrics record each as ``asr_<name>``.
+    details: Mapping[str, float] = field(default_factory=dict)
 
 
 class Transcriber(Protocol):
+    """Speech to text. ``partial``: a preview of an utterance still being spoken, where
+    speed counts more than accuracy (an engine may treat it as any other call). ``stop``:
+    set when nobody waits for the transcript any more; an engine may end early then."""
+
     name: str
 
     def transcribe(self, audio: Float32, *, partial: bool = False,

@@ -35,7 +35,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 # oneDNN (CTranslate2's convolutions on the CPU) keeps a compiled primitive, with its
 # buffers, for every input shape it sees, up to 1024 of them. Partials come in every
@@ -80,6 +82,9 @@ MAX_RATIO = 2.4  # Whisper's compression_ratio_threshold: above it, text repeats
 # is headroom for a busy machine, so that speech is not failed for want of time.
 BUDGET_S = 5.0
 BUDGET_RATIO = 1.0
+# Which path made a transcript, in its details (the turn's metric `asr_path_short`).
+SHORT: Mapping[str, float] = MappingProxyType({"path_short": 1.0})
+PADDED: Mapping[str, float] = MappingProxyType({"path_short": 0.0})
 _WORD = re.compile(r"[a-z0-9']+")
 _SENTENCE_END = re.compile(r"[.?!]\s+")
 
@@ -193,10 +198,10 @@ class WhisperTranscriber:
             if result is not None:
                 return result
             if partial:
-                return Transcript("", "short")
+                return Transcript("", SHORT)
             if not hears_speech(audio):
                 log.info("short-mel output looked degenerate and the VAD hears no speech")
-                return Transcript("", "short")
+                return Transcript("", SHORT)
         budget.check()
         return self._padded(audio, budget)
 
@@ -221,11 +226,11 @@ class WhisperTranscriber:
         runaway = text == raw and len(tokens) >= cap  # not a restart: a loop
         if ((result.no_speech_prob > NO_SPEECH and len(_WORD.findall(text.lower())) <= 3)
                 or doubtful(result.no_speech_prob, avg_logprob)):
-            return Transcript("", "short", result.no_speech_prob)
+            return Transcript("", SHORT)
         if looks_degenerate(text, seconds) or runaway:
             log.info("short-mel output looked degenerate (%r); using the padded path", text)
             return None
-        return Transcript(text, "short", result.no_speech_prob)
+        return Transcript(text, SHORT)
 
     def _padded(self, audio: Float32, budget: _Budget | None = None) -> Transcript:
         seconds = len(audio) / RATE
@@ -237,16 +242,14 @@ class WhisperTranscriber:
             max_new_tokens=max_length(0, token_cap(seconds)),  # faster-whisper adds the prompt
         )
         kept: list[str] = []
-        worst = 0.0
         for seg in segments:  # lazy: iterating is the work, and it happens in this thread
-            worst = max(worst, seg.no_speech_prob)
             # The fallback's sample can settle into a loop ("B-B-B-B"): no more believable.
             looping = seg.no_speech_prob > DOUBT_NO_SPEECH and seg.compression_ratio > MAX_RATIO
             if not doubtful(seg.no_speech_prob, seg.avg_logprob) and not looping:
                 kept.append(seg.text)
             if seg.end < seconds:
                 budget.check()  # before the next 30 s window is decoded
-        return Transcript("".join(kept).strip(), "padded", worst)
+        return Transcript("".join(kept).strip(), PADDED)
 
 
 def load(settings: Settings) -> WhisperTranscriber:
