@@ -149,15 +149,19 @@ class Ears:
 
     # ------------------------------------------------------------------ settings
 
-    def configure(self, new: SessionConfig) -> None:
-        """The session is about to take ``new``: a new input format, a new resampler; new
-        turn detection, a new detector."""
+    def configure(self, new: SessionConfig) -> bool:
+        """The session is about to take ``new``: a new input format starts the audio over
+        (resampler, VAD stream and turn detector); new turn detection, the detector. Says
+        whether the turn detector started over (any turn being heard is dropped)."""
         old = self.host.cfg
         if new.input_format != old.input_format:
             self._resampler = audio_codec.StreamResampler(new.input_format.rate, RATE)
-        if new.turn_detection != old.turn_detection:
-            self._detector = self._new_detector(new.turn_detection)
-            self.speaking = None
+            self._vad = self.engines.vad.new_stream()
+        if new.input_format == old.input_format and new.turn_detection == old.turn_detection:
+            return False
+        self._detector = self._new_detector(new.turn_detection)
+        self.speaking = None
+        return True
 
     def _new_detector(self, td: TurnDetection | None) -> TurnDetector:
         td = td or TurnDetection()

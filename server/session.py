@@ -145,6 +145,7 @@ class Session:
                 await self._commit_manual(ev)
             case p.AudioClear():
                 self.ears.clear()
+                self._forget_turn()
                 await self.emit(se.input_audio_buffer_cleared())
             case p.ItemCreate():
                 await self.items.create(ev)
@@ -182,7 +183,8 @@ class Session:
         new = p.apply_session_update(self.cfg, session, self.dialect)
         new = dataclasses.replace(new, voice=requests.voice(new.voice, self.engines.voices,
                                                                  self.cfg.voice))
-        self.ears.configure(new)
+        if self.ears.configure(new):
+            self._forget_turn()
         self.cfg = new
 
     def _session_wire(self) -> Json:
@@ -246,10 +248,17 @@ class Session:
 
     async def _commit_manual(self, ev: p.AudioCommit) -> None:
         item_id, utterance = self.ears.commit()
+        self._forget_turn()
         clock = TurnClock(clock=self.clock)
         clock.mark("speech_end")
         clock.mark("speech_stopped")
         await self._commit(item_id, utterance, clock, False, ev.event_id)
+
+    def _forget_turn(self) -> None:
+        """The turn being heard ended other than by its own silence: what was started on
+        its account (a speculation, its answer, a partial preview) stops."""
+        self._spec.drop()
+        self._partials.cancel()
 
     async def _commit(self, item_id: str, utterance: Float32, clock: TurnClock, respond: bool,
                       event_id: str | None, early: Speculation | None = None,

@@ -80,9 +80,11 @@ class FakeVad:
 
     def __init__(self, script: Callable[[int], float] | None = None) -> None:
         self.script = script
+        self.streams: list[FakeVadStream] = []  # every stream made, the session's last
 
     def new_stream(self) -> FakeVadStream:
-        return FakeVadStream(self.script)
+        self.streams.append(FakeVadStream(self.script))
+        return self.streams[-1]
 
 
 @dataclass
@@ -222,13 +224,18 @@ class Harness:
     async def send(self, event: Json) -> None:
         """A client event, as JSON a client sends; parse errors are reported as the edge
         reports them."""
+        await self.send_now(event)
+        await self.settle()
+
+    async def send_now(self, event: Json) -> None:
+        """A client event, handled without letting anything it started run yet: the next
+        one arrives right behind it."""
         try:
             parsed = p.parse_client_event(json.dumps(event))
         except ProtocolError as exc:
             await self.session.error(exc)
         else:
             await self.session.handle(parsed)
-        await self.settle()
 
     async def audio(self, pcm: bytes) -> None:
         """Feed audio in 20 ms appends, moving the clock with it (a live microphone)."""

@@ -12,7 +12,7 @@ import asyncio
 import base64
 
 from server.stages import ChatRequest
-from tests.harness import Harness, harness, tone
+from tests.harness import Harness, harness, quiet, tone
 
 MOON = "tell me about the moon"
 ANSWER = "The moon is bright and full tonight, and it rises late."
@@ -278,3 +278,62 @@ async def test_what_the_asr_engine_reports_reaches_the_turn_metrics() -> None:
         await h.silence(800)
         compute = h.one("voxwire.turn.metrics")["compute_ms"]
         assert compute["asr_path_short"] == 1.0
+
+
+LONG = " ".join(f"word{i}." for i in range(40))
+
+
+async def test_clearing_the_buffer_in_a_pause_drops_the_prepared_answer() -> None:
+    async with harness(finals=[MOON], replies=[LONG], token_ms=100) as h:
+        await h.speech(640)
+        await h.silence(200)
+        llm = h.engines.responder
+        assert len(llm.requests) == 1 and llm.closed == 0  # answering the pause, behind a gate
+        await h.send({"type": "input_audio_buffer.clear"})
+        assert llm.closed == 1  # stopped at once, mid-stream
+        assert llm.words_sent[0] < 5
+        await h.silence(2000)
+        assert response_events(h.types()) == []
+        assert "input_audio_buffer.committed" not in h.types()
+
+
+async def test_a_manual_commit_in_a_pause_drops_the_prepared_answer() -> None:
+    async with harness(finals=[MOON, MOON], replies=[LONG], token_ms=100) as h:
+        await h.speech(640)
+        await h.silence(200)
+        llm = h.engines.responder
+        assert len(llm.requests) == 1 and llm.closed == 0
+        await h.send({"type": "input_audio_buffer.commit"})
+        assert llm.closed == 1
+        assert llm.words_sent[0] < 5
+        await h.silence(2000)
+        assert h.types().count("input_audio_buffer.committed") == 1
+        assert response_events(h.types()) == []  # a manual commit asks for no answer
+
+
+async def test_clearing_or_committing_the_buffer_stops_a_partial_preview() -> None:
+    for kind in ("input_audio_buffer.clear", "input_audio_buffer.commit"):
+        async with harness(partial_interval_ms=200, speculate=False) as h:
+            await h.speech(380)
+            asr = h.engines.asr
+            previews = [partial for _, partial in asr.calls].count(True)
+            assert previews == 1  # at 200 ms; the next is due at 400 ms
+            await h.send_now({"type": "input_audio_buffer.append",
+                              "audio": base64.b64encode(tone(20)).decode()})
+            await h.send_now({"type": kind})  # right behind the append that started one
+            await h.settle()
+            assert [partial for _, partial in asr.calls].count(True) == previews, kind
+
+
+async def test_a_new_input_format_starts_turn_detection_over() -> None:
+    async with harness(finals=[MOON]) as h:
+        await h.speech(640)
+        assert h.types().count("input_audio_buffer.speech_started") == 1
+        streams = len(h.engines.vad.streams)
+        await h.send({"type": "session.update", "session": {"type": "realtime", "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 24000}}}}})
+        assert len(h.engines.vad.streams) == streams + 1  # a fresh VAD stream
+        # The turn heard in the old format is dropped: its end is not waited for.
+        await h.audio(quiet(1000, rate=24000))
+        assert "input_audio_buffer.speech_stopped" not in h.types()
+        assert "input_audio_buffer.committed" not in h.types()
