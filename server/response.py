@@ -30,6 +30,7 @@ from server.conversation import Conversation, Spoken, item_text
 from server.echo import EchoReference
 from server.engines import SessionEngines
 from server.errors import ProtocolError, StageError, VoxwireError
+from server.gate import Gate
 from server.metrics import TurnClock
 from server.outbox import Emit as Emit
 from server.output_items import BYTES_PER_TOKEN, OutputItems
@@ -78,36 +79,6 @@ async def _at_once() -> None:
     return None
 
 
-class Gate:
-    """Holds a speculative response's events until its turn is confirmed, then lets them
-    through in order. Until then the response computes (LLM, first-clause TTS) but sends
-    nothing and changes nothing: it waits at `opened` before touching the conversation,
-    the store or the metrics. Never opened, it is simply cancelled and dropped."""
-
-    def __init__(self, emit: Emit) -> None:
-        self._emit = emit
-        self._held: list[tuple[Json, Callable[[], None] | None]] | None = []
-        self.opened = asyncio.Event()
-
-    async def emit(self, event: Json, on_sent: Callable[[], None] | None = None) -> None:
-        if self._held is None:
-            await self._emit(event, on_sent)
-        else:
-            self._held.append((event, on_sent))
-
-    async def open(self) -> None:
-        # Events emitted while the held ones drain join the end of the list: order is kept.
-        while self._held:
-            event, on_sent = self._held.pop(0)
-            await self._emit(event, on_sent)
-        self._held = None
-        self.opened.set()
-
-    @property
-    def held(self) -> int:
-        return len(self._held or ())
-
-
 class Response:
     """One response, from `response.created` to `response.done`. It runs as a task of its
     own (`start`); from outside it is only cancelled (`cancel`) and waited for (`wait`)."""
@@ -116,11 +87,11 @@ class Response:
                  modalities: tuple[str, ...], turn: TurnClock, user_item_id: str | None,
                  in_conversation: bool = True, metadata: Any = None, voice: str = "",
                  user_audio: Float32 | None = None) -> None:
-        self.id = p.new_id("resp")
-        self.ctx, self.request, self.notice, self.turn = ctx, request, notice, turn
-        self.audio = "audio" in modalities
+        self._id = p.new_id("resp")
+        self._ctx, self._request, self._notice, self._turn = ctx, request, notice, turn
+        self._audio = "audio" in modalities
         self._user_item_id, self._user_audio = user_item_id, user_audio
-        self.stop = threading.Event()  # set when the response ends: its work stops at once
+        self._stop = threading.Event()  # set when the response ends: its work stops at once
         self._text = ""
         self._finished: Finished | None = None  # how the backend ended, with its usage
         self._cancel_reason: str | None = None
@@ -128,20 +99,20 @@ class Response:
         self._first_sent = asyncio.Event()  # the first audio (or text) left the socket
         self._started_at = ctx.clock.now()
         self._items = OutputItems(
-            self.id, audio=self.audio, in_conversation=in_conversation, conv=ctx.conv,
+            self._id, audio=self._audio, in_conversation=in_conversation, conv=ctx.conv,
             emit=ctx.emit, reserve_bytes=ctx.settings.max_output_tokens * BYTES_PER_TOKEN,
             released=self._released)
         self._speech: SpeechOut | None = None
-        if self.audio:
+        if self._audio:
             speaker, spoken_voice = ctx.engines.speaker(voice)
             self._speech = SpeechOut(
                 speaker, spoken_voice, ctx.output_format, emit=ctx.emit, place=self._place,
                 on_sent=self._mark_sent, echo=ctx.echo, clock=ctx.clock, turn=turn,
-                stop=self.stop, owner=ctx.session_id, background=ctx.tentative,
+                stop=self._stop, owner=ctx.session_id, background=ctx.tentative,
                 record=ctx.settings.record)
         fmt = ctx.output_format
         self._base: Json = {
-            "object": "realtime.response", "id": self.id, "metadata": metadata,
+            "object": "realtime.response", "id": self._id, "metadata": metadata,
             "output_modalities": list(modalities),
             # an out-of-band response (conversation "none") belongs to none
             "conversation_id": f"conv_{ctx.session_id}" if in_conversation else None,
@@ -150,6 +121,10 @@ class Response:
             "max_output_tokens": request.max_tokens or "inf"}
 
     # ------------------------------------------------------------------ control
+
+    @property
+    def id(self) -> str:
+        return self._id
 
     @property
     def user_item_id(self) -> str | None:
@@ -178,14 +153,14 @@ class Response:
     def start(self, on_end: Callable[[Response], None] | None = None, *,
               name: str | None = None) -> None:
         """Run the response as a task; ``on_end`` is called when it ends, however it ends."""
-        self._task = asyncio.create_task(self._run(on_end), name=name or self.id)
+        self._task = asyncio.create_task(self._run(on_end), name=name or self._id)
 
     def cancel(self, reason: str | None) -> None:
         """Stop at once. With a ``reason`` the response ends as `cancelled` (and says so in
         `response.done`); without one it is dropped unannounced (a speculation)."""
         if reason is not None:
             self._cancel_reason = reason
-        self.stop.set()
+        self._stop.set()
         if self._task is not None:
             self._task.cancel()
 
@@ -204,11 +179,11 @@ class Response:
                 on_end(self)
 
     async def _respond(self) -> None:
-        await self.ctx.emit(se.response_created({**self._base, "status": "in_progress",
+        await self._ctx.emit(se.response_created({**self._base, "status": "in_progress",
                                                  "output": []}))
         status, details = "completed", cast(Json | None, None)
         try:
-            if self.audio:
+            if self._audio:
                 await self._speak()
             else:
                 await self._write()
@@ -224,16 +199,16 @@ class Response:
             exc = raised.exceptions[0] if isinstance(raised, ExceptionGroup) else raised
             status, details = "failed", await self._failed(exc)
         finally:
-            self.stop.set()
+            self._stop.set()
         await self._finish(status, details)
 
     async def _failed(self, exc: BaseException) -> Json:
         if not isinstance(exc, StageError):
-            log.exception("response %s failed", self.id, exc_info=exc)
+            log.exception("response %s failed", self._id, exc_info=exc)
         event = se.error_event(exc)
         code, message = event["error"]["code"], event["error"]["message"]
-        log.warning("response %s failed: %s (%s)", self.id, message, code)
-        await self.ctx.emit(event)
+        log.warning("response %s failed: %s (%s)", self._id, message, code)
+        await self._ctx.emit(event)
         stage = exc.stage if isinstance(exc, StageError) else ""
         if self._speech is not None and stage != "tts":
             # The listener hears that something went wrong, not silence.
@@ -243,9 +218,9 @@ class Response:
                                             "message": message}}
 
     async def _consume(self, on_text: Callable[[str], Awaitable[None]]) -> None:
-        events = answer_events(self.ctx.engines.responder, self.request, self.notice,
-                               turn=self.turn, clock=self.ctx.clock,
-                               first_token_timeout_s=self.ctx.settings.first_token_timeout_s)
+        events = answer_events(self._ctx.engines.responder, self._request, self._notice,
+                               turn=self._turn, clock=self._ctx.clock,
+                               first_token_timeout_s=self._ctx.settings.first_token_timeout_s)
         async for event in events:
             if isinstance(event, TextDelta):
                 if event.text:
@@ -260,9 +235,9 @@ class Response:
 
     async def _write(self) -> None:
         async def on_text(delta: str) -> None:
-            self.turn.mark("first_sentence")
+            self._turn.mark("first_sentence")
             ids = await self._place()
-            await self.ctx.emit(se.response_output_text_delta(ids, delta), self._mark_sent)
+            await self._ctx.emit(se.response_output_text_delta(ids, delta), self._mark_sent)
 
         await self._consume(on_text)
 
@@ -270,21 +245,21 @@ class Response:
         assert self._speech is not None
         # Room for the whole answer (a piece is at least a token): the model's reader never
         # waits for speech, only for the client, so it is away only when the client is.
-        pieces: asyncio.Queue[str | None] = asyncio.Queue(self.request.max_tokens + 2)
-        splitter = SentenceSplitter(first_clause_words=self.ctx.settings.first_clause_words)
+        pieces: asyncio.Queue[str | None] = asyncio.Queue(self._request.max_tokens + 2)
+        splitter = SentenceSplitter(first_clause_words=self._ctx.settings.first_clause_words)
 
         async def on_text(delta: str) -> None:
             for piece in splitter.feed(delta):
-                self.turn.mark("first_sentence")
+                self._turn.mark("first_sentence")
                 await pieces.put(piece)
             # The model's reader waits for the client, never for speech: what a client does
             # not read is not computed further (and its context may go to someone else).
-            await self.ctx.caught_up()
+            await self._ctx.caught_up()
 
         async def produce() -> None:
             await self._consume(on_text)
             for piece in splitter.flush():
-                self.turn.mark("first_sentence")
+                self._turn.mark("first_sentence")
                 await pieces.put(piece)
             await pieces.put(None)
 
@@ -294,61 +269,61 @@ class Response:
 
     async def _released(self) -> None:
         """A speculative response waits here until its turn is confirmed."""
-        if self.ctx.gate is not None:
-            await self.ctx.gate.opened.wait()
+        if self._ctx.gate is not None:
+            await self._ctx.gate.opened.wait()
 
     async def _place(self) -> se.ContentIds:
         """Where the answer's output goes: the message (added the first time); from here
         on the output is released to the client."""
         ids = await self._items.open_message()
-        self.turn.mark("released")
+        self._turn.mark("released")
         return ids
 
     def _mark_sent(self) -> None:
-        self.turn.mark("first_audio_sent")
+        self._turn.mark("first_audio_sent")
         self._first_sent.set()
 
     # ------------------------------------------------------------------ the end
 
     async def _finish(self, status: str, details: Json | None) -> None:
         spoken = self._speech.spoken if self._speech is not None else Spoken()
-        said = spoken.text_until(10**12) if self.audio else self._text
+        said = spoken.text_until(10**12) if self._audio else self._text
         await self._items.finish(status, said, spoken)
-        self.turn.mark("response_done")
+        self._turn.mark("response_done")
         record = self._record(status, said)
         # Before response.done: an announced turn is never lost.
-        await hand_over(self.ctx.sinks, record, "ended", self._tell)
-        await self.ctx.emit(se.response_done({
+        await hand_over(self._ctx.sinks, record, "ended", self._tell)
+        await self._ctx.emit(se.response_done({
             **self._base, "status": status, "status_details": details,
             "output": self._items.outputs, "usage": record.usage}))
         if record.answered:
             await self._first_output_left()
-        record = dataclasses.replace(record, timings=self.turn.timings())
-        await hand_over(self.ctx.sinks, record, "sent", self._tell)
-        await self.ctx.emit(se.turn_metrics(record.metrics()))
+        record = dataclasses.replace(record, timings=self._turn.timings())
+        await hand_over(self._ctx.sinks, record, "sent", self._tell)
+        await self._ctx.emit(se.turn_metrics(record.metrics()))
 
     async def _first_output_left(self) -> None:
-        if "released" in self.turn.marks and not self._first_sent.is_set():
+        if "released" in self._turn.marks and not self._first_sent.is_set():
             # Output is queued but not sent yet (a released speculative answer arrives all
             # at once): the turn's figures are only whole once its first audio has left.
             with contextlib.suppress(TimeoutError):
-                await self.ctx.clock.wait_for(self._first_sent.wait(), SENT_WAIT_S)
+                await self._ctx.clock.wait_for(self._first_sent.wait(), SENT_WAIT_S)
 
     def _record(self, status: str, said: str) -> TurnRecord:
-        ctx = self.ctx
+        ctx = self._ctx
         user = ""
         if self._user_item_id is not None:
             with contextlib.suppress(ProtocolError):
                 user = item_text(ctx.conv.get(self._user_item_id))
         record_audio = ctx.settings.record
         return TurnRecord(
-            self.id, ctx.session_id, self._user_item_id, user, said, status,
+            self._id, ctx.session_id, self._user_item_id, user, said, status,
             ctx.settings.llm_backend, tuple(self._items.tools),
-            usage(self._finished, self.request),
+            usage(self._finished, self._request),
             self._speech.audio_ms if self._speech is not None else 0.0,
-            self.turn.timings(), self._started_at, ctx.clock.now(),
+            self._turn.timings(), self._started_at, ctx.clock.now(),
             self._user_audio if record_audio else None,
             self.sent_audio if record_audio else None)
 
     async def _tell(self, exc: VoxwireError) -> None:
-        await self.ctx.emit(se.error_event(exc))
+        await self._ctx.emit(se.error_event(exc))

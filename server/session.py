@@ -29,12 +29,13 @@ from server.conversation import Conversation
 from server.echo import MAX_LAG_S, EchoReference, echo_likeness
 from server.engines import SessionEngines
 from server.errors import LimitError, ProtocolError, TranscriptionTimeout, VoxwireError
+from server.gate import Gate
 from server.items import Items
 from server.jobs import RespondJob, TranscribeJob, TurnQueue
 from server.metrics import TurnClock
 from server.outbox import Emit, OnSent, Outbox
 from server.partials import Partials
-from server.response import Gate, Response, ResponseContext
+from server.response import Response, ResponseContext
 from server.speculation import EarlyAnswer, Speculation, Speculator
 from server.stages import (
     ChatMessage,

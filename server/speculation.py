@@ -14,8 +14,9 @@ from typing import Protocol
 from server.clock import Clock
 from server.engines import SessionEngines
 from server.errors import VoxwireError
+from server.gate import Gate
 from server.metrics import TurnClock
-from server.response import Gate, Response, ResponseContext
+from server.response import Response, ResponseContext
 from server.stages import ChatRequest, Float32, Transcript
 
 
