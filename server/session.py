@@ -573,6 +573,7 @@ class Session:
                                 self.id, params, event_id, pending, context)
 
     def response_ended(self, resp: Response) -> None:
+        """A response of this session's has ended, however it ended."""
         if self.response is not resp:
             return
         self.response = None

@@ -64,3 +64,20 @@ async def test_every_sink_gets_the_turn_and_a_failing_one_breaks_nothing() -> No
         assert second["status"] == "completed"
         for sink in sinks:
             assert [t.said for t in sink.turns] == [ANSWER, BOTH]
+
+
+async def test_a_cancelled_turn_reaches_every_sink_at_once_as_cancelled() -> None:
+    ended, sent = Keeper("ended"), Keeper("sent")
+    async with harness(finals=[MOON], replies=[ANSWER], first_ms=200, token_ms=100,
+                       sinks=(ended, sent)) as h:
+        await h.speech(640)
+        await h.silence(600)
+        await h.advance(450)  # the first token, then a few more
+        await h.send({"type": "response.cancel"})
+        done = h.one("response.done")["response"]
+        assert done["status"] == "cancelled"
+        # Nothing to wait for: an unanswered turn's figures are whole as it ends.
+        assert [t.status for t in ended.turns] == [t.status for t in sent.turns] == [
+            "cancelled"]
+        assert sent.turns[0].response_id == done["id"]
+        assert sent.turns[0].said == done["output"][0]["content"][0]["transcript"]
