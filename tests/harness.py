@@ -41,7 +41,7 @@ from server.stages import (
     TextDelta,
     Transcript,
 )
-from server.turn_record import TurnSink
+from server.turn_record import TurnRecord, TurnSink, When
 
 WINDOW = 512  # samples per VAD window (32 ms at 16 kHz), as silero's
 CHUNK_MS = 20  # audio per input_audio_buffer.append
@@ -155,6 +155,23 @@ class FakeTts:
             if stop.is_set():
                 return
             yield tone
+
+
+class Keeper:
+    """A sink that keeps what it is given, then raises ``fail`` if it has one."""
+
+    def __init__(self, when: When, fail: Exception | None = None) -> None:
+        self._when, self.fail = when, fail
+        self.turns: list[TurnRecord] = []
+
+    @property
+    def when(self) -> When:
+        return self._when
+
+    async def take(self, turn: TurnRecord) -> None:
+        self.turns.append(turn)
+        if self.fail is not None:
+            raise self.fail
 
 
 @dataclass

@@ -5,30 +5,12 @@ fails breaks neither the others nor the session."""
 from __future__ import annotations
 
 from server.errors import StoreError
-from server.turn_record import TurnRecord, When
-from tests.harness import harness
+from tests.harness import Keeper, harness
 
 MOON = "tell me about the moon"
 ANSWER = "The moon is bright and full tonight, and it rises late."
 STARS = "and the stars"
 BOTH = "Both shine."
-
-
-class Keeper:
-    """A sink that keeps what it is given, then raises ``fail`` if it has one."""
-
-    def __init__(self, when: When, fail: Exception | None = None) -> None:
-        self._when, self.fail = when, fail
-        self.turns: list[TurnRecord] = []
-
-    @property
-    def when(self) -> When:
-        return self._when
-
-    async def take(self, turn: TurnRecord) -> None:
-        self.turns.append(turn)
-        if self.fail is not None:
-            raise self.fail
 
 
 async def test_every_sink_gets_the_turn_and_a_failing_one_breaks_nothing() -> None:
@@ -65,19 +47,3 @@ async def test_every_sink_gets_the_turn_and_a_failing_one_breaks_nothing() -> No
         for sink in sinks:
             assert [t.said for t in sink.turns] == [ANSWER, BOTH]
 
-
-async def test_a_cancelled_turn_reaches_every_sink_at_once_as_cancelled() -> None:
-    ended, sent = Keeper("ended"), Keeper("sent")
-    async with harness(finals=[MOON], replies=[ANSWER], first_ms=200, token_ms=100,
-                       sinks=(ended, sent)) as h:
-        await h.speech(640)
-        await h.silence(600)
-        await h.advance(450)  # the first token, then a few more
-        await h.send({"type": "response.cancel"})
-        done = h.one("response.done")["response"]
-        assert done["status"] == "cancelled"
-        # Nothing to wait for: an unanswered turn's figures are whole as it ends.
-        assert [t.status for t in ended.turns] == [t.status for t in sent.turns] == [
-            "cancelled"]
-        assert sent.turns[0].response_id == done["id"]
-        assert sent.turns[0].said == done["output"][0]["content"][0]["transcript"]
