@@ -41,6 +41,7 @@ from server.http_edge import (
     json_response,
     response,
 )
+from server.metrics import TurnMetrics
 from server.session import Session
 from server.store import SqlStore, Store, open_store
 from server.tokens import Grant, Shape, Tokens, mint_request
@@ -284,7 +285,7 @@ class App:
         # `?intent=transcription` (the beta way): a transcription-only session
         kind = "transcription" if query.get("intent") == ["transcription"] else "realtime"
         session = Session(engines, self.settings, dialect=dialect, model=model,
-                          store=self.store, kind=kind)
+                          store=self.store, kind=kind, sinks=(TurnMetrics(engines.registry),))
         if grant is not None and grant.session:
             session.configure(grant.session)  # validated at minting; session.created shows it
         if query.get("voxwire_metrics", [""])[0] in ("1", "true"):
@@ -434,10 +435,12 @@ class App:
         grace = self.settings.shutdown_grace_s
         log.info("stopping: %d sessions, up to %g s for answers in flight",
                  len(self.sessions), grace)
-        pending = {s.response.task for s in self.sessions
-                   if s.response is not None and s.response.task is not None}
+        pending = {asyncio.create_task(s.answer_ended()) for s in self.sessions
+                   if s.response is not None}
         if pending:
             await asyncio.wait(pending, timeout=grace)
+            for waiting in pending:  # only the waits: close() cancels what still runs
+                waiting.cancel()
         for session in list(self.sessions):
             await session.close()
         with contextlib.suppress(TimeoutError):  # the last response.done, for one

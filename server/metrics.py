@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import bisect
+import json
+import logging
 import threading
 from dataclasses import dataclass, field
 
 from server.clock import SYSTEM, Clock
+from server.turn_record import Timings, TurnRecord, When
+
+turn_log = logging.getLogger("voxwire.turns")
 
 # Marks on a turn's clock, in the order they happen.
 MARKS = ("speech_end", "speech_stopped", "asr_done", "llm_first_token", "first_sentence",
@@ -78,6 +83,11 @@ class TurnClock:
             return {}
         return {k: round((v - origin) * 1000, 1) for k, v in self.marks.items()}
 
+    def timings(self) -> Timings:
+        """The clock as it reads now."""
+        return Timings(self.stages_ms(), self.overhead_ms(), self.marks_ms(),
+                       dict(self.compute_ms))
+
 
 _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -134,3 +144,20 @@ class Registry:
             for name, value in sorted(self.gauges.items()):
                 lines += [f"# TYPE voxwire_{name} gauge", f"voxwire_{name} {value:g}"]
         return "\n".join(lines) + "\n"
+
+
+class TurnMetrics:
+    """The turn sink for the server's figures: its counters and stage histograms in
+    ``registry``, and one JSON line per turn in the `voxwire.turns` log."""
+
+    when: When = "sent"  # the figures are whole once the first audio has left
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def take(self, turn: TurnRecord) -> None:
+        self.registry.inc("turns_total")
+        self.registry.inc(f"responses_{turn.status}_total")
+        if turn.answered:
+            self.registry.observe_turn(turn.timings.stages_ms)
+        turn_log.info(json.dumps({"session": turn.session_id, **turn.metrics()}))

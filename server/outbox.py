@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import realtime as p
 from realtime import Json
 
 OnSent = Callable[[], None]
+Emit = Callable[..., Awaitable[None]]  # put a server event (and what to do once it is sent)
 
 
 class Outbox:

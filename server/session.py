@@ -15,13 +15,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Coroutine
-from typing import Any
-
-import numpy as np
+from collections.abc import Sequence
 
 import realtime as p
-from realtime import Json, SessionConfig, TurnDetection
+from realtime import AudioFormat, Json, SessionConfig, TurnDetection
 from realtime import server_events as se
 from server import requests
 from server.clock import SYSTEM, Clock
@@ -31,19 +28,21 @@ from server.ears import Confirmed, EarEvent, Ears, Paused, Resumed, Started, Sto
 from server.echo import EchoReference
 from server.engines import SessionEngines
 from server.errors import LimitError, ProtocolError, VoxwireError
+from server.gate import Gate
 from server.items import Items
 from server.jobs import RespondJob, TranscribeJob
 from server.metrics import TurnClock
-from server.outbox import OnSent, Outbox
+from server.outbox import Emit, OnSent, Outbox
 from server.partials import Partials
-from server.response import Gate, Response, ResponseContext, ResponseRun
+from server.response import Response, ResponseContext
 from server.speculation import EarlyAnswer, Speculation, Speculator
 from server.stages import (
     ChatMessage,
     ChatRequest,
     Float32,
 )
-from server.store import NullStore, SessionHistory, Store
+from server.store import NullStore, SessionHistory, Store, TurnStore
+from server.turn_record import TurnSink
 from server.turns import InputBuffer
 from server.worker import Transcribed, TurnWorker
 
@@ -56,13 +55,16 @@ TRANSCRIPT_RESERVE = 2048  # bytes counted for a user item's transcript, written
 class Session:
     def __init__(self, engines: SessionEngines, settings: Settings, *, dialect: p.Dialect = "ga",
                  model: str = "voxwire", store: Store | None = None,
-                 kind: str = "realtime", clock: Clock = SYSTEM) -> None:
+                 kind: str = "realtime", clock: Clock = SYSTEM,
+                 sinks: Sequence[TurnSink] = ()) -> None:
         self.engines = engines
         self.clock = clock
         self.store = SessionHistory(
             store or NullStore(), self.error, max_text=settings.max_stored_text_bytes,
             max_bytes=settings.max_store_bytes_per_session,
             max_total=int(settings.store_max_mb * 1024 * 1024))
+        # Who takes each turn's record: this session's history first, then ``sinks``.
+        self._sinks: tuple[TurnSink, ...] = (TurnStore(self.store), *sinks)
         self.settings = settings
         self.dialect = dialect
         self.id = p.new_id("sess")
@@ -320,8 +322,8 @@ class Session:
             td = self.cfg.turn_detection
             if td is not None and td.interrupt_response:
                 await self._cancel_response("turn_detected", wait=True)
-            elif self.response.task is not None:
-                await asyncio.wait({self.response.task})
+            else:
+                await self.response.wait()
         if clock is None:
             clock = TurnClock(clock=self.clock)
             clock.mark("speech_end")
@@ -344,22 +346,19 @@ class Session:
                 and early.resp.user_item_id == user_item_id and self.response is None):
             # The turn is confirmed and nothing changed: release what was prepared.
             early.adopted = True
-            early.resp.user_audio = user_audio
+            early.resp.keep_user_audio(user_audio)
             clock.compute_ms["speculative"] = 1.0
             self.response = early.resp
             await early.gate.open()
             return
         if early is not None:
             early.discard()
-        resp = Response(p.new_id("resp"), modalities, clock, user_item_id,
-                        conversation != "none", metadata, user_audio=user_audio,
-                        voice=voice, max_output_tokens=request.max_tokens)
-        ctx = ResponseContext(self.id, self.emit, self.conv, self.engines, self.settings,
-                              output_format, self.store, self.echo,
-                              caught_up=self.outbox.caught_up, clock=self.clock)
+        resp = Response(self._response_context(self.emit, output_format), request, notice,
+                        modalities=modalities, turn=clock, user_item_id=user_item_id,
+                        in_conversation=conversation != "none", metadata=metadata,
+                        voice=voice, user_audio=user_audio)
         self.response = resp
-        resp.task = asyncio.create_task(self._run(resp, ResponseRun(ctx, resp, request, notice)),
-                                        name=resp.id)
+        resp.start(self.response_ended)
 
     # ------------------------------------------------------------------ for speculation
 
@@ -378,12 +377,13 @@ class Session:
 
     def gated_context(self) -> tuple[ResponseContext, Gate]:
         gate = Gate(self.emit)
-        return ResponseContext(self.id, gate.emit, self.conv, self.engines, self.settings,
-                               self.cfg.output_format, self.store, self.echo, gate,
-                               self.outbox.caught_up, self.clock), gate
+        return self._response_context(gate.emit, self.cfg.output_format, gate), gate
 
-    def run_response(self, resp: Response, run: ResponseRun) -> Coroutine[Any, Any, None]:
-        return self._run(resp, run)
+    def _response_context(self, emit: Emit, output_format: AudioFormat,
+                          gate: Gate | None = None) -> ResponseContext:
+        return ResponseContext(self.id, emit, self.conv, self.engines, self.settings,
+                               output_format, self._sinks, self.echo, gate,
+                               self.outbox.caught_up, self.clock)
 
     def _prepare(self, params: Json, event_id: str | None, pending: ChatMessage | None = None,
                  context: Conversation | None = None
@@ -391,25 +391,28 @@ class Session:
         return requests.prepare(self.cfg, self.settings, self.conv, self.engines.responder,
                                 self.id, params, event_id, pending, context)
 
-    async def _run(self, resp: Response, run: ResponseRun) -> None:
-        try:
-            await run.run()
-        finally:
-            if self.response is resp:
-                self.response = None
-                if resp.cancel_reason is None:  # the idle timeout counts from here
-                    self.ears.answered()
-                if self.settings.record and resp.message is not None and resp.sent_audio:
-                    self.items.keep_audio(resp.message["id"], np.concatenate(resp.sent_audio))
+    def response_ended(self, resp: Response) -> None:
+        """A response of this session's has ended, however it ended."""
+        if self.response is not resp:
+            return
+        self.response = None
+        if resp.cancelled_by is None:  # the idle timeout counts from here
+            self.ears.answered()
+        audio = resp.sent_audio
+        if self.settings.record and resp.message_id is not None and audio is not None:
+            self.items.keep_audio(resp.message_id, audio)
+
+    async def answer_ended(self) -> None:
+        """Until the answer in progress (if any) has ended."""
+        if self.response is not None:
+            await self.response.wait()
 
     async def _cancel_response(self, reason: str, *, wait: bool = False) -> None:
         resp = self.response
-        if resp is None or resp.task is None:
+        if resp is None:
             return
-        resp.cancel_reason = reason
-        resp.stop.set()
+        resp.cancel(reason)
         self.echo.stop(self.clock.monotonic())  # the client stops playing at once
-        resp.task.cancel()
         if wait:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await self.clock.wait_for(asyncio.wait({resp.task}), 5)
+                await self.clock.wait_for(resp.wait(), 5)

@@ -8,16 +8,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-import realtime as p
 from server.clock import Clock
 from server.engines import SessionEngines
 from server.errors import VoxwireError
+from server.gate import Gate
 from server.metrics import TurnClock
-from server.response import Gate, Response, ResponseContext, ResponseRun
+from server.response import Response, ResponseContext
 from server.stages import ChatRequest, Float32, Transcript
 
 
@@ -34,9 +33,7 @@ class EarlyAnswer:
     def discard(self) -> None:
         if self.adopted:
             return
-        self.resp.stop.set()
-        if self.resp.task is not None:
-            self.resp.task.cancel()  # no cancel_reason: it ends without a word
+        self.resp.cancel(None)  # no reason: it ends without a word
 
 
 @dataclass
@@ -68,7 +65,9 @@ class Host(Protocol):
     def gated_context(self) -> tuple[ResponseContext, Gate]:
         """A response context whose events wait behind a new gate, and the gate."""
         ...
-    def run_response(self, resp: Response, run: ResponseRun) -> Coroutine[Any, Any, None]: ...
+    def response_ended(self, resp: Response) -> None:
+        """A response it started has ended, however it ended."""
+        ...
 
 
 class Speculator:
@@ -162,14 +161,16 @@ class Speculator:
             request, notice, modalities = self.host.prepare_early(result.text)
         except VoxwireError:
             return  # the confirmed turn will raise it again, and say so
-        resp = Response(p.new_id("resp"), modalities, spec.clock, spec.item_id, True,
-                        voice=self.host.voice, max_output_tokens=request.max_tokens)
         ctx, gate = self.host.gated_context()
         request = dataclasses.replace(request, speculative=True, background=ctx.tentative)
-        resp.task = asyncio.create_task(
-            self.host.run_response(resp, ResponseRun(ctx, resp, request, notice)),
-            name=f"{resp.id}-early")
+        resp = Response(ctx, request, notice, modalities=modalities, turn=spec.clock,
+                        user_item_id=spec.item_id, voice=self.host.voice)
         answer = EarlyAnswer(request, modalities, resp, gate)
         spec.answer = answer
         self._early.add(answer)
-        resp.task.add_done_callback(lambda _t: self._early.discard(answer))
+
+        def ended(resp: Response) -> None:
+            self.host.response_ended(resp)
+            self._early.discard(answer)
+
+        resp.start(ended, name=f"{resp.id}-early")

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from server.audio import RATE, to_pcm16
 from server.errors import ConfigError, StoreError, StoreQuotaError, StoreUnavailable
 from server.lanes import Lane
+from server.turn_record import TurnRecord, When
 
 if TYPE_CHECKING:
     import psycopg
@@ -510,6 +512,30 @@ class SessionHistory:
 
     def close(self) -> None:
         return None  # the shared store is closed by whoever opened it
+
+
+class TurnStore:
+    """The turn sink for the history: each turn (and, where recorded, its audio) written to
+    ``store`` before `response.done` announces it."""
+
+    when: When = "ended"
+
+    def __init__(self, store: Store | SessionHistory) -> None:
+        self.store = store
+
+    async def take(self, turn: TurnRecord) -> None:
+        row = Turn(turn.response_id, turn.session_id, turn.user_item_id, turn.user_text,
+                   turn.said, turn.status, turn.status == "cancelled", turn.backend,
+                   {"stages_ms": turn.timings.stages_ms, "tools": list(turn.tools)},
+                   turn.started_at, turn.finished_at)
+        try:
+            recordings = [Recording(role, RATE, to_pcm16(audio).tobytes())
+                          for role, audio in (("user", turn.user_audio),
+                                              ("assistant", turn.answer_audio))
+                          if audio is not None and len(audio)]
+            await self.store.record(row, recordings)
+        except Exception as exc:
+            raise StoreError(f"the turn could not be saved: {exc}") from exc
 
 
 def redact(text: str, url: str | None = None) -> str:

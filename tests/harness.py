@@ -17,7 +17,7 @@ import asyncio
 import base64
 import json
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +41,7 @@ from server.stages import (
     TextDelta,
     Transcript,
 )
+from server.turn_record import TurnRecord, TurnSink, When
 
 WINDOW = 512  # samples per VAD window (32 ms at 16 kHz), as silero's
 CHUNK_MS = 20  # audio per input_audio_buffer.append
@@ -157,6 +158,23 @@ class FakeTts:
             if stop.is_set():
                 return
             yield tone
+
+
+class Keeper:
+    """A sink that keeps what it is given, then raises ``fail`` if it has one."""
+
+    def __init__(self, when: When, fail: Exception | None = None) -> None:
+        self._when, self.fail = when, fail
+        self.turns: list[TurnRecord] = []
+
+    @property
+    def when(self) -> When:
+        return self._when
+
+    async def take(self, turn: TurnRecord) -> None:
+        self.turns.append(turn)
+        if self.fail is not None:
+            raise self.fail
 
 
 @dataclass
@@ -310,15 +328,18 @@ async def harness(*, finals: list[str] | None = None, partials: list[str] | None
                   replies: list[str] | None = None, first_ms: float = 0.0,
                   token_ms: float = 0.0, ms_per_word: int = 100,
                   vad: Callable[[int], float] | None = None,
+                  sinks: Sequence[TurnSink] = (),
                   **settings: Any) -> AsyncIterator[Harness]:
     """A started session on fake engines and a fake clock; ``settings`` override
-    `HARNESS_SETTINGS`. Closed (as a client leaving) at the end."""
+    `HARNESS_SETTINGS`; ``sinks`` take each turn's record. Closed (as a client leaving) at
+    the end."""
     clock = FakeClock()
     engines = FakeEngines(
         FakeVad(vad), FakeAsr(list(finals or []), list(partials or [])),
         FakeResponder(clock, list(replies or ["Hello there."]), first_ms, token_ms),
         FakeTts(ms_per_word))
-    session = Session(engines, replace(HARNESS_SETTINGS, **settings), clock=clock)
+    session = Session(engines, replace(HARNESS_SETTINGS, **settings), clock=clock,
+                      sinks=sinks)
     session.configure({"type": "realtime", "audio": {"input": {"format": {
         "type": "audio/pcm", "rate": INPUT_RATE}}}})
     h = Harness(session, engines, clock)

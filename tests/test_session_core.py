@@ -12,7 +12,7 @@ import asyncio
 import base64
 
 from server.stages import ChatRequest
-from tests.harness import Harness, harness, quiet, tone
+from tests.harness import Harness, Keeper, harness, quiet, tone
 
 MOON = "tell me about the moon"
 ANSWER = "The moon is bright and full tonight, and it rises late."
@@ -162,7 +162,9 @@ async def test_a_full_turn_queue_drops_the_turn_with_turn_queue_full() -> None:
 
 
 async def test_response_cancel_during_the_llm_stream() -> None:
-    async with harness(finals=[MOON], replies=[ANSWER], first_ms=200, token_ms=100) as h:
+    ended, sent = Keeper("ended"), Keeper("sent")
+    async with harness(finals=[MOON], replies=[ANSWER], first_ms=200, token_ms=100,
+                       sinks=(ended, sent)) as h:
         await h.speech(640)
         await h.silence(600)
         await h.advance(450)  # the first token, then a few more
@@ -170,6 +172,10 @@ async def test_response_cancel_during_the_llm_stream() -> None:
         done = h.one("response.done")["response"]
         assert done["status"] == "cancelled"
         assert done["status_details"]["reason"] == "client_cancelled"
+        # Every sink has the turn at once: an unanswered turn's figures are whole as it ends.
+        assert [t.status for t in ended.turns] == [t.status for t in sent.turns] == [
+            "cancelled"]
+        assert sent.turns[0].said == done["output"][0]["content"][0]["transcript"]
         llm = h.engines.responder
         assert llm.closed == 1
         assert 0 < llm.words_sent[0] < len(ANSWER.split())
