@@ -26,11 +26,11 @@ models: $(STAMP)
 run: setup
 	$(BIN)/voxwire serve --host $(HOST) --port $(PORT)
 
-# The Node Realtime client the tests run (tests/test_clients.py), exactly as its lockfile pins it.
+# The Node Realtime client the tests run (tests/realtime/test_clients.py), exactly as its lockfile pins it.
 # Nothing is fetched once the lockfile's packages are installed.
-NODE_CLIENTS := tests/node/node_modules/.installed
-$(NODE_CLIENTS): tests/node/package.json tests/node/package-lock.json
-	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+NODE_CLIENTS := tests/realtime/node/node_modules/.installed
+$(NODE_CLIENTS): tests/realtime/node/package.json tests/realtime/node/package-lock.json
+	cd tests/realtime/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 node-clients: sysdeps $(NODE_CLIENTS)
@@ -95,4 +95,4 @@ lock: $(STAMP)
 	  echo "llama-cpp-python[server]==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache tests/node/node_modules
+	rm -rf $(VENV) $(PEERS) .mypy_cache .ruff_cache .pytest_cache tests/realtime/node/node_modules

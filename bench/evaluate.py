@@ -51,7 +51,7 @@ from bench.latency import (
 )
 from client.realtime import Float32, from_pcm16, pcm16, resample, send_audio, silence
 from server.audio import RATE as SERVER_RATE
-from server.config import Settings
+from server.runtime.config import Settings
 
 CHECKS = ("wer", "asr_paths", "hallucination", "turns", "echo", "vision")
 SENTENCES = [

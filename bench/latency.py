@@ -169,10 +169,10 @@ async def through_server(url: str, fixtures: list[Fixture], warmup: int = 1
 def direct(fixtures: list[Fixture], asr_model: str, asr_mode: str, device: str
            ) -> list[dict[str, float]]:
     """The same models, the same audio and prompts, no server: compute time only."""
-    from server.config import Settings
-    from server.engines import Engines
+    from server.response.text import SentenceSplitter
+    from server.runtime.config import Settings
+    from server.runtime.engines import Engines
     from server.stages import ChatMessage
-    from server.text import SentenceSplitter
 
     settings = Settings(asr_model=asr_model, asr_mode=cast(Any, asr_mode),
                         device=cast(Any, device))

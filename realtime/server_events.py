@@ -3,7 +3,7 @@
 Each event type is named here and nowhere else in the server; the beta dialect is made
 from these at the edge (``realtime.dialects.encode``). Plain functions over dicts keep
 the hot path (an audio delta every few milliseconds) as cheap as an inline literal, and
-their signatures type every field. tests/test_realtime.py validates each one against the
+their signatures type every field. tests/realtime/test_realtime.py validates each one against the
 `openai` SDK's model for its type, in both dialects.
 """
 

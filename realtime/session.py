@@ -13,7 +13,7 @@ SAMPLE_RATES = (8000, 16000, DEFAULT_RATE, 44100, 48000)
 # The beta session's `model` may only name one of OpenAI's realtime models (the SDK's own
 # list): any other name a client connects with is echoed as null to beta clients. Its
 # transcription session likewise names only OpenAI's transcription models. Copied here so
-# that the protocol needs no SDK; tests/test_realtime.py checks them against the SDK's.
+# that the protocol needs no SDK; tests/realtime/test_realtime.py checks them against the SDK's.
 BETA_MODELS = frozenset({
     "gpt-4o-realtime-preview", "gpt-4o-realtime-preview-2024-10-01",
     "gpt-4o-realtime-preview-2024-12-17", "gpt-4o-realtime-preview-2025-06-03",

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server import config
 from server.errors import VoxwireError
+from server.runtime import config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.from_sources(args)
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from server.app import App
+        from server.edge.app import App
 
         asyncio.run(App(settings).serve())
         return 0
@@ -55,7 +55,7 @@ def show_history(args: argparse.Namespace) -> int:
     import os
 
     from server.errors import StoreError
-    from server.store import NullStore, open_store
+    from server.runtime.store import NullStore, open_store
 
     url = args.store or os.environ.get("VOXWIRE_STORE") or config.Settings.store
     store = open_store(url, create=False)

@@ -18,11 +18,11 @@ import pytest_asyncio
 from piper.config import SynthesisConfig
 
 from client.realtime import Float32, read_wav, resample, silence
-from server.app import App
-from server.config import Settings
-from server.engines import Engines
+from server.edge.app import App
+from server.runtime.config import Settings
+from server.runtime.engines import Engines
 from server.stages.tts import PiperSynthesizer
-from tests import wire_check
+from tests.support import wire_check
 
 # How a spoken answer ends normally: `incomplete` is one the token cap (max_output_tokens) ended.
 ANSWERED = ("completed", "incomplete")

@@ -33,7 +33,7 @@ from bench.__main__ import main as bench_main
 from bench.evaluate import wer
 from bench.latency import QUESTIONS, Fixture, machine, make_fixtures, one_turn, pct, server_process
 from models import locate
-from server.config import Settings
+from server.runtime.config import Settings
 
 PEERS_PYTHON = Path(__file__).resolve().parents[2] / ".venv-peers/bin/python"
 SERVER = Path(__file__).with_name("pipecat_server.py")

@@ -52,8 +52,8 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from server.audio import RATE
-from server.config import Settings
 from server.errors import ConfigError, TranscriptionTimeout, WorkCancelled
+from server.runtime.config import Settings
 from server.stages import Float32, Transcript, resolve
 
 log = logging.getLogger(__name__)

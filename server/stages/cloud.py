@@ -29,9 +29,9 @@ from anthropic.types import (
 )
 from anthropic.types import TextDelta as AnthropicTextDelta
 
-from server.config import Settings
 from server.errors import BackendError
-from server.lanes import Lane
+from server.runtime.config import Settings
+from server.runtime.lanes import Lane
 from server.stages import (
     ChatMessage,
     ChatRequest,

@@ -14,9 +14,9 @@ from typing import Any, Literal, cast
 import llama_cpp
 from llama_cpp import Llama
 
-from server.config import Settings
 from server.errors import BackendError, ConfigError
-from server.lanes import Lane, StreamControl
+from server.runtime.config import Settings
+from server.runtime.lanes import Lane, StreamControl
 from server.stages import (
     ChatMessage,
     ChatRequest,

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast
 from server.errors import ConfigError
 
 if TYPE_CHECKING:
-    from server.config import Settings
-    from server.lanes import Lane
+    from server.runtime.config import Settings
+    from server.runtime.lanes import Lane
     from server.stages import (
         LanguageModel,
         Responder,

@@ -26,7 +26,7 @@ from server.stages import Float32, resolve
 from server.stages.phonemes import bounded
 
 if TYPE_CHECKING:
-    from server.config import Settings
+    from server.runtime.config import Settings
 
 MAX_PHONEMES = 160  # about ten seconds of speech in one run
 # Ordinary words: what the warm-up speaks, one run of the longest size.

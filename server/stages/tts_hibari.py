@@ -25,7 +25,7 @@ from server.stages import Float32, resolve
 from server.stages.phonemes import bounded
 
 if TYPE_CHECKING:
-    from server.config import Settings
+    from server.runtime.config import Settings
 
 MAX_PHONEMES = 160  # about eight seconds of speech in one run
 _WARM_WORDS = ("the quick brown fox jumps over the lazy dog while the sky turns blue "

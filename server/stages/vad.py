@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from server.audio import RATE
-from server.config import Settings
+from server.runtime.config import Settings
 from server.stages import Float32, resolve
 
 WINDOW = 512

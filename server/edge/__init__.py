@@ -1,0 +1,1 @@
+"""The doors: the WebSocket and HTTP edge, keys and tokens."""

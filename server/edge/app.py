@@ -1,0 +1,531 @@
+"""The WebSocket edge: HTTP routes and `/v1/realtime`, a thin adapter around `Session`.
+
+Exceptions become `error` events here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import signal
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from importlib.resources import files
+from pathlib import PurePosixPath
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+import realtime as p
+from server.edge import auth
+from server.edge.http import (
+    EdgeGuard,
+    connection_class,
+    duplicate_header,
+    json_error,
+    json_response,
+    response,
+)
+from server.edge.tokens import Grant, Shape, Tokens, mint_request
+from server.errors import LimitError, ProtocolError
+from server.runtime.config import Settings
+from server.runtime.engines import Engines
+from server.runtime.heap import trim_every
+from server.runtime.metrics import TurnMetrics
+from server.runtime.store import SqlStore, Store, open_store
+from server.session.core import Session
+
+log = logging.getLogger(__name__)
+REALTIME_PATH = "/v1/realtime"
+MINT_PATHS: dict[str, Shape] = {"/v1/realtime/client_secrets": "ga",
+                                "/v1/realtime/sessions": "beta",
+                                "/v1/realtime/transcription_sessions": "beta"}
+TRANSCRIPTION_MINT = "/v1/realtime/transcription_sessions"  # beta: transcription only
+CLOSE_TRY_AGAIN = 1013
+# A client that takes in nothing for this long is dropped. Its socket backed up, so the
+# keepalive pings, queued behind the same writes, would never time out: without this it
+# would be held forever, its answer waiting for it.
+SEND_TIMEOUT_S = 10.0
+PAGES = {"/": "index.html", "/kiosk": "kiosk.html"}
+LOAD_FAILED = "model loading failed"  # the detail goes to the log only
+# What parsing costs is the number of values, not the bytes: 3.5 MB of small keys took
+# 155 ms, 4 MB of one base64 string 4 ms. A worker thread would not help: json's C parser
+# holds the GIL from start to end. So the values are bounded (each needs a comma, and
+# counting them is a millisecond a few MB): this many take about 5 ms to parse.
+MAX_VALUES = 20_000
+CLOSE_ON_EXIT_S = 2.0  # at shutdown, how long what is queued may take to go out, and the close
+FLUSHED: p.Json = {"type": "flushed"}  # never sent: its on_sent says the events before it were
+# Credentials never travel in a URL: URLs end up in logs, histories and Referer headers.
+QUERY_SECRETS = ("key", "api_key", "token", "access_token")
+KIOSK_ANY = (b'<meta name="voxwire-kiosk-servers" content="same-origin">',
+             b'<meta name="voxwire-kiosk-servers" content="any">')
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8", ".json": "application/json", ".svg": "image/svg+xml",
+    ".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".ico": "image/x-icon",
+}
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    body: bytes
+    content_type: str
+    etag: str  # strong: the sha256 of the bytes
+
+    def response(self, if_none_match: str | None) -> Response:
+        tags = {t.strip().removeprefix("W/") for t in (if_none_match or "").split(",")}
+        headers = [("ETag", self.etag), ("Cache-Control", "no-cache"),
+                   ("Access-Control-Allow-Origin", "*"), ("X-Content-Type-Options", "nosniff")]
+        if self.etag in tags or "*" in tags:
+            status, body = HTTPStatus.NOT_MODIFIED, b""
+        else:
+            status, body = HTTPStatus.OK, self.body
+            headers += [("Content-Type", self.content_type), ("Content-Length", str(len(body)))]
+        return Response(status.value, status.phrase, Headers(headers), body)
+
+
+def load_static() -> dict[str, StaticFile]:
+    """Every servable file directly in server/edge/static, by name, read once."""
+    out: dict[str, StaticFile] = {}
+    for entry in files("server.edge").joinpath("static").iterdir():
+        kind = STATIC_TYPES.get(PurePosixPath(entry.name).suffix)
+        if kind is not None and entry.is_file() and not entry.name.startswith("."):
+            body = entry.read_bytes()
+            out[entry.name] = StaticFile(body, kind, f'"{hashlib.sha256(body).hexdigest()}"')
+    return out
+
+
+@dataclass
+class App:
+    settings: Settings
+    engines: Engines | None = None
+    sessions: set[Session] = field(default_factory=set)
+    load_error: str | None = None
+    static: dict[str, StaticFile] = field(default_factory=load_static)
+    store: Store | None = None
+    per_key: dict[str, int] = field(default_factory=dict)  # open sessions by key fingerprint
+    tokens: Tokens = field(default_factory=Tokens)
+    # what a token granted its connection, from the handshake to the session's start
+    grants: weakref.WeakKeyDictionary[ServerConnection, Grant] = field(
+        default_factory=weakref.WeakKeyDictionary)
+
+    def __post_init__(self) -> None:
+        self.keys = auth.load_keys(self.settings)
+        auth.check_exposure(self.settings, self.keys)
+        self.origins = tuple(o.strip() for o in self.settings.allowed_origins.split(",")
+                             if o.strip())
+        self.hosts = auth.trusted_hosts(self.settings)
+        self.tokens.configure(self.settings.max_tokens_per_key, self.settings.token_mints_per_s)
+        self.guard = EdgeGuard(self.settings.max_connections_per_ip,
+                               self.settings.max_pending_handshakes_per_ip,
+                               self.settings.max_pending_handshakes)
+        kiosk = self.static.get("kiosk.html")
+        if self.settings.kiosk_any_server and kiosk is not None:
+            body = kiosk.body.replace(*KIOSK_ANY)
+            self.static["kiosk.html"] = StaticFile(
+                body, kiosk.content_type, f'"{hashlib.sha256(body).hexdigest()}"')
+        if self.store is None:
+            self.store = open_store(self.settings.store)
+
+    async def load(self) -> Engines:
+        """Load the models in a thread, so /healthz answers (503) while they load."""
+        try:
+            self.engines = await asyncio.to_thread(Engines.load, self.settings)
+        except Exception:
+            self.load_error = LOAD_FAILED
+            log.exception("model loading failed")
+            raise
+        return self.engines
+
+    # ------------------------------------------------------------------ HTTP
+
+    def refuse(self, target: str, headers: Headers) -> Response | None:
+        """Checks every request passes, whatever its method and path."""
+        name = duplicate_header(headers)
+        if name is not None:
+            return json_error(HTTPStatus.BAD_REQUEST, "duplicate_header",
+                              f"the {name} header must be sent at most once")
+        if not self.keys and not auth.host_ok(headers.get("Host"), self.hosts):
+            return json_error(HTTPStatus.FORBIDDEN, "host_not_allowed",
+                              f"this server does not answer to Host {headers.get('Host')!r}: "
+                              "list the name in --allowed-hosts")
+        query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+        secret = next((name for name in QUERY_SECRETS if name in query), None)
+        if secret is not None:
+            return json_error(HTTPStatus.BAD_REQUEST, "key_in_query",
+                              f"keys and tokens never go in the URL (the {secret!r} query "
+                              "parameter): send Authorization: Bearer <key>, or from a "
+                              "browser the openai-insecure-api-key.<key> subprotocol")
+        return None
+
+    async def process_request(self, connection: ServerConnection,
+                              request: Request) -> Response | None:
+        refused = self.refuse(request.path, request.headers)
+        if refused is not None:
+            return refused
+        path = urlsplit(request.path).path.rstrip("/") or "/"
+        if path in MINT_PATHS:
+            return self.answer_http(request.method, request.path, request.headers, b"")
+        if path == REALTIME_PATH:
+            offered = auth.offered_key(request.headers)
+            if self.keys and not auth.key_ok(offered, self.keys):
+                grant = self.tokens.redeem(offered)  # a token is used up by trying it
+                if grant is None:
+                    log.info("refused a connection without a valid key from %s",
+                             connection.remote_address)
+                    return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                                      "missing or invalid API key")
+                self.grants[connection] = grant
+            if not auth.origin_ok(request.headers, self.origins, any_by_default=bool(self.keys)):
+                return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
+                                  f"origin {request.headers.get('Origin')} is not allowed")
+            if self.engines is None:
+                reason = self.load_error or "models are still loading"
+                return response(HTTPStatus.SERVICE_UNAVAILABLE, reason.encode(), "text/plain")
+            return None  # upgrade to a WebSocket
+        if path == "/healthz":
+            if self.engines is not None:
+                return response(HTTPStatus.OK, b"ok\n", "text/plain")
+            body = (self.load_error or "loading") + "\n"
+            return response(HTTPStatus.SERVICE_UNAVAILABLE, body.encode(), "text/plain")
+        if path == "/metrics":
+            if (self.keys and not self.settings.metrics_public
+                    and not auth.key_ok(auth.bearer_key(request.headers), self.keys)):
+                return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                                  "/metrics needs Authorization: Bearer <API key> "
+                                  "(or --metrics-public)")
+            text = self.engines.registry.render() if self.engines else ""
+            return response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
+        static = self.static.get(PAGES.get(path, path.removeprefix("/")))
+        if static is not None:
+            return static.response(request.headers.get("If-None-Match"))
+        return response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    def answer_http(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
+        """Requests other than GET (see server.edge.http): minting browser tokens."""
+        refused = self.refuse(target, headers)
+        if refused is not None:
+            return refused
+        path = urlsplit(target).path.rstrip("/") or "/"
+        shape = MINT_PATHS.get(path)
+        if shape is None:
+            return json_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {path}")
+        if method != "POST":
+            reply = json_error(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
+                               f"{path} takes POST only")
+            reply.headers["Allow"] = "POST"
+            return reply
+        if not self.keys:
+            return json_error(HTTPStatus.NOT_FOUND, "tokens_disabled",
+                              "this server has no API keys, so it mints no tokens: "
+                              "connect without a key")
+        offered = auth.offered_key(headers)
+        if not auth.key_ok(offered, self.keys):
+            return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                              "minting a token needs Authorization: Bearer <API key>")
+        if self.engines is None:
+            return json_error(HTTPStatus.SERVICE_UNAVAILABLE, "loading",
+                              self.load_error or "models are still loading")
+        try:
+            request = json.loads(body or b"{}")
+        except (ValueError, RecursionError):
+            return json_error(HTTPStatus.BAD_REQUEST, "invalid_json",
+                              "the body is not a JSON document")
+        try:
+            config, ttl_s = mint_request(shape, request, self.settings.token_ttl_s)
+            if path == TRANSCRIPTION_MINT:
+                config = {**config, "type": "transcription"}
+            # the session the token will open, as its session.created will show it
+            probe = Session(self.engines, self.settings, dialect=shape)
+            probe.configure(config)  # what is in effect: a voice it has not is not shown
+            wire = p.session_to_wire(probe.cfg, probe.id, shape)
+            token, expires_at = self.tokens.mint(auth.key_id(offered), config, ttl_s)
+        except LimitError as exc:
+            return json_error(HTTPStatus.TOO_MANY_REQUESTS, exc.code, str(exc))
+        except ProtocolError as exc:
+            return json_error(HTTPStatus.BAD_REQUEST, exc.code, str(exc))
+        log.info("minted a token for %g s (%d live)", ttl_s, len(self.tokens))
+        secret = {"value": token, "expires_at": expires_at}
+        return json_response(HTTPStatus.OK, {**wire, "client_secret": secret}
+                             if shape == "beta" else {**secret, "session": wire})
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def handle(self, ws: ServerConnection) -> None:
+        engines = self.engines
+        if engines is None:
+            await ws.close(CLOSE_TRY_AGAIN, "models are still loading")
+            return
+        if len(self.sessions) >= self.settings.max_sessions:
+            await ws.close(CLOSE_TRY_AGAIN, "server is at its session limit")
+            return
+        request = ws.request
+        headers = request.headers if request is not None else Headers()
+        grant = self.grants.pop(ws, None)
+        key = auth.key_id(auth.offered_key(headers)) if self.keys else ""
+        if grant is not None:
+            key = grant.key_id  # a token's session counts against the key that minted it
+        if key and self.per_key.get(key, 0) >= self.settings.max_sessions_per_key:
+            await ws.close(CLOSE_TRY_AGAIN, "this key is at its session limit")
+            return
+        dialect: p.Dialect = "beta" if "realtime=v1" in headers.get("OpenAI-Beta", "") else "ga"
+        query = parse_qs(urlsplit(request.path).query) if request is not None else {}
+        model = query.get("model", ["voxwire"])[0][:200]
+        # `?intent=transcription` (the beta way): a transcription-only session
+        kind = "transcription" if query.get("intent") == ["transcription"] else "realtime"
+        session = Session(engines, self.settings, dialect=dialect, model=model,
+                          store=self.store, kind=kind, sinks=(TurnMetrics(engines.registry),))
+        if grant is not None and grant.session:
+            session.configure(grant.session)  # validated at minting; session.created shows it
+        if query.get("voxwire_metrics", [""])[0] in ("1", "true"):
+            session.configure({"voxwire": {"metrics": True}})  # the extension, by URL
+        self.sessions.add(session)
+        self.per_key[key] = self.per_key.get(key, 0) + 1
+        engines.registry.gauge("sessions_active", len(self.sessions))
+        engines.registry.inc("sessions_total")
+        log.info("session %s opened (%s dialect, %s)", session.id, dialect, ws.remote_address)
+        writer = asyncio.create_task(self._drain(ws, session, dialect))
+        try:
+            await session.start()
+            await self._read(ws, session)
+        finally:
+            await session.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            self.sessions.discard(session)
+            self.per_key[key] -= 1
+            engines.registry.gauge("sessions_active", len(self.sessions))
+            log.info("session %s closed", session.id)
+
+    async def _read(self, ws: ServerConnection, session: Session) -> None:
+        st = self.settings
+        bucket = RateLimit(st.max_events_per_s, burst_s=2.0)
+        # a byte budget too: a few large events cost more than many small ones
+        volume = RateLimit(st.max_bytes_per_s, burst_s=2.0, at_least=st.max_message_bytes)
+        ends = asyncio.get_running_loop().time() + st.max_session_s
+        try:
+            while True:
+                left = ends - asyncio.get_running_loop().time()
+                if left <= 0:
+                    await self._close(ws, session, "session_expired",
+                                      f"sessions last at most {st.max_session_s:g} s")
+                    return
+                try:
+                    message = await asyncio.wait_for(ws.recv(), min(st.idle_timeout_s, left))
+                except TimeoutError:
+                    if left > st.idle_timeout_s:
+                        await self._close(ws, session, "idle_timeout",
+                                          f"no client event for {st.idle_timeout_s:g} s")
+                        return
+                    continue
+                size = _size(message)
+                if not (bucket.take() and volume.take(size)):
+                    if bucket.should_warn():
+                        await session.error(LimitError(
+                            f"more than {st.max_events_per_s:g} events or "
+                            f"{st.max_bytes_per_s:.0f} bytes per second; events are being "
+                            "dropped", code="rate_limited"))
+                    continue
+                try:
+                    await session.handle(self._parse(message, size))
+                except ProtocolError as exc:
+                    await session.error(exc)
+                except Exception as exc:
+                    log.exception("unexpected error handling an event")
+                    await session.error(exc)
+        except ConnectionClosed:
+            pass
+
+    def _parse(self, message: str | bytes, size: int) -> p.ClientEvent:
+        """Parse a client message whose parsing costs a few milliseconds at most. Only image
+        events may be larger than --max-event-bytes: the text is searched first, the event
+        checked after."""
+        limit = self.settings.max_event_bytes
+        too_large = LimitError(f"a message of {size} bytes is over the {limit} byte limit for "
+                               "events without an image", code="message_too_large")
+        if size > limit and not (isinstance(message, str) and "input_image" in message):
+            raise too_large
+        if isinstance(message, str) and message.count(",") > MAX_VALUES:
+            raise LimitError(f"a message may hold at most {MAX_VALUES} values",
+                             code="message_too_complex")
+        event = p.parse_client_event(message)
+        if size > limit and not p.carries_image(event):
+            too_large.event_id = event.event_id
+            raise too_large
+        return event
+
+    @staticmethod
+    async def _close(ws: ServerConnection, session: Session, code: str, message: str) -> None:
+        """Tell the client why in an `error` event, give it a moment to go out, then close."""
+        await session.error(LimitError(message, code=code))
+        await asyncio.sleep(0.2)
+        await ws.close(1000, code)
+
+    @staticmethod
+    async def _drain(ws: ServerConnection, session: Session, dialect: p.Dialect) -> None:
+        """Send the outbox; once the client is gone, drop what comes, so that nothing
+        waiting for room in the outbox (the reader, an answer, closing) waits forever."""
+        gone = False
+        async for event, on_sent in session.outbox:
+            if event is FLUSHED:
+                if on_sent is not None:
+                    on_sent()
+                continue
+            text = None if gone else p.encode(event, dialect)
+            if text is None:
+                continue
+            try:
+                await asyncio.wait_for(ws.send(text), SEND_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("session %s: the client read nothing for %g s; dropped",
+                            session.id, SEND_TIMEOUT_S)
+                ws.transport.abort()
+                gone = True
+            except ConnectionClosed:
+                gone = True
+            else:
+                if on_sent is not None:
+                    on_sent()
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(self, ready: asyncio.Event | None = None,
+                    stop: asyncio.Future[None] | None = None) -> None:
+        async with self.start_server() as server:
+            host, port = server.sockets[0].getsockname()[:2]
+            print(f"Voxwire listening on http://{host}:{port}/  (realtime: "
+                  f"ws://{host}:{port}{REALTIME_PATH})", flush=True)
+            engines = self.engines or await self.load()
+            if isinstance(self.store, SqlStore) and self.settings.retention_days > 0:
+                gone = await self.store.expire(self.settings.retention_days)
+                log.info("history: %d sessions older than %g days deleted", gone,
+                         self.settings.retention_days)
+            trimmer = asyncio.create_task(
+                trim_every(self.settings.heap_trim_s, engines.registry), name="heap-trim")
+            log.info("ready")
+            if ready is not None:
+                ready.set()
+            stop = stop or _stop_on_signals()
+            try:
+                await stop
+            finally:
+                trimmer.cancel()
+            await self.drain(server)
+        if self.engines is not None:
+            self.engines.close()
+        if self.store is not None:
+            self.store.close()
+
+    async def drain(self, server: Server) -> None:
+        """Stop accepting, let answers in flight finish (up to the grace period), then close
+        every session (what is still running is cancelled and saved) and every connection."""
+        server.close(close_connections=False)
+        grace = self.settings.shutdown_grace_s
+        log.info("stopping: %d sessions, up to %g s for answers in flight",
+                 len(self.sessions), grace)
+        pending = {asyncio.create_task(s.answer_ended()) for s in self.sessions
+                   if s.response is not None}
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+            for waiting in pending:  # only the waits: close() cancels what still runs
+                waiting.cancel()
+        for session in list(self.sessions):
+            await session.close()
+        with contextlib.suppress(TimeoutError):  # the last response.done, for one
+            await asyncio.wait_for(self._flush(), CLOSE_ON_EXIT_S)
+        # The server is already closing (close() only counts its first call): close each
+        # connection here, or a connected client would keep the process alive.
+        closing = [asyncio.create_task(ws.close(1001, "server shutting down"))
+                   for ws in server.connections]
+        if closing:
+            await asyncio.wait(closing, timeout=CLOSE_ON_EXIT_S)
+        self.guard.abort_all()  # clients that did not answer, and unfinished handshakes
+        await server.wait_closed()
+
+    async def _flush(self) -> None:
+        """Until what every session queued so far has gone out (or its client has gone)."""
+        loop = asyncio.get_running_loop()
+        sent = []
+        for session in list(self.sessions):
+            done: asyncio.Future[None] = loop.create_future()
+            await session.emit(FLUSHED, functools.partial(done.set_result, None))
+            sent.append(done)
+        if sent:
+            await asyncio.wait(sent)
+
+    def start_server(self) -> contextlib.AbstractAsyncContextManager[Server]:
+        return serve(self.handle, self.settings.host, self.settings.port,
+                     process_request=self.process_request,
+                     create_connection=connection_class(self.answer_http, self.guard),
+                     open_timeout=10,  # also how long a POST may take to arrive
+                     max_size=self.settings.max_message_bytes,
+                     max_queue=self.settings.input_queue,
+                     # a few KB compressed could inflate to max_size per queued message
+                     compression=None,
+                     select_subprotocol=_select_subprotocol,
+                     ping_interval=20, ping_timeout=20)
+
+
+class RateLimit:
+    """A token bucket: ``rate`` units (events, bytes) per second, bursts of ``burst_s``
+    seconds' worth, and never less than ``at_least`` (so that the largest unit fits)."""
+
+    def __init__(self, rate: float, burst_s: float, at_least: float = 1.0) -> None:
+        self.rate, self.capacity = rate, max(rate * burst_s, at_least)
+        self.tokens, self.at = self.capacity, time.monotonic()
+        self._warned = 0.0
+
+    def take(self, cost: float = 1.0) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
+        return False
+
+    def should_warn(self) -> bool:
+        """At most one warning a second, so the warnings themselves do not flood."""
+        now = time.monotonic()
+        if now - self._warned >= 1.0:
+            self._warned = now
+            return True
+        return False
+
+
+def _size(message: str | bytes) -> int:
+    """The message's size in bytes (str.isascii is O(1): only other text is encoded)."""
+    if isinstance(message, bytes) or message.isascii():
+        return len(message)
+    return len(message.encode())
+
+
+def _select_subprotocol(connection: ServerConnection,
+                        offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Browsers pass their key as a subprotocol and must get one back: answer "realtime"."""
+    return Subprotocol("realtime") if "realtime" in offered else None
+
+
+def _stop_on_signals() -> asyncio.Future[None]:
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def fire() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, fire)
+    return stop

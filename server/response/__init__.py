@@ -1,0 +1,1 @@
+"""One assistant response: the LLM stream, speech out, item sequencing, the turn record."""

@@ -1,0 +1,1 @@
+"""What the process holds: engines, lanes, metrics, the store, settings, the clock."""

@@ -1,0 +1,1 @@
+"""The session core: coordination, audio intake, partials, speculation, items, requests."""

@@ -1,0 +1,350 @@
+"""The ears: a session's audio intake and turn-taking.
+
+Input audio is checked, paced (the audio budget), decoded, resampled to 16 kHz and judged
+by the VAD in the VAD lane, with the echo guard silencing the assistant's own voice. The
+turn detector turns the probabilities into turns, the utterance limit cuts a turn that runs
+too long, and the idle timeout makes a turn of the silence after an answer. What happens
+reaches the session as typed events (`EarEvent`); the session decides what they mean for
+the conversation and the response.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+import realtime as p
+from realtime import SessionConfig, TurnDetection
+from server import audio as audio_codec
+from server.audio import RATE
+from server.errors import LimitError, ProtocolError
+from server.runtime.clock import Clock
+from server.runtime.config import Settings
+from server.runtime.engines import SessionEngines
+from server.session.echo import MAX_LAG_S, EchoReference, echo_likeness
+from server.stages import Float32, VadStream
+from server.stages.turns import (
+    AudioBudget,
+    InputBuffer,
+    SpeechConfirmed,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    TurnEvent,
+)
+
+log = logging.getLogger(__name__)
+
+ECHO_WINDOW = 4000  # samples (250 ms at 16 kHz) of microphone audio judged for echo
+ASR_TAIL_MS = 200  # trailing silence handed to Whisper with an utterance
+MIN_COMMIT_MS = 100
+AHEAD_S = 2.0  # audio this far ahead of real time is not live: no speculation on it
+IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and minimum speech
+
+
+# ---------------------------------------------------------------------------- what is heard
+
+
+@dataclass(frozen=True)
+class Started:
+    """The user started speaking: a new turn, whose item will be ``item_id``."""
+
+    item_id: str
+    audio_start_ms: int  # includes the prefix padding
+    onset_ms: int
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """The speech has lasted long enough to be a turn, not a cough: barge-in may act."""
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The first silence of a turn: it may have ended at ``end_ms``. ``audio``: the turn
+    so far, with the tail the ASR is given. Only with speculation on, and only while the
+    audio arrives live (`Ears._live`)."""
+
+    item_id: str
+    start_ms: int
+    end_ms: int
+    audio: Float32
+    speech_end: float  # when the audio at end_ms arrived (monotonic)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Speech came back: the pause was not the end."""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The turn is over: it ended at ``end_ms`` (silence long enough, or ``cut`` short by
+    the utterance limit). ``audio``: the whole utterance, with the tail the ASR is given."""
+
+    item_id: str
+    start_ms: int
+    end_ms: int
+    audio: Float32
+    speech_end: float  # when the audio at end_ms arrived (monotonic)
+    cut: bool = False
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    """Nobody spoke for `idle_timeout_ms` after an answer: the silence is a turn."""
+
+    item_id: str
+    start_ms: int
+    end_ms: int
+    audio: Float32
+
+
+EarEvent = Started | Confirmed | Paused | Resumed | Stopped | TimedOut
+
+
+class Host(Protocol):
+    """What the ears need from their session."""
+
+    @property
+    def cfg(self) -> SessionConfig: ...
+    @property
+    def closed(self) -> bool: ...
+    def quiet(self) -> bool:
+        """Nothing is being answered or waits to be: the idle timeout may count."""
+        ...
+    async def heard(self, event: EarEvent) -> None: ...
+
+
+@dataclass
+class Idle:
+    """The wait for the user after an answer (turn detection's `idle_timeout_ms`), on the
+    input audio's clock: it starts when the answer has finished playing."""
+
+    since: float  # when the answer ended (monotonic); its audio may still be playing
+    start_ms: int | None = None  # the input audio position when playback ended
+
+
+class Ears:
+    def __init__(self, owner: str, engines: SessionEngines, settings: Settings, clock: Clock,
+                 echo: EchoReference, host: Host) -> None:
+        self.owner, self.engines, self.settings, self.clock = owner, engines, settings, clock
+        self.echo, self.host = echo, host
+        self.buffer = InputBuffer(settings.max_buffer_s)
+        self._budget = AudioBudget(settings.audio_rate, settings.audio_burst_s)
+        self._vad: VadStream = engines.vad.new_stream()
+        self._detector = self._new_detector(host.cfg.turn_detection)
+        self._resampler = audio_codec.StreamResampler(host.cfg.input_format.rate, RATE)
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
+        self._mic_tail: Float32 = np.zeros(0, np.float32)
+        self.speaking: str | None = None  # the item of the turn being heard
+        self._start_ms = 0  # where that turn's utterance starts
+        self._idle: Idle | None = None  # armed after an answer when idle_timeout_ms is set
+
+    # ------------------------------------------------------------------ settings
+
+    def configure(self, new: SessionConfig) -> bool:
+        """The session is about to take ``new``: a new input format starts the audio over
+        (resampler, VAD stream and turn detector); new turn detection, the detector. Says
+        whether the turn detector started over (any turn being heard is dropped)."""
+        old = self.host.cfg
+        if new.input_format != old.input_format:
+            self._resampler = audio_codec.StreamResampler(new.input_format.rate, RATE)
+            self._vad = self.engines.vad.new_stream()
+        if new.input_format == old.input_format and new.turn_detection == old.turn_detection:
+            return False
+        self._detector = self._new_detector(new.turn_detection)
+        self.speaking = None
+        return True
+
+    def _new_detector(self, td: TurnDetection | None) -> TurnDetector:
+        td = td or TurnDetection()
+        s = self.settings
+        return TurnDetector(window_ms=self._vad.window_ms, threshold=td.threshold,
+                            silence_ms=td.silence_duration_ms,
+                            prefix_padding_ms=td.prefix_padding_ms,
+                            min_speech_ms=s.min_speech_ms, confirm_ms=s.barge_in_ms,
+                            start_ms=self.buffer.total_ms)
+
+    # ------------------------------------------------------------------ the client's buffer
+
+    def clear(self) -> None:
+        """`input_audio_buffer.clear`: the audio held and the turn being heard are dropped."""
+        self.buffer.clear()
+        self._detector.reset()
+        self.speaking = None
+
+    def commit(self) -> tuple[str, Float32]:
+        """`input_audio_buffer.commit`: the item and audio of the turn the client ends
+        (raises ProtocolError when too little audio is held)."""
+        if self.buffer.held_ms < MIN_COMMIT_MS:
+            raise ProtocolError(
+                f"buffer too small: {self.buffer.held_ms} ms held, at least {MIN_COMMIT_MS} ms "
+                "needed", code="input_audio_buffer_commit_empty")
+        utterance = self.buffer.slice_ms(self.buffer.base_ms)
+        self.buffer.clear()
+        self._detector.reset()
+        item_id, self.speaking = self.speaking or p.new_id("item"), None
+        return item_id, utterance
+
+    def answered(self) -> None:
+        """An answer ended now: the idle timeout counts from the end of its playback."""
+        self._idle = Idle(self.clock.monotonic())
+
+    # ------------------------------------------------------------------ audio in
+
+    async def append(self, pcm: bytes) -> None:
+        """One `input_audio_buffer.append`'s audio, in the session's input format."""
+        fmt = self.host.cfg.input_format
+        per_ms = audio_codec.bytes_per_ms(fmt.type, fmt.rate)
+        seconds = len(pcm) / per_ms / 1000
+        limit = self.settings.max_append_s
+        if seconds > limit:
+            raise LimitError(f"one append holds {seconds:.1f} s of audio; at most {limit:g} s "
+                             "per append (send it in smaller chunks)", code="append_too_large")
+        if fmt.type == "audio/pcm" and len(pcm) % 2:
+            audio_codec.decode(pcm, fmt.type)  # raises: an odd byte count
+        wait = self._budget.take(seconds, self.clock.monotonic())
+        if wait > 0:  # faster than real time past the burst: slowed down, not refused
+            await self.clock.sleep(wait)
+        # At most a second of audio per lane job: the VAD lane takes one job from each
+        # session in turn, so nobody's 20 ms chunk waits behind a long append.
+        step = int(per_ms * 1000) // 2 * 2 or 2
+        for at in range(0, len(pcm), step):
+            await self._ingest(pcm[at:at + step])
+            if self.host.closed:
+                return
+
+    @property
+    def hearing_speech(self) -> bool:
+        """In a turn, and its last window was voiced (not a pause that may end it)."""
+        return self.speaking is not None and self._detector.hearing_speech
+
+    def so_far(self) -> Float32:
+        """The turn being heard, up to now."""
+        return self.buffer.slice_ms(self._start_ms)
+
+    async def _ingest(self, raw: bytes) -> None:
+        cfg = self.host.cfg
+        fmt = cfg.input_format
+        vad = self._vad if cfg.turn_detection is not None else None
+        resampler = self._resampler
+        reference = self._echo_window(len(raw) / audio_codec.bytes_per_ms(
+            fmt.type, fmt.rate) / 1000) if vad is not None else None
+        guard, tail = self.settings.echo_guard, self._mic_tail
+
+        def ingest() -> tuple[Float32, list[float]]:
+            samples = resampler(audio_codec.decode(raw, fmt.type))
+            probs = vad.probabilities(samples) if vad is not None else []
+            if reference is not None:
+                # Judge the last quarter second, not just this chunk: steadier evidence.
+                recent = np.concatenate([tail, samples])[-ECHO_WINDOW:]
+                likeness = echo_likeness(recent, reference)
+                log.debug("echo likeness %.2f", likeness)
+                if likeness >= guard:
+                    probs = [0.0] * len(probs)  # the assistant's own voice: not the user
+            return samples, probs
+
+        samples, probs = await self.engines.vad_lane.run(ingest, owner=self.owner)
+        self._mic_tail = np.concatenate([self._mic_tail, samples])[-ECHO_WINDOW:]
+        self.buffer.append(samples)
+        self._arrivals.append((self.buffer.total_ms, self.clock.monotonic()))
+        for prob in probs:  # window by window: the utterance limit holds inside an append
+            for turn_event in self._detector.feed([prob]):
+                await self._on_turn_event(turn_event)
+            await self._enforce_utterance_limit()
+        await self._check_idle()
+        td = self.host.cfg.turn_detection
+        if td is not None and self.speaking is None:
+            # Nobody speaks: keep only what a turn starting now would reach back for.
+            keep_ms = td.prefix_padding_ms + self.settings.min_speech_ms + IDLE_KEEP_MS
+            self.buffer.drop_before_ms(self.buffer.total_ms - keep_ms)
+
+    def _echo_window(self, seconds: float) -> Float32 | None:
+        """The reference audio a chunk arriving now may echo, if anything was playing."""
+        if self.settings.echo_guard <= 0:
+            return None
+        now = self.clock.monotonic()
+        start = now - seconds - ECHO_WINDOW / RATE - MAX_LAG_S
+        if not self.echo.playing_between(start, now):
+            return None
+        return self.echo.window(start, now)
+
+    def _wall_time_of(self, ms: int) -> float:
+        for end_ms, t in self._arrivals:
+            if end_ms >= ms:
+                return t
+        return self.clock.monotonic()
+
+    # ------------------------------------------------------------------ turns
+
+    async def _on_turn_event(self, event: TurnEvent) -> None:
+        if self.host.cfg.turn_detection is None:
+            return
+        if isinstance(event, SpeechStarted):
+            self.speaking = p.new_id("item")
+            self._start_ms = max(event.audio_start_ms, self.buffer.base_ms)
+            self._idle = None
+            await self.host.heard(Started(self.speaking, event.audio_start_ms, event.onset_ms))
+        elif isinstance(event, SpeechConfirmed):
+            await self.host.heard(Confirmed())
+        elif isinstance(event, SpeechPaused) and self.settings.speculate and self._live():
+            end_ms = event.audio_end_ms
+            await self.host.heard(Paused(
+                self.speaking or "", self._start_ms, end_ms,
+                self.buffer.slice_ms(self._start_ms, end_ms + ASR_TAIL_MS),
+                self._wall_time_of(end_ms)))
+        elif isinstance(event, SpeechResumed):
+            await self.host.heard(Resumed())
+        elif isinstance(event, SpeechStopped) and self.speaking is not None:
+            await self._end_of_speech(event.audio_end_ms)
+
+    def _live(self) -> bool:
+        """Whether audio arrives as it is spoken. Speculation buys a live speaker time; audio
+        sent faster than real time reaches its next pause before the work would be of use,
+        so its pauses start nothing (they still end turns as usual)."""
+        return self._budget.level >= self._budget.burst - AHEAD_S
+
+    async def _end_of_speech(self, end_ms: int, cut: bool = False) -> None:
+        item_id, self.speaking = self.speaking or p.new_id("item"), None
+        utterance = self.buffer.slice_ms(self._start_ms, end_ms + ASR_TAIL_MS)
+        self.buffer.drop_before_ms(end_ms)
+        await self.host.heard(Stopped(item_id, self._start_ms, end_ms, utterance,
+                                      self._wall_time_of(end_ms), cut))
+
+    async def _enforce_utterance_limit(self) -> None:
+        if self.speaking is None:
+            return
+        at_ms = self._detector.position_ms
+        if at_ms - self._start_ms >= self.settings.max_utterance_s * 1000:
+            self._detector.reset()
+            await self._end_of_speech(at_ms, cut=True)
+
+    async def _check_idle(self) -> None:
+        """After an answer has played, `idle_timeout_ms` of input audio with no speech
+        starts a turn of its own (as OpenAI's server VAD does)."""
+        cfg, idle = self.host.cfg, self._idle
+        td = cfg.turn_detection
+        if (idle is None or td is None or td.idle_timeout_ms is None
+                or cfg.type != "realtime" or self.speaking is not None
+                or not self.host.quiet()):
+            return
+        if idle.start_ms is None:
+            played = max(idle.since, self.echo.play_end)
+            if self.clock.monotonic() < played:
+                return  # still playing
+            idle.start_ms = next((ms for ms, t in self._arrivals if t >= played),
+                                 self.buffer.total_ms)
+        end_ms = self.buffer.total_ms
+        if end_ms - idle.start_ms < td.idle_timeout_ms:
+            return
+        self._idle = None
+        audio = self.buffer.slice_ms(max(idle.start_ms, self.buffer.base_ms), end_ms)
+        self.buffer.drop_before_ms(end_ms)
+        await self.host.heard(TimedOut(p.new_id("item"), idle.start_ms, end_ms, audio))

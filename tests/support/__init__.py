@@ -1,0 +1,1 @@
+"""Shared test support: fakes, the session harness, wire checks, browser helpers."""
