@@ -447,7 +447,7 @@ def test_no_page_or_client_puts_a_key_in_a_url() -> None:
     in_url = re.compile(r"[?&](key|api_key|token|access_token)=")
     from_query = re.compile(r"""(query|search\w*)\.(get|has)\(["'](key|api_key|token)""")
     names = ["idle", "instructions", "url"]  # what the kiosk takes from its query
-    for path in [*(root / "server" / "static").iterdir(), *(root / "client").glob("*.py")]:
+    for path in [*(root / "server" / "edge" / "static").iterdir(), *(root / "client").glob("*.py")]:
         text = path.read_text()
         assert not in_url.search(text) and not from_query.search(text), path
         if path.name == "kiosk.html":

@@ -12,6 +12,7 @@ is the OpenAI-compatible one, pointed at tests/support/fakes.py's FakeProvider.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -193,6 +194,7 @@ class AgentsRun:
 
 @pytest_asyncio.fixture
 async def agents(served: Served) -> AsyncIterator[AgentsRun]:
+    await asyncio.to_thread(importlib.import_module, "agents.realtime")  # not on the loop
     from agents import function_tool
     from agents.realtime import RealtimeAgent, RealtimeRunner
 
