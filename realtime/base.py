@@ -14,8 +14,9 @@ def new_id(prefix: str) -> str:
 
 
 # Keys whose explicit null means something of its own (turn detection off, no idle
-# timeout); every other null a client sends means "not set".
-_MEANINGFUL_NULLS = frozenset({"turn_detection", "idle_timeout_ms"})
+# timeout, noise reduction off); every other null a client sends means "not set".
+_MEANINGFUL_NULLS = frozenset({"turn_detection", "idle_timeout_ms", "noise_reduction",
+                               "input_audio_noise_reduction"})
 # Values taken as they are: a tool's JSON schema may hold nulls of its own ("default": null).
 _OPAQUE = frozenset({"parameters"})
 

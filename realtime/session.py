@@ -51,6 +51,7 @@ class SessionConfig:
     output_format: AudioFormat = AudioFormat()
     voice: str = "joe"
     turn_detection: TurnDetection | None = TurnDetection()
+    noise_reduction: str | None = None  # "near_field" or "far_field"; None: off
     transcription_model: str = "whisper"
     temperature: float = 0.6
     max_output_tokens: int | None = None
@@ -121,6 +122,23 @@ def _turn_detection(value: Any, current: TurnDetection | None, param: str) -> Tu
         type=kind,
         idle_timeout_ms=_idle_timeout(td, base, param),
     )
+
+
+NOISE_REDUCTION = ("near_field", "far_field")
+
+
+def _noise_reduction(value: Any, param: str) -> str | None:
+    if value is None:
+        return None
+    kind = _obj(value, param).get("type")
+    if kind not in NOISE_REDUCTION:
+        raise ProtocolError(f"{param}.type must be near_field or far_field",
+                            code="invalid_value", param=f"{param}.type")
+    return str(kind)
+
+
+def _noise_wire(cfg: SessionConfig) -> Json | None:
+    return {"type": cfg.noise_reduction} if cfg.noise_reduction else None
 
 
 def _idle_timeout(td: Json, base: TurnDetection, param: str) -> int | None:
@@ -275,6 +293,9 @@ def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> 
         ch["input_format"] = _beta_format(s["input_audio_format"], "session.input_audio_format")
     if "output_audio_format" in s:
         ch["output_format"] = _beta_format(s["output_audio_format"], "session.output_audio_format")
+    if "input_audio_noise_reduction" in s:
+        ch["noise_reduction"] = _noise_reduction(s["input_audio_noise_reduction"],
+                                                 "session.input_audio_noise_reduction")
     if "input_audio_transcription" in s and s["input_audio_transcription"] is not None:
         model = _obj(s["input_audio_transcription"], "session.input_audio_transcription")
         ch["transcription_model"] = _str(model.get("model", "whisper"), "transcription.model")
@@ -287,6 +308,9 @@ def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> 
     if "turn_detection" in inp:
         ch["turn_detection"] = _turn_detection(inp["turn_detection"], cfg.turn_detection,
                                                "session.audio.input.turn_detection")
+    if "noise_reduction" in inp:
+        ch["noise_reduction"] = _noise_reduction(inp["noise_reduction"],
+                                                 "session.audio.input.noise_reduction")
     if isinstance(inp.get("transcription"), dict):
         ch["transcription_model"] = _str(inp["transcription"].get("model", "whisper"),
                                          "session.audio.input.transcription.model")
@@ -321,6 +345,7 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
             "input_audio_format": _GA_TO_BETA_FORMAT[cfg.input_format.type],
             "output_audio_format": _GA_TO_BETA_FORMAT[cfg.output_format.type],
             "input_audio_transcription": {"model": cfg.transcription_model},
+            "input_audio_noise_reduction": _noise_wire(cfg),
             "turn_detection": td, "tools": list(cfg.tools), "tool_choice": cfg.tool_choice,
             "temperature": cfg.temperature, "max_response_output_tokens": max_tokens,
             **_extensions(cfg),
@@ -332,7 +357,7 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
             "input": {
                 "format": {"type": cfg.input_format.type, "rate": cfg.input_format.rate},
                 "transcription": {"model": cfg.transcription_model},
-                "noise_reduction": None, "turn_detection": td,
+                "noise_reduction": _noise_wire(cfg), "turn_detection": td,
             },
             "output": {"format": {"type": cfg.output_format.type, "rate": cfg.output_format.rate},
                        "voice": cfg.voice, "speed": 1.0},
@@ -355,13 +380,13 @@ def _transcription_wire(cfg: SessionConfig, td: Json | None, session_id: str,
                 "input_audio_format": _GA_TO_BETA_FORMAT[cfg.input_format.type],
                 "input_audio_transcription": {**transcription, "model": named},
                 "turn_detection": td,
-                "input_audio_noise_reduction": None, "include": [],
+                "input_audio_noise_reduction": _noise_wire(cfg), "include": [],
                 "modalities": ["text"]}
     return {"type": "transcription", "object": "realtime.transcription_session",
             "id": session_id, "include": [],
             "audio": {"input": {
                 "format": {"type": cfg.input_format.type, "rate": cfg.input_format.rate},
-                "transcription": transcription, "noise_reduction": None,
+                "transcription": transcription, "noise_reduction": _noise_wire(cfg),
                 "turn_detection": td}}}
 
 

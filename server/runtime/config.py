@@ -84,6 +84,16 @@ class Settings:
     speculate_answer: bool = True  # and answer it (LLM, first clause TTS) behind a gate
     first_clause_words: int = 4
     echo_guard: float = 0.5  # echo likeness above which speech is the assistant's own; 0: off
+    # Noise suppression, for sessions that ask (`audio.input.noise_reduction`): the engine
+    # (server/stages/registry.py; "none": not loaded, the setting is then accepted and
+    # ignored) and the most each type may take off the noise, in dB (100: no limit).
+    # Measured (python -m bench.noise): Whisper's WER on noisy speech rises with the limit
+    # (RNNoise: 32.8 % at 12 dB, 41.0 % at 24 dB, 43.5 % unlimited; 33.1 % with none), so
+    # both types take at most 12 dB until a stronger far_field is shown to help.
+    denoise_engine: str = field(default="rnnoise",
+                                metadata={"choices": (*registry.DENOISE.names, "none")})
+    denoise_near_db: float = 12.0
+    denoise_far_db: float = 12.0
     # Limits.
     max_message_bytes: int = 4 * 1024 * 1024
     max_utterance_s: float = 30.0
@@ -157,6 +167,8 @@ class Settings:
             ("llm_contexts", 1 <= self.llm_contexts <= 16),
             ("tts_threads", self.tts_threads >= 1),
             ("vad_threshold", 0.0 < self.vad_threshold < 1.0),
+            ("denoise_near_db", 0.0 < self.denoise_near_db <= 100.0),
+            ("denoise_far_db", 0.0 < self.denoise_far_db <= 100.0),
             ("silence_duration_ms", 0 < self.silence_duration_ms <= 10_000),
             ("max_output_tokens", self.max_output_tokens >= 1),
             ("max_sessions", self.max_sessions >= 1),

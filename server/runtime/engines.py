@@ -17,6 +17,7 @@ from server.runtime.metrics import Registry
 from server.session.images import ImageLane
 from server.stages import (
     LanguageModel,
+    NoiseSuppressor,
     Responder,
     Synthesizer,
     Transcriber,
@@ -62,6 +63,8 @@ class SessionEngines(Protocol):
     @property
     def registry(self) -> Registry: ...
     @property
+    def denoiser(self) -> NoiseSuppressor | None: ...
+    @property
     def vad_lane(self) -> WorkLane: ...
     @property
     def asr_lane(self) -> WorkLane: ...
@@ -90,6 +93,7 @@ class Engines:
     tts_lane: WorkLane
     image_lane: ImageLane = field(default_factory=ImageLane)  # shared by every session
     more_tts: tuple[Speaker, ...] = ()  # the other voices' engines, each with its own lane
+    denoiser: NoiseSuppressor | None = None  # for sessions that ask; runs in the VAD lane
 
     @classmethod
     def load(cls, settings: Settings) -> Engines:
@@ -97,6 +101,8 @@ class Engines:
         vad = engines_registry.VAD.loader(settings.vad_engine)(settings)
         asr = engines_registry.ASR.loader(settings.asr_engine)(settings)
         speakers = load_voices(settings)
+        denoiser = (None if settings.denoise_engine == "none" else
+                    engines_registry.DENOISE.loader(settings.denoise_engine)(settings))
         llm_lane = Lane("llm")
         responder = make_responder(settings, None, llm_lane)
         model = getattr(responder, "model", None)  # the embedded model, for tests and benches
@@ -110,7 +116,7 @@ class Engines:
         return cls(vad, asr, model, responder, speakers[0].engine, Registry(), Lane("vad"),
                    Lane("asr"), llm_lane, speakers[0].lane,
                    ImageLane(settings.image_workers, settings.max_image_jobs),
-                   more_tts=tuple(speakers[1:]))
+                   more_tts=tuple(speakers[1:]), denoiser=denoiser)
 
     @property
     def speakers(self) -> tuple[Speaker, ...]:

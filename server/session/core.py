@@ -258,6 +258,7 @@ class Session:
         await self._commit(event.item_id, event.audio, clock, respond, None, spec)
 
     async def _commit_manual(self, ev: p.AudioCommit) -> None:
+        await self.ears.drain()
         item_id, utterance = self.ears.commit()
         self._forget_turn()
         clock = TurnClock(clock=self.clock)

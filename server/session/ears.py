@@ -1,7 +1,8 @@
 """The ears: a session's audio intake and turn-taking.
 
-Input audio is checked, paced (the audio budget), decoded, resampled to 16 kHz and judged
-by the VAD in the VAD lane, with the echo guard silencing the assistant's own voice. The
+Input audio is checked, paced (the audio budget), decoded, resampled to 16 kHz, denoised
+when the session asks (`noise_reduction`) and judged by the VAD in the VAD lane, with the
+echo guard silencing the assistant's own voice. The
 turn detector turns the probabilities into turns, the utterance limit cuts a turn that runs
 too long, and the idle timeout makes a turn of the silence after an answer. What happens
 reaches the session as typed events (`EarEvent`); the session decides what they mean for
@@ -26,7 +27,7 @@ from server.runtime.clock import Clock
 from server.runtime.config import Settings
 from server.runtime.engines import SessionEngines
 from server.session.echo import MAX_LAG_S, EchoReference, echo_likeness
-from server.stages import Float32, VadStream
+from server.stages import Denoiser, Float32, VadStream
 from server.stages.turns import (
     AudioBudget,
     InputBuffer,
@@ -141,6 +142,12 @@ class Ears:
         self._vad: VadStream = engines.vad.new_stream()
         self._detector = self._new_detector(host.cfg.turn_detection)
         self._resampler = audio_codec.StreamResampler(host.cfg.input_format.rate, RATE)
+        # The session's noise suppressor, made on demand in the VAD lane; one replaced (a new
+        # format, a new type, turned off) gives back what it still holds first, so that the
+        # buffer stays sample for sample with what the client sent.
+        self._denoise: Denoiser | None = None
+        self._retired: Denoiser | None = None
+        self._held = 0  # 16 kHz samples the suppressor holds back (its delay)
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
         self._mic_tail: Float32 = np.zeros(0, np.float32)
         self.speaking: str | None = None  # the item of the turn being heard
@@ -154,6 +161,9 @@ class Ears:
         (resampler, VAD stream and turn detector); new turn detection, the detector. Says
         whether the turn detector started over (any turn being heard is dropped)."""
         old = self.host.cfg
+        if new.input_format != old.input_format or new.noise_reduction != old.noise_reduction:
+            self._retired = self._retired or self._denoise
+            self._denoise = None
         if new.input_format != old.input_format:
             self._resampler = audio_codec.StreamResampler(new.input_format.rate, RATE)
             self._vad = self.engines.vad.new_stream()
@@ -179,6 +189,12 @@ class Ears:
         self.buffer.clear()
         self._detector.reset()
         self.speaking = None
+
+    async def drain(self) -> None:
+        """Bring in what the noise suppressor still holds (its last few ms), as before a
+        commit: the buffer then holds all the audio the client sent."""
+        if self._held:
+            await self._ingest(b"", drain=True)
 
     def commit(self) -> tuple[str, Float32]:
         """`input_audio_buffer.commit`: the item and audio of the turn the client ends
@@ -230,7 +246,7 @@ class Ears:
         """The turn being heard, up to now."""
         return self.buffer.slice_ms(self._start_ms)
 
-    async def _ingest(self, raw: bytes) -> None:
+    async def _ingest(self, raw: bytes, drain: bool = False) -> None:
         cfg = self.host.cfg
         fmt = cfg.input_format
         vad = self._vad if cfg.turn_detection is not None else None
@@ -239,8 +255,9 @@ class Ears:
             fmt.type, fmt.rate) / 1000) if vad is not None else None
         guard, tail = self.settings.echo_guard, self._mic_tail
 
-        def ingest() -> tuple[Float32, list[float]]:
-            samples = resampler(audio_codec.decode(raw, fmt.type))
+        def ingest() -> tuple[Float32, list[float], int]:
+            taken = resampler(audio_codec.decode(raw, fmt.type))
+            samples = self._denoised(taken, cfg, drain)
             probs = vad.probabilities(samples) if vad is not None else []
             if reference is not None:
                 # Judge the last quarter second, not just this chunk: steadier evidence.
@@ -249,12 +266,16 @@ class Ears:
                 log.debug("echo likeness %.2f", likeness)
                 if likeness >= guard:
                     probs = [0.0] * len(probs)  # the assistant's own voice: not the user
-            return samples, probs
+            return samples, probs, len(taken)
 
-        samples, probs = await self.engines.vad_lane.run(ingest, owner=self.owner)
+        samples, probs, taken = await self.engines.vad_lane.run(ingest, owner=self.owner)
+        self._held += taken - len(samples)
         self._mic_tail = np.concatenate([self._mic_tail, samples])[-ECHO_WINDOW:]
         self.buffer.append(samples)
-        self._arrivals.append((self.buffer.total_ms, self.clock.monotonic()))
+        # By where the client's audio has reached, not the suppressor's output: the time a
+        # turn's end arrived does not include the suppressor's delay.
+        self._arrivals.append(((self.buffer.total + self._held) * 1000 // RATE,
+                               self.clock.monotonic()))
         for prob in probs:  # window by window: the utterance limit holds inside an append
             for turn_event in self._detector.feed([prob]):
                 await self._on_turn_event(turn_event)
@@ -265,6 +286,25 @@ class Ears:
             # Nobody speaks: keep only what a turn starting now would reach back for.
             keep_ms = td.prefix_padding_ms + self.settings.min_speech_ms + IDLE_KEEP_MS
             self.buffer.drop_before_ms(self.buffer.total_ms - keep_ms)
+
+    def _denoised(self, samples: Float32, cfg: SessionConfig, drain: bool) -> Float32:
+        """``samples`` through the session's noise suppressor, when it asks for one (run in
+        the VAD lane: making a stream and running it are CPU work)."""
+        parts = []
+        if self._retired is not None:
+            parts.append(self._retired.flush())
+            self._retired = None
+        suppressor = self.engines.denoiser
+        if cfg.noise_reduction is None or suppressor is None:
+            return np.concatenate([*parts, samples]) if parts else samples
+        if self._denoise is None:
+            s = self.settings
+            limit = s.denoise_near_db if cfg.noise_reduction == "near_field" else s.denoise_far_db
+            self._denoise = suppressor.new_stream(limit)
+        parts.append(self._denoise.process(samples))
+        if drain:
+            parts.append(self._denoise.flush())
+        return np.concatenate(parts)
 
     def _echo_window(self, seconds: float) -> Float32 | None:
         """The reference audio a chunk arriving now may echo, if anything was playing."""

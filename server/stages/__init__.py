@@ -41,6 +41,30 @@ class VoiceActivityModel(Protocol):
     def new_stream(self) -> VadStream: ...
 
 
+class Denoiser(Protocol):
+    """Per-session noise suppression on the 16 kHz input stream.
+
+    ``process`` takes any number of samples and returns the denoised audio time-aligned
+    with the input: output sample i is input sample i, the engine's own delay already taken
+    out. It may therefore return fewer samples than it has been given, by at most
+    ``delay_ms`` (the engine's delay plus its framing and resampling); ``flush`` returns
+    those held back, as if silence followed, and the stream goes on from there."""
+
+    delay_ms: float
+
+    def process(self, samples: Float32) -> Float32: ...
+    def flush(self) -> Float32: ...
+
+
+class NoiseSuppressor(Protocol):
+    """A loaded suppressor; each session gets streams of its own. ``limit_db``: the most
+    a stream may take off the input (the rest of the noisy signal is mixed back in)."""
+
+    name: str
+
+    def new_stream(self, limit_db: float) -> Denoiser: ...
+
+
 @dataclass(frozen=True)
 class Transcript:
     text: str

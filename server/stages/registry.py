@@ -13,6 +13,8 @@ Loaders, by stage (each engine runs in a worker lane of its own, made by ``Engin
   model's name or a path), one synthesizer per model the engine keeps; each gets a lane
 - llm: ``load(settings, lane, model) -> Responder``: ``model`` is an embedded language
   model already loaded (or None), ``lane`` the one it runs in
+- denoise: ``load(settings) -> NoiseSuppressor``: its streams run in the VAD lane, each
+  session's in front of its VAD
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from server.runtime.lanes import Lane
     from server.stages import (
         LanguageModel,
+        NoiseSuppressor,
         Responder,
         Synthesizer,
         Transcriber,
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     AsrLoader = Callable[[Settings], Transcriber]
     TtsLoader = Callable[[Settings, Sequence[str]], list[Synthesizer]]
     LlmLoader = Callable[[Settings, Lane, LanguageModel | None], Responder]
+    DenoiseLoader = Callable[[Settings], NoiseSuppressor]
 
 
 @dataclass(frozen=True)
@@ -108,4 +112,10 @@ LLM: Stage[Backend, LlmLoader] = Stage("llm", {
     "openai-compatible": Backend("any OpenAI-compatible server (vLLM, Ollama, llama.cpp)",
                                  "server.stages.cloud:load_compatible",
                                  key_variable="OPENAI_API_KEY", needs_url=True),
+})
+DENOISE: Stage[Engine, DenoiseLoader] = Stage("denoise", {
+    "rnnoise": Engine("RNNoise (Xiph), 48 kHz, 20 ms delay", "server.stages.denoise_rnnoise:load",
+                      "rnnoise"),
+    "deepfilternet": Engine("DeepFilterNet3 (libDF C runtime), 48 kHz, 30 ms delay",
+                            "server.stages.denoise_dfn:load", "deepfilternet3"),
 })

@@ -88,6 +88,41 @@ class FakeVad:
         return self.streams[-1]
 
 
+class FakeDenoiseStream:
+    """Turns all it is given into silence, holding the last ``hold`` samples back as a real
+    suppressor's delay does (``flush`` gives them)."""
+
+    def __init__(self, limit_db: float, hold: int) -> None:
+        self.limit_db, self.hold = limit_db, hold
+        self.taken = self.given = 0
+        self.delay_ms = hold * 1000 / RATE
+
+    def process(self, samples: Float32) -> Float32:
+        self.taken += len(samples)
+        return self._out(max(self.taken - self.hold - self.given, 0))
+
+    def flush(self) -> Float32:
+        return self._out(self.taken - self.given)
+
+    def _out(self, n: int) -> Float32:
+        self.given += n
+        return np.zeros(n, np.float32)
+
+
+@dataclass
+class FakeDenoiser:
+    """A `NoiseSuppressor` whose streams silence everything: the fake VAD hears no speech
+    in what went through one."""
+
+    hold: int = 160
+    streams: list[FakeDenoiseStream] = field(default_factory=list)  # every one made, in order
+    name: str = "fake-denoise"
+
+    def new_stream(self, limit_db: float) -> FakeDenoiseStream:
+        self.streams.append(FakeDenoiseStream(limit_db, self.hold))
+        return self.streams[-1]
+
+
 @dataclass
 class FakeAsr:
     """Transcripts in call order: ``finals`` for whole turns (speculative ones included),
@@ -187,6 +222,7 @@ class FakeEngines:
     tts: FakeTts
     registry: Registry = field(default_factory=Registry)
     llm: None = None
+    denoiser: FakeDenoiser | None = None
     vad_lane: InlineLane = field(default_factory=lambda: InlineLane("vad"))
     asr_lane: InlineLane = field(default_factory=lambda: InlineLane("asr"))
     tts_lane: InlineLane = field(default_factory=lambda: InlineLane("tts"))
@@ -328,7 +364,7 @@ async def harness(*, finals: list[str] | None = None, partials: list[str] | None
                   replies: list[str] | None = None, first_ms: float = 0.0,
                   token_ms: float = 0.0, ms_per_word: int = 100,
                   vad: Callable[[int], float] | None = None,
-                  sinks: Sequence[TurnSink] = (),
+                  sinks: Sequence[TurnSink] = (), denoiser: FakeDenoiser | None = None,
                   **settings: Any) -> AsyncIterator[Harness]:
     """A started session on fake engines and a fake clock; ``settings`` override
     `HARNESS_SETTINGS`; ``sinks`` take each turn's record. Closed (as a client leaving) at
@@ -337,7 +373,7 @@ async def harness(*, finals: list[str] | None = None, partials: list[str] | None
     engines = FakeEngines(
         FakeVad(vad), FakeAsr(list(finals or []), list(partials or [])),
         FakeResponder(clock, list(replies or ["Hello there."]), first_ms, token_ms),
-        FakeTts(ms_per_word))
+        FakeTts(ms_per_word), denoiser=denoiser)
     session = Session(engines, replace(HARNESS_SETTINGS, **settings), clock=clock,
                       sinks=sinks)
     session.configure({"type": "realtime", "audio": {"input": {"format": {
