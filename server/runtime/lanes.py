@@ -81,6 +81,8 @@ class WorkLane(Protocol):
 
     def cancel_owner(self, owner: str) -> int: ...
 
+    def contended(self) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -202,6 +204,10 @@ class Lane:
         for job in jobs:
             job.token.set()
         return len(jobs)
+
+    def contended(self) -> bool:
+        """Whether a job of any owner waits for the lane (a hint, read without the lock)."""
+        return bool(self._turns)
 
     def pending(self, owner: str | None = None) -> int:
         with self._cond:
@@ -427,6 +433,9 @@ class InlineLane:
 
     def pending(self, owner: str | None = None) -> int:
         return 0
+
+    def contended(self) -> bool:
+        return False
 
     def close(self) -> None:
         self._tokens.clear()

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -35,10 +35,13 @@ PREEMPT_S = 1.0  # a reader away this long loses its context to a generation tha
 # generation waits this long for it before taking another, which would prefill it all again.
 OWN_WAIT_S = 0.3
 # Prompt tokens computed in one turn of the LLM lane, so that a long prompt never holds
-# the other sessions' answers for the whole of its computing. A prompt token costs about
-# as much in chunks of 4 as of 256 (6-12 ms with the default model on one thread), and 8
-# of them take about as long as two or three answer tokens: turns stay near fair in time.
+# the other sessions' answers for the whole of its computing: 8 of them take about as long
+# as two or three answer tokens, so turns stay near fair in time while others wait. Each
+# turn has a cost of its own, though (150 prompt tokens took 1.25 s in chunks of 8, 1.12 s
+# in chunks of 32 and 1.10 s at once, one thread, 2 cores), so with no one else waiting
+# for the lane the chunks are bigger: a newcomer waits at most one of them.
 PREFILL_CHUNK = 8
+PREFILL_CHUNK_ALONE = 32
 
 
 @dataclass
@@ -81,9 +84,9 @@ class CountingLlama(Llama):
                 report.completion_tokens += 1
             yield token
 
-    def prefill(self, tokens: Sequence[int], chunk: int) -> Iterator[int]:
+    def prefill(self, tokens: Sequence[int], chunk: Callable[[], int]) -> Iterator[int]:
         """Compute the prompt but its last token (which the completion computes, for its
-        logits) ``chunk`` tokens at a time, after what the KV cache already holds; yields
+        logits) ``chunk()`` tokens at a time, after what the KV cache already holds; yields
         how many tokens were cached first, then once per chunk computed."""
         cached = 0
         for held, wanted in zip(self._input_ids, tokens, strict=False):
@@ -96,7 +99,7 @@ class CountingLlama(Llama):
         if cached < last:
             self.n_tokens = cached  # `eval` drops the rest of the KV cache
             while self.n_tokens < last:
-                self.eval(tokens[self.n_tokens:min(self.n_tokens + chunk, last)])
+                self.eval(tokens[self.n_tokens:min(self.n_tokens + chunk(), last)])
                 yield cached
 
 
@@ -115,7 +118,10 @@ class LlamaContext:
 
     def generate(self, messages: Sequence[ChatMessage], *, temperature: float,
                  max_tokens: int, stop: threading.Event, session: str,
-                 report: Generation | None = None) -> Iterator[str]:
+                 report: Generation | None = None,
+                 contended: Callable[[], bool] = lambda: False) -> Iterator[str]:
+        """Stream the answer's text; ``contended`` says whether other sessions wait for
+        the lane this runs in (the prompt is then computed in smaller chunks)."""
         if not self._live.acquire(blocking=False):
             raise AssertionError("a second generation started on a llama.cpp context "
                                  "while another one was live")
@@ -133,7 +139,9 @@ class LlamaContext:
             try:
                 # A long prompt is computed a chunk per turn of the lane, so that other
                 # sessions' answers go on meanwhile ("" is a turn with no text).
-                progress = self.llm.prefill(self.llm.prompt or [], PREFILL_CHUNK)
+                progress = self.llm.prefill(
+                    self.llm.prompt or [],
+                    lambda: PREFILL_CHUNK if contended() else PREFILL_CHUNK_ALONE)
                 cached = next(progress)
                 if report is not None:
                     report.cached_tokens = cached
@@ -346,14 +354,14 @@ class LlamaModel:
     def stream(
         self, messages: Sequence[ChatMessage], *, temperature: float, max_tokens: int,
         stop: threading.Event, session: str = "", context: LlamaContext | None = None,
-        report: Generation | None = None,
+        report: Generation | None = None, contended: Callable[[], bool] = lambda: False,
     ) -> Iterator[str]:
         """Fit the prompt, then generate on ``context`` (the first one by default);
         ``report``, when given, receives the generation's token counts and finish reason."""
         kept = self.fit(messages, max_tokens)
         yield from (context or self.contexts[0]).generate(
             kept, temperature=temperature, max_tokens=max_tokens, stop=stop, session=session,
-            report=report)
+            report=report, contended=contended)
 
 
 _COUNT_CACHE = 4096
@@ -407,7 +415,7 @@ class LocalResponder:
             lambda: self.model.stream(messages, temperature=request.temperature,
                                       max_tokens=request.max_tokens, stop=stop,
                                       session=request.session, context=context,
-                                      report=report),
+                                      report=report, contended=self.lane.contended),
             stop, owner=request.session, step=True, on_closed=give_back,
             control=lease.control, background=request.background)
         try:
