@@ -685,6 +685,11 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
         "resources": resources, "rss_mib_per_min": slope,
         "verdict": {**verdict, "flat": all(verdict.values())},
         "samples": [baseline, *under_load, after],
+        # every talker turn, quiet ones first: where a slow one spent its time
+        "turn_log": [{"phase": phase, **{k: t.get(k) for k in (
+            "t_s", "status", "client_v2v_ms", "stages_ms", "compute_ms")}}
+            for phase, turns in (("quiet", tally.quiet), ("loaded", tally.turns))
+            for t in turns],
     }
 
 

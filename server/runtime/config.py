@@ -58,6 +58,9 @@ class Settings:
     # clients; a cold prefill when sessions alternate); "shared": reuse it (faster)
     llm_cache_scope: CacheScope = "shared"
     llm_contexts: int = 4  # llama.cpp contexts: answers made at once, taking turns per token
+    # KV caches of sessions whose context another session took, kept so that their next
+    # turn computes only its new words (about 23 KB a token; oldest dropped first)
+    llm_saved_mib: int = 256
     tts_voice: str = ""  # the default voice; "" picks the TTS engine's (joe for piper)
     tts_threads: int = 1
     # Engines, by their names in server/stages/registry.py. Every engine runs in a worker
@@ -165,6 +168,7 @@ class Settings:
             ("asr_budget_ratio", self.asr_budget_ratio >= 0),
             ("llm_threads", self.llm_threads >= 1),
             ("llm_contexts", 1 <= self.llm_contexts <= 16),
+            ("llm_saved_mib", self.llm_saved_mib >= 0),
             ("tts_threads", self.tts_threads >= 1),
             ("vad_threshold", 0.0 < self.vad_threshold < 1.0),
             ("denoise_near_db", 0.0 < self.denoise_near_db <= 100.0),

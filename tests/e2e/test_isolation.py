@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import dataclasses
 import itertools
 import json
@@ -32,6 +33,8 @@ from server.stages.llm import (
     LlamaContext,
     LlamaModel,
     LocalResponder,
+    SavedState,
+    SavedStates,
 )
 from tests.conftest import TEST_SETTINGS, padded
 from tests.edge.test_limits import limited
@@ -224,6 +227,59 @@ async def test_sessions_keep_their_own_contexts_while_there_are_enough() -> None
     pool = ContextPool([talking, ended])
     pool.forget("s2")
     assert await pool.acquire("next", Lease(False, "sys")) is ended
+
+
+def test_a_session_gets_its_conversation_back_after_another_took_its_context() -> None:
+    """With one context for two sessions, each turn of one takes it from the other: the
+    other's KV cache is saved and put back at its next turn, which then computes only its
+    new words, and answers exactly what it answers computing everything. Without room to
+    save it, the whole conversation is computed again."""
+    system = TEST_SETTINGS.instructions
+    for budget in (64 * 2**20, 0):
+        model = LlamaModel(resolve(TEST_SETTINGS.llm_model, "llm"), contexts=1,
+                           saved_bytes=budget)
+        model.warm(system)
+        context = model.contexts[0]
+
+        def turn(session: str, said: list[ChatMessage], report: Generation,
+                 context: LlamaContext = context) -> str:
+            return "".join(context.generate(said, temperature=0.0, max_tokens=16,
+                                            stop=threading.Event(), session=session,
+                                            report=report))
+
+        alice = [ChatMessage("system", system),
+                 ChatMessage("user", "My name is Alice and I grow tomatoes. Say hello.")]
+        alice.append(ChatMessage("assistant", turn("alice", alice, Generation())))
+        before = model.count_tokens(" ".join(m.content for m in alice))
+        turn("bob", [ChatMessage("system", system), ChatMessage("user", "Hi, I am Bob.")],
+             Generation())
+        alice.append(ChatMessage("user", "What do I grow?"))
+        report = Generation()
+        again = turn("alice", alice, report)
+        if budget:
+            assert model.saved.bytes > 0  # Bob's, saved when Alice took the context back
+            assert report.cached_tokens >= before, (report, before)
+            context.llm.reset()
+            context.owner = ""
+            assert turn("alice-cold", alice, Generation()) == again
+        else:
+            assert report.cached_tokens < before, (report, before)
+
+
+def test_saved_states_keep_to_their_budget_oldest_out_first() -> None:
+    def state(size: int) -> SavedState:
+        return SavedState(np.zeros(1, dtype=np.intc), (ctypes.c_uint8 * size)())
+
+    saved = SavedStates(budget=100)
+    saved.put("a", state(40))
+    saved.put("b", state(40))
+    saved.put("c", state(40))  # over: a goes
+    assert saved.take("a") is None and saved.bytes == 80
+    saved.put("huge", state(101))  # never kept
+    assert saved.take("huge") is None
+    taken = saved.take("b")
+    assert taken is not None and taken.size == 40 and saved.bytes == 40
+    assert saved.take("b") is None
 
 
 def test_every_context_starts_with_the_default_system_prompt() -> None:
