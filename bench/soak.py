@@ -15,7 +15,8 @@ Against a real `voxwire serve` on loopback, for a bounded time:
   the sessions it holds (its `sessions_active` gauge on /metrics).
 When the clients have left, the server must hold no session and be back to the file
 descriptors and threads it had before they came; its memory must be flat under load, and
-the talkers' voice to voice within 1.5 times what the same talkers measured alone first.
+the talkers' voice to voice within 1.5 times what the same talkers measured alone, before
+the load and after it.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ from client.realtime import pcm16
 FLAT_MIB_PER_MIN = 2.0
 # The talkers under load, against the same talkers alone before it (p50 voice to voice).
 LOADED_V2V_RATIO = 1.5
+# The talkers alone, before the load and again after it (pooled): the figure they are held
+# to under the load, from both sides of it, so that a machine that drifts does not decide
+# the ratio.
 QUIET_TURNS = 8
 IDLE_TIMEOUT_S = 600.0  # the server's default --idle-timeout-s: idle sessions end there
 # A client that does not read gets its socket backed up within seconds; the server must
@@ -80,6 +84,7 @@ class Plan:
     idle: int = 50
     sample_s: float = 3.0
     pause_s: float = 4.0  # between two misdeeds of one lane
+    quiet_turns: int = QUIET_TURNS  # the talkers alone, before the load and again after
 
     @property
     def max_sessions(self) -> int:
@@ -176,8 +181,8 @@ class Soak:
 
     async def talker(self, n: int, quiet_turns: int = 0) -> None:
         """Speak the fixtures until the deadline; or, with `quiet_turns`, until the talkers
-        have that many turns together, with nothing else going on (the figure the loaded
-        turns are held to)."""
+        have that many quiet turns in all, with nothing else going on (the figure the
+        loaded turns are held to)."""
         from openai import AsyncOpenAI
 
         client = AsyncOpenAI(api_key="bench", base_url=f"{self.url}/v1")
@@ -564,9 +569,9 @@ class Soak:
         await asyncio.sleep(1.0)
         baseline = await self.sample()
         self.tally = Tally()
-        # The talkers alone first: the figure they are held to under the load.
+        # The talkers alone first (and again after the load): the figure they are held to.
         self.deadline = time.monotonic() + 600
-        await asyncio.gather(*(self.talker(n, QUIET_TURNS) for n in range(plan.talkers)))
+        await asyncio.gather(*(self.talker(n, plan.quiet_turns) for n in range(plan.talkers)))
         self.deadline = time.monotonic() + plan.duration_s
         sampler = asyncio.create_task(self.sampler())
         idle = [asyncio.create_task(self.idle(n)) for n in range(plan.idle)]
@@ -581,6 +586,9 @@ class Soak:
         held_after = await self.until_released()
         after = await self.until_settled(baseline)
         after["sessions"] = held_after
+        self.deadline = time.monotonic() + 600  # the talkers alone again
+        await asyncio.gather(*(self.talker(n, 2 * plan.quiet_turns)
+                               for n in range(plan.talkers)))
         result = summarize(plan, baseline, self.samples, loaded, after, self.tally)
         trims = await asyncio.to_thread(metrics_gauge, self.url, "heap_trims_total")
         spent = await asyncio.to_thread(metrics_gauge, self.url, "heap_trim_seconds_total")
@@ -736,7 +744,8 @@ def section(soak: dict[str, Any]) -> list[str]:
               f"- Talkers: {turns['completed']}/{turns['total']} turns completed, voice to "
               f"voice p50 {turns['v2v_p50_ms'] or 0:.0f} ms, p95 {turns['v2v_p95_ms'] or 0:.0f}"
               " ms (on the client's clock, with everything else going on).",
-              *([f"- The same talkers alone first ({turns['quiet_total']} turns): p50 "
+              *([f"- The same talkers alone, before and after the load "
+                 f"({turns['quiet_total']} turns): p50 "
                  f"{turns['quiet_v2v_p50_ms'] or 0:.0f} ms, p95 "
                  f"{turns['quiet_v2v_p95_ms'] or 0:.0f} ms; under the load p50 was "
                  f"{turns['loaded_to_quiet_p50']}x that (held to "

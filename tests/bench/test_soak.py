@@ -7,11 +7,13 @@ from tests.bench.test_peers import free_port
 
 
 def test_a_short_soak_answers_every_misbehaviour_and_leaks_nothing(tmp_path: Path) -> None:
-    plan = soak.Plan(duration_s=20.0, talkers=1, idle=4, sample_s=1.0, pause_s=1.0)
+    plan = soak.Plan(duration_s=20.0, talkers=1, idle=4, sample_s=1.0, pause_s=1.0,
+                     quiet_turns=2)
     result = soak.run(plan, free_port(), ["--asr-model", "tiny.en", "--device", "cpu"],
                       tmp_path / "soak.json")
     assert result["unexpected"] == []
     assert result["turns"]["completed"] >= 1 and result["turns"]["v2v_p95_ms"] > 0
+    assert result["turns"]["quiet_total"] == 4  # two before the load, two after
     for kind in soak.MISDEEDS:  # each ran and got what it should have
         outcomes = result["misbehavers"][kind]["outcomes"]
         assert outcomes and all(soak.EXPECTED[kind](o) for o in outcomes), (kind, outcomes)
