@@ -338,6 +338,8 @@ class ContextPool:
         self._wake()
 
     def _preempt_one(self) -> None:
+        if any(lease.control.halted for lease in self._lent.values()):
+            return  # one is already on its way back (a busy lane may take a while)
         now = time.monotonic()
         stalled = [lease for lease in self._lent.values()
                    if not lease.speculative and not lease.control.halted
