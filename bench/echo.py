@@ -28,7 +28,6 @@ import os
 import tempfile
 import threading
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import numpy as np
 
 from bench.fixtures import speak_espeak, speak_piper, trim
 from client.audio_io import WavIO
-from client.realtime import Float32, from_pcm16, pcm16, silence
+from client.realtime import Float32, from_pcm16, pcm16, silence, write_wav
 from server.audio import RATE
 from server.stages import EchoStream
 
@@ -210,15 +209,6 @@ MODES = {  # session field, server's echo guard
 }
 
 
-def _wav(path: Path, audio: Float32, rate: int) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm16(audio))
-    return path
-
-
 async def self_interruptions(engines: Any, settings: Any, room: Room, aec: bool,
                              question: Path, rate: int) -> dict[str, Any]:
     """One question, its answer played through ``room``, nobody speaking after: the turns
@@ -255,7 +245,7 @@ def measure_sessions(rooms: tuple[Room, ...]) -> list[dict[str, Any]]:
     rows = []
     try:
         with tempfile.TemporaryDirectory() as folder:
-            question = _wav(Path(folder) / "q.wav", np.concatenate([
+            question = write_wav(Path(folder) / "q.wav", np.concatenate([
                 silence(300, rate), speak_piper("Tell me about Paris.", rate)]), rate)
             for room in rooms:
                 for mode, (aec, guard) in MODES.items():

@@ -52,7 +52,7 @@ def test_no_far_end_leaves_the_microphone_alone(engine: str) -> None:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_user_talking_over_the_echo_is_still_heard(engine: str, engines: Engines) -> None:
     said = "Set a timer for fifteen minutes."
-    clean, mic = double_talk(far(), trim(speak_espeak(said, RATE), RATE), ROOMS[1])
+    _, mic = double_talk(far(), trim(speak_espeak(said, RATE), RATE), ROOMS[1])
     played = np.concatenate([far(), np.zeros(len(mic) - len(far()), np.float32)])
     out, _ = cancelled(canceller(engine).new_stream(), played, mic)
     heard = words(engines.asr.transcribe(out).text)
