@@ -231,8 +231,7 @@ async def self_interruptions(engines: Any, settings: Any, room: Room, aec: bool,
             await talking
     said = [line[5:] for line in lines if line.startswith("you: ")]
     return {"turns": len(said), "self_interruptions": max(len(said) - 1, 0),
-            "cancelled": sum(line.endswith("[cancelled]") for line in lines),
-            "played_s": round(len(audio.heard) / 2 / rate, 1), "heard": said}
+            "cancelled": sum(line.endswith("[cancelled]") for line in lines), "heard": said}
 
 
 def measure_sessions(rooms: tuple[Room, ...]) -> list[dict[str, Any]]:
