@@ -52,6 +52,16 @@ def read_wav(path: Path, rate: int) -> Float32:
     return resample(data, source_rate, rate)
 
 
+def write_wav(path: Path, samples: Float32, rate: int) -> Path:
+    """``samples`` as a pcm16 mono WAV file at ``rate``."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm16(samples))
+    return path
+
+
 def silence(ms: int, rate: int) -> Float32:
     return np.zeros(rate * ms // 1000, dtype=np.float32)
 

@@ -8,8 +8,9 @@ the answer was heard (`conversation.item.truncate`).
 Echo: without an echo canceller, the speaker's sound reaches the microphone and the
 server would take the assistant's own voice for the user interrupting. ``half`` duplex
 (the default) therefore does not send the microphone while an answer plays (and for a
-short tail after); ``full`` duplex always sends it, for headsets or devices with echo
-cancellation, and allows interrupting by voice.
+short tail after); ``full`` duplex always sends it and allows interrupting by voice: it
+asks the server to cancel the echo (`session.voxwire.echo_cancellation`), so that speakers
+and a microphone in one room work without a headset.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class TalkClient:
     url: str
     audio: AudioIO
     duplex: Duplex = "half"
+    echo_cancellation: bool | None = None  # ask the server to cancel echo; None: in full duplex
     api_key: str | None = None
     out: Callable[[str], None] = print
     instructions: str | None = None
@@ -111,7 +113,8 @@ class TalkClient:
                                 "/v1/realtime") from exc
             raise OSError(f"the server answered HTTP {code}") from exc
         async with ws:
-            self.out(f"connected to {self.url} ({self.duplex} duplex); speak now")
+            echo = ", server echo cancellation" if self.cancels_echo else ""
+            self.out(f"connected to {self.url} ({self.duplex} duplex{echo}); speak now")
             await self._configure(ws)
             tasks = [asyncio.create_task(self._send_mic(ws))]
             if self.frames is not None:
@@ -132,11 +135,19 @@ class TalkClient:
                                    "audio": {"input": {"format": fmt}, "output": {"format": fmt}}}
         if self.instructions:
             session["instructions"] = self.instructions
-        # Extensions: the per-turn latency line (voxwire.turn.metrics), camera frames.
+        # Extensions: the per-turn latency line (voxwire.turn.metrics), camera frames, echo
+        # cancellation.
         session["voxwire"] = {"metrics": True}
         if self.frames is not None:
             session["voxwire"]["attach_latest_frame"] = True
+        if self.cancels_echo:
+            session["voxwire"]["echo_cancellation"] = True
         await ws.send(dump(SessionUpdate(None, session)))
+
+    @property
+    def cancels_echo(self) -> bool:
+        """Whether the server is asked to cancel the echo (half duplex needs no help)."""
+        return self.duplex == "full" if self.echo_cancellation is None else self.echo_cancellation
 
     # ------------------------------------------------------------------ microphone
 
@@ -285,7 +296,12 @@ def parser() -> argparse.ArgumentParser:
                       help="send frames from /dev/videoN with each turn")
     talk.add_argument("--duplex", choices=["half", "full"], default="half",
                       help="half: the mic is muted while the answer plays (no echo); "
-                           "full: always on, for headsets, allows interrupting by voice")
+                           "full: always on, allows interrupting by voice; the server "
+                           "cancels the echo of the speakers")
+    talk.add_argument("--no-echo-cancellation", dest="echo_cancellation",
+                      action="store_false", default=None,
+                      help="full duplex without the server's echo canceller (a headset, or "
+                           "a device that cancels echo itself)")
     talk.add_argument("--key", default=None, help="API key (default: $VOXWIRE_API_KEY)")
     talk.add_argument("--list-devices", action="store_true")
     return talk
@@ -316,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
               "(see `voxwire talk --list-devices`)")
         return 2
     client = TalkClient(args.url, audio, duplex=args.duplex,
+                        echo_cancellation=args.echo_cancellation,
                         api_key=args.key or os.environ.get("VOXWIRE_API_KEY"), frames=frames)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(client.run())

@@ -58,6 +58,9 @@ class SessionConfig:
     tools: tuple[Json, ...] = ()
     tool_choice: str | Json = "auto"  # "auto", "none", "required" or {"type": "function", ...}
     attach_latest_frame: bool = False  # extension: session.voxwire.attach_latest_frame
+    # Extension: session.voxwire.echo_cancellation: the server cancels the echo of its own
+    # voice from the microphone audio (for clients that play the answer aloud).
+    echo_cancellation: bool = False
     type: str = "realtime"  # or "transcription": transcripts only, never a response
     # Extensions reach only clients that ask: `voxwire.turn.metrics` events go to sessions
     # with session.voxwire.metrics (or ?voxwire_metrics=1), and session.created/updated
@@ -274,6 +277,9 @@ def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> 
                                           "session.voxwire.attach_latest_frame")
     if "metrics" in ext:
         ch["metrics"] = _bool(ext["metrics"], "session.voxwire.metrics")
+    if "echo_cancellation" in ext:
+        ch["echo_cancellation"] = _bool(ext["echo_cancellation"],
+                                        "session.voxwire.echo_cancellation")
     if "voxwire" in s:
         ch["extensions"] = True
     if "model" in s:
@@ -395,7 +401,7 @@ def _extensions(cfg: SessionConfig) -> Json:
     if not cfg.extensions:
         return {}
     return {"voxwire": {"attach_latest_frame": cfg.attach_latest_frame,
-                        "metrics": cfg.metrics}}
+                        "echo_cancellation": cfg.echo_cancellation, "metrics": cfg.metrics}}
 
 
 def wants(cfg: SessionConfig, event: Json) -> bool:

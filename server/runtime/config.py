@@ -97,6 +97,10 @@ class Settings:
                                 metadata={"choices": (*registry.DENOISE.names, "none")})
     denoise_near_db: float = 12.0
     denoise_far_db: float = 12.0
+    # Echo cancellation, for sessions that ask (`session.voxwire.echo_cancellation`): the
+    # engine (server/stages/registry.py; "none": not loaded, the field is then accepted and
+    # ignored, and the echo guard alone keeps the assistant from interrupting itself).
+    aec_engine: str = field(default="webrtc", metadata={"choices": (*registry.AEC.names, "none")})
     # Limits.
     max_message_bytes: int = 4 * 1024 * 1024
     max_utterance_s: float = 30.0

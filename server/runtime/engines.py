@@ -16,6 +16,7 @@ from server.runtime.lanes import Lane, WorkLane
 from server.runtime.metrics import Registry
 from server.session.images import ImageLane
 from server.stages import (
+    EchoCanceller,
     LanguageModel,
     NoiseSuppressor,
     Responder,
@@ -65,6 +66,8 @@ class SessionEngines(Protocol):
     @property
     def denoiser(self) -> NoiseSuppressor | None: ...
     @property
+    def echo_canceller(self) -> EchoCanceller | None: ...
+    @property
     def vad_lane(self) -> WorkLane: ...
     @property
     def asr_lane(self) -> WorkLane: ...
@@ -94,6 +97,7 @@ class Engines:
     image_lane: ImageLane = field(default_factory=ImageLane)  # shared by every session
     more_tts: tuple[Speaker, ...] = ()  # the other voices' engines, each with its own lane
     denoiser: NoiseSuppressor | None = None  # for sessions that ask; runs in the VAD lane
+    echo_canceller: EchoCanceller | None = None  # the same
 
     @classmethod
     def load(cls, settings: Settings) -> Engines:
@@ -103,6 +107,8 @@ class Engines:
         speakers = load_voices(settings)
         denoiser = (None if settings.denoise_engine == "none" else
                     engines_registry.DENOISE.loader(settings.denoise_engine)(settings))
+        canceller = (None if settings.aec_engine == "none" else
+                     engines_registry.AEC.loader(settings.aec_engine)(settings))
         llm_lane = Lane("llm")
         responder = make_responder(settings, None, llm_lane)
         model = getattr(responder, "model", None)  # the embedded model, for tests and benches
@@ -116,7 +122,8 @@ class Engines:
         return cls(vad, asr, model, responder, speakers[0].engine, Registry(), Lane("vad"),
                    Lane("asr"), llm_lane, speakers[0].lane,
                    ImageLane(settings.image_workers, settings.max_image_jobs),
-                   more_tts=tuple(speakers[1:]), denoiser=denoiser)
+                   more_tts=tuple(speakers[1:]), denoiser=denoiser,
+                   echo_canceller=canceller)
 
     @property
     def speakers(self) -> tuple[Speaker, ...]:

@@ -1,8 +1,9 @@
 """The ears: a session's audio intake and turn-taking.
 
-Input audio is checked, paced (the audio budget), decoded, resampled to 16 kHz, denoised
-when the session asks (`noise_reduction`) and judged by the VAD in the VAD lane, with the
-echo guard silencing the assistant's own voice. The
+Input audio is checked, paced (the audio budget), decoded, resampled to 16 kHz, cleared of
+the assistant's own voice by the echo canceller and denoised when the session asks
+(`voxwire.echo_cancellation`, `noise_reduction`), and judged by the VAD in the VAD lane,
+with the echo guard silencing what is left of the assistant's own voice. The
 turn detector turns the probabilities into turns, the utterance limit cuts a turn that runs
 too long, and the idle timeout makes a turn of the silence after an answer. What happens
 reaches the session as typed events (`EarEvent`); the session decides what they mean for
@@ -26,8 +27,8 @@ from server.errors import LimitError, ProtocolError
 from server.runtime.clock import Clock
 from server.runtime.config import Settings
 from server.runtime.engines import SessionEngines
-from server.session.echo import MAX_LAG_S, EchoReference, echo_likeness
-from server.stages import Denoiser, Float32, VadStream
+from server.session.echo import MAX_LAG_S, EchoReference, FarEnd, echo_likeness
+from server.stages import Denoiser, EchoStream, Float32, VadStream
 from server.stages.turns import (
     AudioBudget,
     InputBuffer,
@@ -147,7 +148,12 @@ class Ears:
         # buffer stays sample for sample with what the client sent.
         self._denoise: Denoiser | None = None
         self._retired: Denoiser | None = None
-        self._held = 0  # 16 kHz samples the suppressor holds back (its delay)
+        # The session's echo canceller, the same way; it runs before the suppressor, whose
+        # gains, changing from frame to frame, would hide the echo's path from it.
+        self._aec: EchoStream | None = None
+        self._aec_retired: EchoStream | None = None
+        self._far = FarEnd(echo)
+        self._held = 0  # 16 kHz samples the canceller and suppressor hold back (their delay)
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
         self._mic_tail: Float32 = np.zeros(0, np.float32)
         self.speaking: str | None = None  # the item of the turn being heard
@@ -164,6 +170,10 @@ class Ears:
         if new.input_format != old.input_format or new.noise_reduction != old.noise_reduction:
             self._retired = self._retired or self._denoise
             self._denoise = None
+        if (new.input_format != old.input_format
+                or new.echo_cancellation != old.echo_cancellation):
+            self._aec_retired = self._aec_retired or self._aec
+            self._aec = None
         if new.input_format != old.input_format:
             self._resampler = audio_codec.StreamResampler(new.input_format.rate, RATE)
             self._vad = self.engines.vad.new_stream()
@@ -191,8 +201,8 @@ class Ears:
         self.speaking = None
 
     async def drain(self) -> None:
-        """Bring in what the noise suppressor still holds (its last few ms), as before a
-        commit: the buffer then holds all the audio the client sent."""
+        """Bring in what the echo canceller and the noise suppressor still hold (their last
+        few ms), as before a commit: the buffer then holds all the audio the client sent."""
         if self._held:
             await self._ingest(b"", drain=True)
 
@@ -251,13 +261,15 @@ class Ears:
         fmt = cfg.input_format
         vad = self._vad if cfg.turn_detection is not None else None
         resampler = self._resampler
-        reference = self._echo_window(len(raw) / audio_codec.bytes_per_ms(
-            fmt.type, fmt.rate) / 1000) if vad is not None else None
+        seconds = len(raw) / audio_codec.bytes_per_ms(fmt.type, fmt.rate) / 1000
+        reference = self._echo_window(seconds) if vad is not None else None
+        far = (self._far.take(seconds, self.clock.monotonic())
+               if cfg.echo_cancellation and self.engines.echo_canceller is not None else None)
         guard, tail = self.settings.echo_guard, self._mic_tail
 
         def ingest() -> tuple[Float32, list[float], int]:
             taken = resampler(audio_codec.decode(raw, fmt.type))
-            samples = self._denoised(taken, cfg, drain)
+            samples = self._denoised(self._cancelled(taken, far, drain), cfg, drain)
             probs = vad.probabilities(samples) if vad is not None else []
             if reference is not None:
                 # Judge the last quarter second, not just this chunk: steadier evidence.
@@ -286,6 +298,24 @@ class Ears:
             # Nobody speaks: keep only what a turn starting now would reach back for.
             keep_ms = td.prefix_padding_ms + self.settings.min_speech_ms + IDLE_KEEP_MS
             self.buffer.drop_before_ms(self.buffer.total_ms - keep_ms)
+
+    def _cancelled(self, samples: Float32, far: Float32 | None, drain: bool) -> Float32:
+        """``samples`` with the echo of ``far`` (what the client played meanwhile) taken out,
+        when the session asks (``far`` is then given; run in the VAD lane)."""
+        parts = []
+        if self._aec_retired is not None:
+            parts.append(self._aec_retired.flush())
+            self._aec_retired = None
+        canceller = self.engines.echo_canceller
+        if far is None or canceller is None:
+            return np.concatenate([*parts, samples]) if parts else samples
+        if self._aec is None:
+            self._aec = canceller.new_stream()
+        self._aec.far(far)
+        parts.append(self._aec.near(samples))
+        if drain:
+            parts.append(self._aec.flush())
+        return np.concatenate(parts)
 
     def _denoised(self, samples: Float32, cfg: SessionConfig, drain: bool) -> Float32:
         """``samples`` through the session's noise suppressor, when it asks for one (run in

@@ -5,6 +5,9 @@ The server knows what it sent and when; a client plays it from the first chunk o
 continuously. When the incoming microphone audio is mostly a delayed copy of that
 reference (high normalized cross-correlation at some lag), it is echo, not a user turn.
 A user talking over the echo lowers the correlation, so barge-in still works.
+
+The same record, kept sample for sample (`EchoReference.played`), is the far end an echo
+canceller takes: `FarEnd` reads it in step with the microphone audio as it arrives.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from server.stages import Float32
 
 MAX_LAG_S = 0.8  # acoustic delay plus the client's capture, buffering and network latency
 KEEP_S = 20.0
+RESYNC_S = 0.2  # the microphone this far off the wall clock: read the far end from now on
 
 
 class EchoReference:
@@ -26,20 +30,47 @@ class EchoReference:
     def __init__(self) -> None:
         self._segments: deque[tuple[float, Float32]] = deque()  # (start time, 16 kHz audio)
         self.play_end = 0.0
+        # The same audio by sample (wall time x RATE): chunks queued back to back stay
+        # contiguous, whatever the clock's rounding; a stop cuts what was not played.
+        self._timeline: deque[tuple[int, Float32]] = deque()
+        self._timeline_end = 0
 
     def sent(self, samples: Float32, now: float) -> None:
         """A chunk went out; it plays after what is queued, or now if nothing is."""
+        at = self._timeline_end if now < self.play_end else max(round(now * RATE),
+                                                                 self._timeline_end)
+        self._timeline.append((at, samples))
+        self._timeline_end = at + len(samples)
         start = max(now, self.play_end)
         self._segments.append((start, samples))
         self.play_end = start + len(samples) / RATE
         while self._segments and self._segments[0][0] < now - KEEP_S:
             self._segments.popleft()
+        oldest = round((now - KEEP_S) * RATE)
+        while self._timeline and self._timeline[0][0] + len(self._timeline[0][1]) < oldest:
+            self._timeline.popleft()
 
     def stop(self, now: float) -> None:
         """The client stopped playback (barge-in): nothing more of the queue is played."""
         self.play_end = min(self.play_end, now)
         while self._segments and self._segments[-1][0] >= now:
             self._segments.pop()
+        cut = round(now * RATE)
+        while self._timeline and self._timeline[-1][0] >= cut:
+            self._timeline.pop()
+        if self._timeline and self._timeline_end > cut:
+            at, samples = self._timeline.pop()
+            self._timeline.append((at, samples[:cut - at]))
+        self._timeline_end = min(self._timeline_end, cut)
+
+    def played(self, first: int, end: int) -> Float32:
+        """The audio played from sample ``first`` to ``end`` (zeros where none was)."""
+        out = np.zeros(max(end - first, 0), np.float32)
+        for at, samples in self._timeline:
+            a, b = max(at, first), min(at + len(samples), end)
+            if a < b:
+                out[a - first:b - first] = samples[a - at:b - at]
+        return out
 
     def playing_between(self, t0: float, t1: float) -> bool:
         return bool(self._segments) and self._segments[0][0] < t1 and t0 < self.play_end
@@ -74,3 +105,29 @@ def echo_likeness(mic: Float32, reference: Float32) -> float:
     energy = np.concatenate([[0.0], np.cumsum(reference.astype(np.float64) ** 2)])
     sliding = np.sqrt(np.maximum(energy[n:] - energy[:-n], 1e-12))
     return float(np.max(np.abs(corr) / (sliding * mic_norm)))
+
+
+class FarEnd:
+    """The far end for an echo canceller: what the client played while each stretch of
+    microphone audio was captured, read from the reference in step with that audio.
+
+    Each call reads on from where the last one ended, so the far end is the sent audio
+    sample for sample; when the microphone's pace leaves the wall clock by more than
+    `RESYNC_S` (a gap, a burst), reading starts over at the wall clock. What is left of
+    the delay (the network both ways, the client's buffers, the room) the canceller finds."""
+
+    def __init__(self, reference: EchoReference) -> None:
+        self._reference = reference
+        self._at: int | None = None  # the next sample to read
+        self._carry = 0.0  # fractions of a sample, from inputs at other rates
+
+    def take(self, seconds: float, now: float) -> Float32:
+        """The far end for ``seconds`` of microphone audio that arrived by ``now``."""
+        self._carry += seconds * RATE
+        n = int(self._carry)
+        self._carry -= n
+        end = round(now * RATE)
+        if self._at is None or abs(self._at + n - end) > RESYNC_S * RATE:
+            self._at = end - n
+        first, self._at = self._at, self._at + n
+        return self._reference.played(first, first + n)

@@ -65,6 +65,31 @@ class NoiseSuppressor(Protocol):
     def new_stream(self, limit_db: float) -> Denoiser: ...
 
 
+class EchoStream(Protocol):
+    """Per-session echo cancellation on the 16 kHz input stream.
+
+    ``far`` takes the audio the client is playing (the far end), ``near`` the microphone
+    audio captured while it played; call ``far`` for a stretch of time before ``near`` for
+    the same stretch. ``near`` returns the microphone audio with the far end's echo taken
+    out, time-aligned with its input; like a `Denoiser` it may hold back less than a frame
+    (``delay_ms``), which ``flush`` gives back as if silence followed. The engine finds
+    the echo's delay itself: the caller gives the far end when the client plays it."""
+
+    delay_ms: float
+
+    def far(self, samples: Float32) -> None: ...
+    def near(self, samples: Float32) -> Float32: ...
+    def flush(self) -> Float32: ...
+
+
+class EchoCanceller(Protocol):
+    """A loaded echo canceller; each session gets a stream of its own."""
+
+    name: str
+
+    def new_stream(self) -> EchoStream: ...
+
+
 @dataclass(frozen=True)
 class Transcript:
     text: str

@@ -15,6 +15,8 @@ Loaders, by stage (each engine runs in a worker lane of its own, made by ``Engin
   model already loaded (or None), ``lane`` the one it runs in
 - denoise: ``load(settings) -> NoiseSuppressor``: its streams run in the VAD lane, each
   session's in front of its VAD
+- aec: ``load(settings) -> EchoCanceller``: its streams run in the VAD lane, each session's
+  in front of its noise suppressor and its VAD
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from server.runtime.config import Settings
     from server.runtime.lanes import Lane
     from server.stages import (
+        EchoCanceller,
         LanguageModel,
         NoiseSuppressor,
         Responder,
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     TtsLoader = Callable[[Settings, Sequence[str]], list[Synthesizer]]
     LlmLoader = Callable[[Settings, Lane, LanguageModel | None], Responder]
     DenoiseLoader = Callable[[Settings], NoiseSuppressor]
+    AecLoader = Callable[[Settings], EchoCanceller]
 
 
 @dataclass(frozen=True)
@@ -118,4 +122,8 @@ DENOISE: Stage[Engine, DenoiseLoader] = Stage("denoise", {
                       "rnnoise"),
     "deepfilternet": Engine("DeepFilterNet3 (libDF C runtime), 48 kHz, 30 ms delay",
                             "server.stages.denoise_dfn:load", "deepfilternet3"),
+})
+AEC: Stage[Engine, AecLoader] = Stage("aec", {
+    "webrtc": Engine("WebRTC AEC3 (the livekit wheel's audio processing module), 10 ms frames",
+                     "server.stages.aec_webrtc:load"),
 })

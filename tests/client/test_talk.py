@@ -4,6 +4,7 @@ the sound card is replaced at its boundary by a WAV reader (microphone) and a bu
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import wave
 from collections.abc import Callable
@@ -11,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.echo import Room, RoomIO
 from client.audio_io import WavIO
 from client.realtime import Float32, from_pcm16, pcm16, silence
 from client.talk import TalkClient
-from tests.conftest import words
+from server.edge.app import App
+from server.runtime.engines import Engines
+from tests.conftest import TEST_SETTINGS, words
 
 Speak = Callable[..., Float32]
 RATE = 24000
@@ -68,6 +72,33 @@ async def test_full_duplex_barge_in_stops_playback_and_truncates(
     assert await client.run(max_turns=2, attempts=1, drain=False) == 0
     assert any(line.endswith("[cancelled]") for line in lines), "\n".join(lines)
     assert client.truncated and client.truncated[0][1] > 0  # told the server what was heard
+
+
+async def test_full_duplex_through_speakers_hears_the_user_not_itself(
+        engines: Engines, speak: Speak, tmp_path: Path) -> None:
+    """The speaker's output comes back into the microphone through a room (100 ms, three
+    reflections, -6 dB); the server cancels it, and only the user's interruption is a turn.
+    The echo guard is off: the canceller alone keeps the assistant from hearing itself."""
+    wav = write_wav(tmp_path / "room.wav", silence(300, RATE),
+                    speak("Tell me a long story about a brave dragon.", rate=RATE),
+                    silence(4000, RATE), speak("Stop. What time is it now?", rate=RATE))
+    audio = RoomIO(wav, Room(100), RATE)
+    lines: list[str] = []
+    app = App(dataclasses.replace(TEST_SETTINGS, echo_guard=0.0), engines=engines)
+    async with app.start_server() as server:
+        host, port = server.sockets[0].getsockname()[:2]
+        client = TalkClient(f"ws://{host}:{port}/v1/realtime", audio, duplex="full",
+                            out=lines.append, instructions="Tell very long, detailed stories.")
+        assert client.cancels_echo
+        assert await client.run(max_turns=2, attempts=1, drain=False) == 0
+    heard = [words(line[5:]) for line in lines if line.startswith("you: ")]
+    assert len(heard) == 2, lines  # the question and the interruption: no echo turns
+    assert {"time", "now"} <= set(heard[1]), lines
+    assert any(line.endswith("[cancelled]") for line in lines), lines
+    # The answer played on through the echo until the user spoke (4 s after the question).
+    assert client.truncated and client.truncated[0][1] > 2000, client.truncated
+    echo = np.concatenate(audio.captured)[RATE * 3:RATE * 6]
+    assert np.abs(echo).max() > 0.05  # and its echo did reach the microphone
 
 
 async def test_half_duplex_does_not_let_the_answer_interrupt_itself(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import wave
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -20,8 +19,6 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 from playwright.async_api import ConsoleMessage, Page, async_playwright
-
-from client.realtime import Float32, pcm16
 
 T = TypeVar("T")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,15 +34,6 @@ document.addEventListener("voxwire-event", (e) => {
                          transcript: ev.transcript, at: performance.now()});
 });
 """
-
-
-def write_wav(path: Path, samples: Float32, rate: int) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm16(samples))
-    return path
 
 
 def write_y4m(path: Path, width: int = 320, height: int = 240, frames: int = 10,

@@ -123,6 +123,55 @@ class FakeDenoiser:
         return self.streams[-1]
 
 
+class FakeEchoStream:
+    """Keeps every far-end sample it is given; gives the microphone back scaled by
+    ``gain``, less its last ``hold`` samples (a real canceller's framing; ``flush`` gives
+    them)."""
+
+    def __init__(self, gain: float, hold: int) -> None:
+        self.gain, self.hold = gain, hold
+        self.far_fed: list[Float32] = []
+        self.near_fed: list[Float32] = []
+        self.given = 0
+        self.delay_ms = hold * 1000 / RATE
+
+    @property
+    def far_audio(self) -> Float32:
+        return np.concatenate(self.far_fed) if self.far_fed else np.zeros(0, np.float32)
+
+    def far(self, samples: Float32) -> None:
+        self.far_fed.append(samples.copy())
+
+    def near(self, samples: Float32) -> Float32:
+        self.near_fed.append(samples.copy())
+        taken = sum(len(n) for n in self.near_fed)
+        return self._out(max(taken - self.hold - self.given, 0))
+
+    def flush(self) -> Float32:
+        return self._out(sum(len(n) for n in self.near_fed) - self.given)
+
+    def _out(self, n: int) -> Float32:
+        near = np.concatenate(self.near_fed)[self.given:self.given + n]
+        self.given += n
+        out: Float32 = (near * self.gain).astype(np.float32)
+        return out
+
+
+@dataclass
+class FakeEchoCanceller:
+    """An `EchoCanceller` whose streams keep what they are fed; ``gain`` 0 silences the
+    microphone (the fake VAD then hears no speech in what went through one)."""
+
+    gain: float = 1.0
+    hold: int = 0
+    streams: list[FakeEchoStream] = field(default_factory=list)  # every one made, in order
+    name: str = "fake-aec"
+
+    def new_stream(self) -> FakeEchoStream:
+        self.streams.append(FakeEchoStream(self.gain, self.hold))
+        return self.streams[-1]
+
+
 @dataclass
 class FakeAsr:
     """Transcripts in call order: ``finals`` for whole turns (speculative ones included),
@@ -223,6 +272,7 @@ class FakeEngines:
     registry: Registry = field(default_factory=Registry)
     llm: None = None
     denoiser: FakeDenoiser | None = None
+    echo_canceller: FakeEchoCanceller | None = None
     vad_lane: InlineLane = field(default_factory=lambda: InlineLane("vad"))
     asr_lane: InlineLane = field(default_factory=lambda: InlineLane("asr"))
     tts_lane: InlineLane = field(default_factory=lambda: InlineLane("tts"))
@@ -365,6 +415,7 @@ async def harness(*, finals: list[str] | None = None, partials: list[str] | None
                   token_ms: float = 0.0, ms_per_word: int = 100,
                   vad: Callable[[int], float] | None = None,
                   sinks: Sequence[TurnSink] = (), denoiser: FakeDenoiser | None = None,
+                  echo_canceller: FakeEchoCanceller | None = None,
                   **settings: Any) -> AsyncIterator[Harness]:
     """A started session on fake engines and a fake clock; ``settings`` override
     `HARNESS_SETTINGS`; ``sinks`` take each turn's record. Closed (as a client leaving) at
@@ -373,7 +424,7 @@ async def harness(*, finals: list[str] | None = None, partials: list[str] | None
     engines = FakeEngines(
         FakeVad(vad), FakeAsr(list(finals or []), list(partials or [])),
         FakeResponder(clock, list(replies or ["Hello there."]), first_ms, token_ms),
-        FakeTts(ms_per_word), denoiser=denoiser)
+        FakeTts(ms_per_word), denoiser=denoiser, echo_canceller=echo_canceller)
     session = Session(engines, replace(HARNESS_SETTINGS, **settings), clock=clock,
                       sinks=sinks)
     session.configure({"type": "realtime", "audio": {"input": {"format": {

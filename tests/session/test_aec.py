@@ -1,0 +1,98 @@
+"""`session.voxwire.echo_cancellation` in the session, on fake engines and a fake clock: the
+canceller runs in front of the VAD when a session asks, never otherwise, and its far end
+is the audio the session sent, sample for sample, as the client plays it."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from server.audio import RATE
+from tests.support.harness import FakeEchoCanceller, Harness, harness
+
+Json = dict[str, Any]
+
+
+def echo_cancellation(on: bool) -> Json:
+    return {"type": "session.update", "session": {
+        "type": "realtime", "voxwire": {"echo_cancellation": on},
+        "audio": {"output": {"format": {"type": "audio/pcm", "rate": RATE}}}}}
+
+
+async def turns_heard(h: Harness) -> int:
+    await h.speech(640)
+    await h.silence(800)
+    return h.types().count("input_audio_buffer.speech_started")
+
+
+def sent_audio(h: Harness) -> np.ndarray[Any, np.dtype[np.float32]]:
+    pcm = b"".join(base64.b64decode(e["delta"]) for e in h.of("response.output_audio.delta"))
+    return (np.frombuffer(pcm, "<i2") / 32767).astype(np.float32)
+
+
+async def test_echo_cancellation_is_off_unless_asked() -> None:
+    fake = FakeEchoCanceller(gain=0.0)
+    async with harness(finals=["hello"], echo_canceller=fake) as h:
+        assert "voxwire" not in h.one("session.created")["session"]  # stock clients: unchanged
+        assert await turns_heard(h) == 1
+        assert fake.streams == []
+
+
+async def test_the_extension_turns_it_on_in_front_of_the_vad() -> None:
+    fake = FakeEchoCanceller(gain=0.0, hold=100)
+    async with harness(finals=["hello"], echo_canceller=fake) as h:
+        await h.send(echo_cancellation(True))
+        assert h.of("session.updated")[-1]["session"]["voxwire"]["echo_cancellation"] is True
+        assert await turns_heard(h) == 0  # the VAD heard only what the canceller gave
+        assert len(fake.streams) == 1  # one stream, made on demand
+        assert sum(map(len, fake.streams[0].near_fed)) == (640 + 800) * 16
+
+        await h.send(echo_cancellation(False))
+        assert h.of("session.updated")[-1]["session"]["voxwire"]["echo_cancellation"] is False
+        assert await turns_heard(h) == 1
+        first = fake.streams[0]
+        assert first.given == sum(map(len, first.near_fed))  # what it held came out
+
+
+async def test_the_far_end_is_what_was_sent_as_the_client_plays_it() -> None:
+    fake = FakeEchoCanceller()
+    async with harness(replies=["One two three four five six."], ms_per_word=100,
+                       echo_canceller=fake) as h:
+        await h.send(echo_cancellation(True))
+        await h.silence(200)
+        await h.send({"type": "response.create"})
+        played_from = len(fake.streams[0].far_audio)
+        await h.silence(1200)  # six words of 100 ms play; the microphone hears nothing
+        assert h.of("response.done")[-1]["response"]["status"] == "completed"
+        far, sent = fake.streams[0].far_audio, sent_audio(h)
+        assert len(sent) == 600 * 16
+        assert not far[:played_from].any()  # nothing played before the answer
+        # It plays from the moment it was sent, every sample once, in order.
+        start = played_from + int(np.flatnonzero(far[played_from:])[0]) - 1
+        assert abs(start - played_from) <= 1, (start, played_from)
+        assert np.allclose(far[start:start + len(sent)], sent, atol=1.5 / 32767)
+        assert not far[start + len(sent) + 1:].any()
+        # As long as the microphone audio, sample for sample.
+        assert len(far) == sum(map(len, fake.streams[0].near_fed))
+
+
+async def test_barge_in_stops_the_far_end_where_the_client_stopped() -> None:
+    fake = FakeEchoCanceller()
+    async with harness(finals=["stop"], replies=["One two three four five six seven eight."],
+                       ms_per_word=100, echo_canceller=fake) as h:
+        await h.send(echo_cancellation(True))
+        await h.silence(200)
+        await h.send({"type": "response.create"})
+        played_from = len(fake.streams[0].far_audio)
+        await h.silence(200)
+        await h.speech(400)  # the user talks over it: speech_started stops the playback
+        # The far end is read from the session's start, one sample per 16 kHz sample.
+        stopped_at = int(h.at("input_audio_buffer.speech_started") * RATE / 1000)
+        assert 200 * 16 < stopped_at < 800 * 16
+        await h.silence(400)  # the answer would have played on until 1000 ms; the next
+        assert h.types().count("response.created") == 1  # one (to the user's turn) not yet
+        far = fake.streams[0].far_audio
+        assert far[played_from:played_from + 3200].any()
+        assert not far[stopped_at:].any()
