@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from client.realtime import Float32, silence
+from client.realtime import Float32, silence, write_wav
 from server.edge.app import App
 from server.runtime.engines import Engines
 from tests.conftest import ANSWERED, TEST_SETTINGS, words
@@ -31,7 +31,6 @@ from tests.support.browser_helpers import (
     chromium_args,
     in_browser_thread,
     other_site,
-    write_wav,
     write_y4m,
 )
 

@@ -24,14 +24,14 @@ from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from client.realtime import silence
+from client.realtime import silence, write_wav
 from server.edge.app import App
 from server.errors import ConfigError
 from server.runtime.config import Settings
 from server.runtime.engines import Engines
 from tests.conftest import TEST_SETTINGS
 from tests.runtime.test_store import free_port, wait_healthy
-from tests.support.browser_helpers import chromium, chromium_args, in_browser_thread, write_wav
+from tests.support.browser_helpers import chromium, chromium_args, in_browser_thread
 
 KEY = "sk-voxwire-edge"
 CLEAR = json.dumps({"type": "input_audio_buffer.clear"})

@@ -17,7 +17,7 @@ from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from client.realtime import silence
+from client.realtime import silence, write_wav
 from server.edge.app import App
 from server.edge.tokens import Tokens
 from server.runtime.engines import Engines
@@ -27,7 +27,6 @@ from tests.support.browser_helpers import (
     chromium_args,
     in_browser_thread,
     other_site,
-    write_wav,
 )
 
 KEYS = "sk-voxwire-one,sk-voxwire-two"
