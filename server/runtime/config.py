@@ -86,16 +86,15 @@ class Settings:
     first_clause_words: int = 4
     echo_guard: float = 0.5  # echo likeness above which speech is the assistant's own; 0: off
     # Semantic turn detection (`semantic_vad`): at a pause, the turn model judges whether the
-    # turn so far sounds finished; the session's eagerness sets how sure it must be and the
-    # longest pause that still waits for more (server/stages/turns.py, EAGERNESS).
+    # turn so far sounds finished; the session's eagerness sets when it is first asked, how
+    # sure it must be and the longest pause that still waits (server/stages/turns.py).
     turn_detection: TurnType = "server_vad"  # what new sessions get until they say otherwise
     # The turn model, loaded at start (about 9 MB). "none": not loaded; semantic_vad
     # sessions are then ended by silence alone, as server_vad ones are.
     turn_engine: str = field(default="smart-turn",
                              metadata={"choices": (*registry.TURN.names, "none")})
     turn_threads: int = 1
-    turn_min_silence_ms: int = 200  # silence before the turn model is first asked
-    turn_recheck_ms: int = 250  # then asked again this often while the silence lasts
+    turn_recheck_ms: int = 250  # the turn model is asked again this often while a pause lasts
     # Limits.
     max_message_bytes: int = 4 * 1024 * 1024
     max_utterance_s: float = 30.0
@@ -174,7 +173,6 @@ class Settings:
             ("vad_threshold", 0.0 < self.vad_threshold < 1.0),
             ("silence_duration_ms", 0 < self.silence_duration_ms <= 10_000),
             ("turn_threads", self.turn_threads >= 1),
-            ("turn_min_silence_ms", 32 <= self.turn_min_silence_ms <= 2000),
             ("turn_recheck_ms", 32 <= self.turn_recheck_ms <= 5000),
             ("max_output_tokens", self.max_output_tokens >= 1),
             ("max_sessions", self.max_sessions >= 1),

@@ -5,7 +5,7 @@ by the VAD in the VAD lane, with the echo guard silencing the assistant's own vo
 turn detector turns the probabilities into turns, the utterance limit cuts a turn that runs
 too long, and the idle timeout makes a turn of the silence after an answer. In a
 `semantic_vad` session a pause ends the turn when the turn model (in its own lane) judges
-the turn so far finished, or when the pause outlasts the eagerness's longest wait. What happens
+the turn so far finished, or when it outlasts the eagerness's longest wait. What happens
 reaches the session as typed events (`EarEvent`); the session decides what they mean for
 the conversation and the response.
 """
@@ -308,7 +308,7 @@ class Ears:
         elif isinstance(event, SpeechConfirmed):
             await self.host.heard(Confirmed())
         elif isinstance(event, SpeechPaused):
-            self._next_ask_ms = self.settings.turn_min_silence_ms
+            self._next_ask_ms = self._semantic.min_silence_ms if self._semantic else 0
             if self.settings.speculate and self._live():
                 await self._paused(event.audio_end_ms)
         elif isinstance(event, SpeechResumed):
@@ -323,9 +323,9 @@ class Ears:
             self._wall_time_of(end_ms)))
 
     async def _judge_pause(self) -> None:
-        """semantic_vad: once a pause has lasted `turn_min_silence_ms`, and again every
-        `turn_recheck_ms` while it lasts (a longer silence makes an end likelier), ask the
-        turn model about the turn so far, silence included; a probability at the
+        """semantic_vad: once a pause has lasted the eagerness's minimum silence, and again
+        every `turn_recheck_ms` while it lasts (a longer silence makes an end likelier), ask
+        the turn model about the turn so far, silence included; a probability at the
         eagerness's threshold ends the turn where the speech stopped."""
         model, pause_start = self.engines.turn, self._detector.pause_start_ms
         if (self._semantic is None or model is None or pause_start is None

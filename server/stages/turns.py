@@ -46,19 +46,23 @@ TurnEvent = SpeechStarted | SpeechConfirmed | SpeechPaused | SpeechResumed | Spe
 
 @dataclass(frozen=True)
 class Eagerness:
-    """How a `semantic_vad` session reads the turn model at a pause: the probability of a
-    finished turn at which the pause ends it, and the longest pause that still waits for
-    more (then the turn ends whatever the model says)."""
+    """How a `semantic_vad` session reads the turn model at a pause: the silence before the
+    model may end the turn, the probability of a finished turn at which it does, and the
+    longest pause that still waits for more (then the turn ends whatever the model says)."""
 
+    min_silence_ms: int
     threshold: float
     max_wait_ms: int
 
 
-# The longest waits are OpenAI's (low 8 s, medium 4 s, high 2 s); "auto" is "medium".
+# The longest waits are OpenAI's (low 8 s, medium 4 s, high 2 s); "auto" is "medium". The
+# model hears how a phrase ends more than what it says: a phrase that could stand alone
+# ("Remind me tomorrow morning") sounds finished in a 300 ms pause inside a sentence, so
+# only "high" asks it as early as 200 ms; "medium" lets such pauses pass first.
 EAGERNESS = {
-    "low": Eagerness(0.8, 8000),
-    "medium": Eagerness(0.5, 4000),
-    "high": Eagerness(0.3, 2000),
+    "low": Eagerness(600, 0.7, 8000),
+    "medium": Eagerness(450, 0.5, 4000),
+    "high": Eagerness(200, 0.3, 2000),
 }
 
 

@@ -2,7 +2,8 @@
 here) decides whether the turn is over; the eagerness's longest wait ends it anyway.
 
 Speech is fed in 20 ms appends; the VAD sees 32 ms windows. The turn model is first asked
-once a pause has lasted `turn_min_silence_ms` (200), then every `turn_recheck_ms` (250).
+once a pause has lasted the eagerness's minimum silence (high: 200 ms, medium: 450, low:
+600), then every `turn_recheck_ms` (250).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ MOON = "tell me about the moon"
 WHOLE = "tell me about the moon and the stars"
 
 
-async def semantic(h: Harness, eagerness: str = "medium") -> None:
+async def semantic(h: Harness, eagerness: str) -> None:
     await h.send({"type": "session.update", "session": {"type": "realtime", "audio": {
         "input": {"turn_detection": {"type": "semantic_vad", "eagerness": eagerness}}}}})
 
@@ -29,7 +30,7 @@ def turn_calls(h: Harness) -> list[int]:
 
 async def test_a_finished_turn_ends_at_the_first_question_to_the_model() -> None:
     async with harness(finals=[MOON], replies=["The moon is bright."], turn=[0.9]) as h:
-        await semantic(h)
+        await semantic(h, "high")
         await h.speech(640)
         await h.silence(800)
         # The pause starts at 640 ms; the window ending at 864 ms is the first with 200 ms
@@ -45,8 +46,8 @@ async def test_a_finished_turn_ends_at_the_first_question_to_the_model() -> None
 
 async def test_an_unfinished_turn_waits_and_speech_resuming_continues_it() -> None:
     async with harness(finals=[MOON, WHOLE], replies=["Early.", "About both."],
-                       turn=[0.1, 0.2, 0.3, 0.9]) as h:
-        await semantic(h)
+                       turn=[0.1, 0.2, 0.25, 0.9]) as h:
+        await semantic(h, "high")
         await h.speech(640)
         await h.silence(900)  # longer than server_vad's 500 ms: that would have cut it here
         assert "input_audio_buffer.speech_stopped" not in h.types()
@@ -64,11 +65,11 @@ async def test_an_unfinished_turn_waits_and_speech_resuming_continues_it() -> No
 
 
 async def test_the_model_is_asked_again_as_the_silence_grows() -> None:
-    async with harness(finals=[MOON], turn=[0.1, 0.4, 0.6]) as h:
-        await semantic(h)
+    async with harness(finals=[MOON], turn=[0.1, 0.2, 0.6]) as h:
+        await semantic(h, "high")
         await h.speech(640)
         await h.silence(1200)
-        # asked at 224, 480 and 736 ms of silence (window ends); the third clears 0.5
+        # asked at 224, 480 and 736 ms of silence (window ends); the third clears 0.3
         assert turn_calls(h) == [864, 1120, 1376]
         assert h.at("input_audio_buffer.speech_stopped") == 1380
 
@@ -93,8 +94,24 @@ async def test_eagerness_sets_how_sure_the_model_must_be(eagerness: str, ends: b
     async with harness(finals=[MOON], turn=[0.6]) as h:
         await semantic(h, eagerness)
         await h.speech(640)
-        await h.silence(300)
+        await h.silence(700)
+        assert len(turn_calls(h)) == 1
         assert ("input_audio_buffer.speech_stopped" in h.types()) is ends
+
+
+async def test_medium_lets_a_short_pause_pass_before_asking_the_model() -> None:
+    async with harness(finals=[MOON, WHOLE], turn=[1.0]) as h:
+        await semantic(h, "medium")
+        await h.speech(640)
+        await h.silence(300)  # a pause inside the sentence: the model is not asked
+        await h.speech(640)
+        await h.silence(800)
+        # The second pause starts with the window at 1600 ms; asked once, 480 ms into it
+        # (the first window end past 450 ms), on the whole turn so far.
+        assert turn_calls(h) == [2080]
+        assert h.one("input_audio_buffer.speech_stopped")["audio_end_ms"] == 1600
+        assert h.one("conversation.item.input_audio_transcription.completed")[
+            "transcript"] == WHOLE
 
 
 async def test_server_vad_never_asks_the_turn_model() -> None:
