@@ -32,8 +32,9 @@ class TurnDetection:
     silence_duration_ms: int = 500
     create_response: bool = True
     interrupt_response: bool = True
-    type: str = "server_vad"
+    type: str = "server_vad"  # or "semantic_vad": a turn model judges each pause
     idle_timeout_ms: int | None = None  # silence after an answer played: timeout_triggered
+    eagerness: str = "auto"  # semantic_vad: "low", "medium", "high" or "auto" (medium)
 
 
 @dataclass(frozen=True)
@@ -103,15 +104,22 @@ def _obj(value: Any, param: str) -> Json:
     return value
 
 
+EAGERNESS = ("low", "medium", "high", "auto")
+
+
 def _turn_detection(value: Any, current: TurnDetection | None, param: str) -> TurnDetection | None:
     if value is None:
         return None
     td = _obj(value, param)
-    kind = td.get("type", "server_vad")
+    base = current or TurnDetection()
+    kind = td.get("type", base.type)
     if kind not in ("server_vad", "semantic_vad"):
         raise ProtocolError(f"{param}.type must be server_vad or semantic_vad",
                             code="invalid_value", param=f"{param}.type")
-    base = current or TurnDetection()
+    eagerness = td.get("eagerness", base.eagerness)
+    if eagerness not in EAGERNESS:
+        raise ProtocolError(f"{param}.eagerness must be one of {', '.join(EAGERNESS)}",
+                            code="invalid_value", param=f"{param}.eagerness")
     return TurnDetection(
         threshold=_num(td.get("threshold", base.threshold), f"{param}.threshold", 0.01, 0.99),
         prefix_padding_ms=int(_num(td.get("prefix_padding_ms", base.prefix_padding_ms),
@@ -124,6 +132,7 @@ def _turn_detection(value: Any, current: TurnDetection | None, param: str) -> Tu
                                  f"{param}.interrupt_response"),
         type=kind,
         idle_timeout_ms=_idle_timeout(td, base, param),
+        eagerness=eagerness,
     )
 
 
@@ -333,12 +342,7 @@ def _replace(cfg: SessionConfig, changes: dict[str, Any]) -> SessionConfig:
 
 
 def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Json:
-    td: Json | None = None
-    if cfg.turn_detection is not None:
-        t = cfg.turn_detection
-        td = {"type": t.type, "threshold": t.threshold, "prefix_padding_ms": t.prefix_padding_ms,
-              "silence_duration_ms": t.silence_duration_ms, "create_response": t.create_response,
-              "interrupt_response": t.interrupt_response, "idle_timeout_ms": t.idle_timeout_ms}
+    td = _turn_detection_wire(cfg.turn_detection)
     if cfg.type == "transcription":
         return _transcription_wire(cfg, td, session_id, dialect)
     max_tokens: int | str = cfg.max_output_tokens if cfg.max_output_tokens else "inf"
@@ -371,6 +375,22 @@ def session_to_wire(cfg: SessionConfig, session_id: str, dialect: Dialect) -> Js
         "tools": list(cfg.tools), "tool_choice": cfg.tool_choice, "max_output_tokens": max_tokens,
         **_extensions(cfg),
     }
+
+
+def _turn_detection_wire(t: TurnDetection | None) -> Json | None:
+    """The session's turn detection as OpenAI shows it: semantic_vad has no VAD fields."""
+    if t is None:
+        return None
+    if t.type == "semantic_vad":
+        td: Json = {"type": t.type, "eagerness": t.eagerness,
+                    "create_response": t.create_response,
+                    "interrupt_response": t.interrupt_response}
+        if t.idle_timeout_ms is not None:
+            td["idle_timeout_ms"] = t.idle_timeout_ms
+        return td
+    return {"type": t.type, "threshold": t.threshold, "prefix_padding_ms": t.prefix_padding_ms,
+            "silence_duration_ms": t.silence_duration_ms, "create_response": t.create_response,
+            "interrupt_response": t.interrupt_response, "idle_timeout_ms": t.idle_timeout_ms}
 
 
 def _transcription_wire(cfg: SessionConfig, td: Json | None, session_id: str,

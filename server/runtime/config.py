@@ -15,6 +15,7 @@ Device = Literal["auto", "cpu", "cuda"]
 Toggle = Literal["auto", "on", "off"]
 AsrMode = Literal["short", "padded"]
 CacheScope = Literal["shared", "session"]
+TurnType = Literal["server_vad", "semantic_vad"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are Voxwire, a helpful voice assistant. Always answer in English, in one to three short "
@@ -101,6 +102,16 @@ class Settings:
     # engine (server/stages/registry.py; "none": not loaded, the field is then accepted and
     # ignored, and the echo guard alone keeps the assistant from interrupting itself).
     aec_engine: str = field(default="webrtc", metadata={"choices": (*registry.AEC.names, "none")})
+    # Semantic turn detection (`semantic_vad`): at a pause, the turn model judges whether the
+    # turn so far sounds finished; the session's eagerness sets when it is first asked, how
+    # sure it must be and the longest pause that still waits (server/stages/turns.py).
+    turn_detection: TurnType = "server_vad"  # what new sessions get until they say otherwise
+    # The turn model, loaded at start (about 9 MB). "none": not loaded; semantic_vad
+    # sessions are then ended by silence alone, as server_vad ones are.
+    turn_engine: str = field(default="smart-turn",
+                             metadata={"choices": (*registry.TURN.names, "none")})
+    turn_threads: int = 1
+    turn_recheck_ms: int = 250  # the turn model is asked again this often while a pause lasts
     # Limits.
     max_message_bytes: int = 4 * 1024 * 1024
     max_utterance_s: float = 30.0
@@ -163,6 +174,9 @@ class Settings:
                               "(for example http://127.0.0.1:8000/v1)")
         if self.llm_backend != "local" and not self.llm_model:
             raise ConfigError(f"--llm-backend {self.llm_backend} needs --llm-model")
+        if self.turn_detection == "semantic_vad" and self.turn_engine == "none":
+            raise ConfigError("--turn-detection semantic_vad needs a turn model "
+                              "(--turn-engine smart-turn)")
         for name, ok in (
             ("port", 0 <= self.port < 65536),
             ("token_ttl_s", 1.0 <= self.token_ttl_s <= 3600.0),
@@ -178,6 +192,8 @@ class Settings:
             ("denoise_near_db", 0.0 < self.denoise_near_db <= 100.0),
             ("denoise_far_db", 0.0 < self.denoise_far_db <= 100.0),
             ("silence_duration_ms", 0 < self.silence_duration_ms <= 10_000),
+            ("turn_threads", self.turn_threads >= 1),
+            ("turn_recheck_ms", 32 <= self.turn_recheck_ms <= 5000),
             ("max_output_tokens", self.max_output_tokens >= 1),
             ("max_sessions", self.max_sessions >= 1),
             ("input_queue", self.input_queue >= 1),

@@ -22,6 +22,7 @@ from server.stages import (
     Responder,
     Synthesizer,
     Transcriber,
+    TurnModel,
     VoiceActivityModel,
     resolve,
 )
@@ -56,6 +57,10 @@ class SessionEngines(Protocol):
     @property
     def vad(self) -> VoiceActivityModel: ...
     @property
+    def turn(self) -> TurnModel | None:
+        """The turn model, when the server loaded one (semantic turn detection)."""
+        ...
+    @property
     def asr(self) -> Transcriber: ...
     @property
     def llm(self) -> LanguageModel | None: ...
@@ -71,6 +76,8 @@ class SessionEngines(Protocol):
     def vad_lane(self) -> WorkLane: ...
     @property
     def asr_lane(self) -> WorkLane: ...
+    @property
+    def turn_lane(self) -> WorkLane: ...
     @property
     def image_lane(self) -> ImageRunner: ...
     @property
@@ -98,11 +105,14 @@ class Engines:
     more_tts: tuple[Speaker, ...] = ()  # the other voices' engines, each with its own lane
     denoiser: NoiseSuppressor | None = None  # for sessions that ask; runs in the VAD lane
     echo_canceller: EchoCanceller | None = None  # the same
+    turn: TurnModel | None = None  # with --turn-engine none, no turn model
+    turn_lane: Lane = field(default_factory=lambda: Lane("turn"))
 
     @classmethod
     def load(cls, settings: Settings) -> Engines:
         t0 = time.monotonic()
         vad = engines_registry.VAD.loader(settings.vad_engine)(settings)
+        turn = load_turn(settings)
         asr = engines_registry.ASR.loader(settings.asr_engine)(settings)
         speakers = load_voices(settings)
         denoiser = (None if settings.denoise_engine == "none" else
@@ -123,7 +133,7 @@ class Engines:
                    Lane("asr"), llm_lane, speakers[0].lane,
                    ImageLane(settings.image_workers, settings.max_image_jobs),
                    more_tts=tuple(speakers[1:]), denoiser=denoiser,
-                   echo_canceller=canceller)
+                   echo_canceller=canceller, turn=turn)
 
     @property
     def speakers(self) -> tuple[Speaker, ...]:
@@ -148,13 +158,24 @@ class Engines:
 
     @property
     def lanes(self) -> tuple[WorkLane, ...]:
-        return (self.vad_lane, self.asr_lane, self.llm_lane,
+        return (self.vad_lane, self.turn_lane, self.asr_lane, self.llm_lane,
                 *(s.lane for s in self.speakers))
 
     def close(self) -> None:
         for lane in self.lanes:
             lane.close()
         self.image_lane.close()
+
+
+def load_turn(settings: Settings) -> TurnModel | None:
+    """The turn model, unless the server runs without one (``--turn-engine none``)."""
+    if settings.turn_engine == "none":
+        return None
+    t0 = time.monotonic()
+    model = engines_registry.TURN.loader(settings.turn_engine)(settings)
+    log.info("turn model %s loaded in %.0f ms", settings.turn_engine,
+             (time.monotonic() - t0) * 1000)
+    return model
 
 
 def voice_plan(settings: Settings) -> dict[str, list[str]]:

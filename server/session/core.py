@@ -83,7 +83,7 @@ class Session:
             temperature=settings.temperature,
             turn_detection=TurnDetection(
                 threshold=settings.vad_threshold, prefix_padding_ms=settings.prefix_padding_ms,
-                silence_duration_ms=settings.silence_duration_ms),
+                silence_duration_ms=settings.silence_duration_ms, type=settings.turn_detection),
             type=kind,
         )
         self.conv = Conversation(settings.max_items, settings.max_conversation_bytes)
@@ -255,6 +255,8 @@ class Session:
         await self.emit(se.input_audio_buffer_speech_stopped(event.end_ms, event.item_id))
         self._partials.cancel()
         clock.compute_ms["speculative_discarded"] = float(self._spec.discarded())
+        if event.judged is not None:  # the turn model ended it, this sure
+            clock.compute_ms["turn_complete"] = round(event.judged, 3)
         await self._commit(event.item_id, event.audio, clock, respond, None, spec)
 
     async def _commit_manual(self, ev: p.AudioCommit) -> None:

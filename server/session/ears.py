@@ -5,7 +5,9 @@ the assistant's own voice by the echo canceller and denoised when the session as
 (`voxwire.echo_cancellation`, `noise_reduction`), and judged by the VAD in the VAD lane,
 with the echo guard silencing what is left of the assistant's own voice. The
 turn detector turns the probabilities into turns, the utterance limit cuts a turn that runs
-too long, and the idle timeout makes a turn of the silence after an answer. What happens
+too long, and the idle timeout makes a turn of the silence after an answer. In a
+`semantic_vad` session a pause ends the turn when the turn model (in its own lane) judges
+the turn so far finished, or when it outlasts the eagerness's longest wait. What happens
 reaches the session as typed events (`EarEvent`); the session decides what they mean for
 the conversation and the response.
 """
@@ -28,9 +30,10 @@ from server.runtime.clock import Clock
 from server.runtime.config import Settings
 from server.runtime.engines import SessionEngines
 from server.session.echo import MAX_LAG_S, EchoReference, FarEnd, echo_likeness
-from server.stages import Denoiser, EchoStream, Float32, VadStream
+from server.stages import Denoiser, EchoStream, Float32, TurnModel, VadStream
 from server.stages.turns import (
     AudioBudget,
+    Eagerness,
     InputBuffer,
     SpeechConfirmed,
     SpeechPaused,
@@ -39,6 +42,7 @@ from server.stages.turns import (
     SpeechStopped,
     TurnDetector,
     TurnEvent,
+    eagerness,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,7 @@ ECHO_WINDOW = 4000  # samples (250 ms at 16 kHz) of microphone audio judged for 
 ASR_TAIL_MS = 200  # trailing silence handed to Whisper with an utterance
 MIN_COMMIT_MS = 100
 AHEAD_S = 2.0  # audio this far ahead of real time is not live: no speculation on it
+TURN_MODEL_S = 8  # the end of the turn the turn model is given
 IDLE_KEEP_MS = 1000  # input kept between turns beyond the prefix padding and minimum speech
 
 
@@ -96,6 +101,7 @@ class Stopped:
     audio: Float32
     speech_end: float  # when the audio at end_ms arrived (monotonic)
     cut: bool = False
+    judged: float | None = None  # the turn model's probability, where it ended the turn
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,8 @@ class Ears:
         self.buffer = InputBuffer(settings.max_buffer_s)
         self._budget = AudioBudget(settings.audio_rate, settings.audio_burst_s)
         self._vad: VadStream = engines.vad.new_stream()
+        self._semantic: Eagerness | None = None  # set by _new_detector for semantic_vad
+        self._next_ask_ms = 0  # the pause length at which the turn model is asked next
         self._detector = self._new_detector(host.cfg.turn_detection)
         self._resampler = audio_codec.StreamResampler(host.cfg.input_format.rate, RATE)
         # The session's noise suppressor, made on demand in the VAD lane; one replaced (a new
@@ -186,8 +194,12 @@ class Ears:
     def _new_detector(self, td: TurnDetection | None) -> TurnDetector:
         td = td or TurnDetection()
         s = self.settings
+        semantic = td.type == "semantic_vad" and self.engines.turn is not None
+        self._semantic = eagerness(td.eagerness) if semantic else None
+        # semantic_vad: silence alone ends the turn only past the longest wait
+        silence_ms = self._semantic.max_wait_ms if self._semantic else td.silence_duration_ms
         return TurnDetector(window_ms=self._vad.window_ms, threshold=td.threshold,
-                            silence_ms=td.silence_duration_ms,
+                            silence_ms=silence_ms,
                             prefix_padding_ms=td.prefix_padding_ms,
                             min_speech_ms=s.min_speech_ms, confirm_ms=s.barge_in_ms,
                             start_ms=self.buffer.total_ms)
@@ -291,6 +303,7 @@ class Ears:
         for prob in probs:  # window by window: the utterance limit holds inside an append
             for turn_event in self._detector.feed([prob]):
                 await self._on_turn_event(turn_event)
+            await self._judge_pause()
             await self._enforce_utterance_limit()
         await self._check_idle()
         td = self.host.cfg.turn_detection
@@ -364,16 +377,46 @@ class Ears:
             await self.host.heard(Started(self.speaking, event.audio_start_ms, event.onset_ms))
         elif isinstance(event, SpeechConfirmed):
             await self.host.heard(Confirmed())
-        elif isinstance(event, SpeechPaused) and self.settings.speculate and self._live():
-            end_ms = event.audio_end_ms
-            await self.host.heard(Paused(
-                self.speaking or "", self._start_ms, end_ms,
-                self.buffer.slice_ms(self._start_ms, end_ms + ASR_TAIL_MS),
-                self._wall_time_of(end_ms)))
+        elif isinstance(event, SpeechPaused):
+            self._next_ask_ms = self._semantic.min_silence_ms if self._semantic else 0
+            if self.settings.speculate and self._live():
+                await self._paused(event.audio_end_ms)
         elif isinstance(event, SpeechResumed):
             await self.host.heard(Resumed())
         elif isinstance(event, SpeechStopped) and self.speaking is not None:
             await self._end_of_speech(event.audio_end_ms)
+
+    async def _paused(self, end_ms: int) -> None:
+        await self.host.heard(Paused(
+            self.speaking or "", self._start_ms, end_ms,
+            self.buffer.slice_ms(self._start_ms, end_ms + ASR_TAIL_MS),
+            self._wall_time_of(end_ms)))
+
+    async def _judge_pause(self) -> None:
+        """semantic_vad: once a pause has lasted the eagerness's minimum silence, and again
+        every `turn_recheck_ms` while it lasts (a longer silence makes an end likelier), ask
+        the turn model about the turn so far, silence included; a probability at the
+        eagerness's threshold ends the turn where the speech stopped."""
+        model, pause_start = self.engines.turn, self._detector.pause_start_ms
+        if (self._semantic is None or model is None or pause_start is None
+                or self.speaking is None):
+            return
+        now_ms = self._detector.position_ms
+        if now_ms - pause_start < self._next_ask_ms:
+            return
+        self._next_ask_ms = now_ms - pause_start + self.settings.turn_recheck_ms
+        probability = await self._ask(model, now_ms)
+        log.debug("turn model: %.3f after %d ms of silence", probability, now_ms - pause_start)
+        if (probability < self._semantic.threshold or self.speaking is None
+                or self._detector.pause_start_ms != pause_start):
+            return
+        self._detector.reset()
+        await self._end_of_speech(pause_start, judged=probability)
+
+    async def _ask(self, model: TurnModel, now_ms: int) -> float:
+        audio = self.buffer.slice_ms(max(self._start_ms, now_ms - TURN_MODEL_S * 1000), now_ms)
+        return await self.engines.turn_lane.run(lambda: model.complete(audio),
+                                                owner=self.owner)
 
     def _live(self) -> bool:
         """Whether audio arrives as it is spoken. Speculation buys a live speaker time; audio
@@ -381,12 +424,13 @@ class Ears:
         so its pauses start nothing (they still end turns as usual)."""
         return self._budget.level >= self._budget.burst - AHEAD_S
 
-    async def _end_of_speech(self, end_ms: int, cut: bool = False) -> None:
+    async def _end_of_speech(self, end_ms: int, cut: bool = False,
+                             judged: float | None = None) -> None:
         item_id, self.speaking = self.speaking or p.new_id("item"), None
         utterance = self.buffer.slice_ms(self._start_ms, end_ms + ASR_TAIL_MS)
         self.buffer.drop_before_ms(end_ms)
         await self.host.heard(Stopped(item_id, self._start_ms, end_ms, utterance,
-                                      self._wall_time_of(end_ms), cut))
+                                      self._wall_time_of(end_ms), cut, judged))
 
     async def _enforce_utterance_limit(self) -> None:
         if self.speaking is None:

@@ -90,6 +90,16 @@ class EchoCanceller(Protocol):
     def new_stream(self) -> EchoStream: ...
 
 
+class TurnModel(Protocol):
+    """Whether a turn sounds finished, from its audio: ``audio`` is the turn so far at
+    16 kHz, its silence included (the engine keeps as much of the end as it reads); the
+    answer is the probability, in [0, 1], that the speaker has finished."""
+
+    name: str
+
+    def complete(self, audio: Float32) -> float: ...
+
+
 @dataclass(frozen=True)
 class Transcript:
     text: str

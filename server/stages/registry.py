@@ -8,6 +8,7 @@ whose package is missing fails only when someone asks for it.
 Loaders, by stage (each engine runs in a worker lane of its own, made by ``Engines``):
 
 - vad: ``load(settings) -> VoiceActivityModel``
+- turn: ``load(settings) -> TurnModel`` (semantic turn detection)
 - asr: ``load(settings) -> Transcriber``
 - tts: ``load(settings, voices) -> list[Synthesizer]``: the named voices (each an embedded
   model's name or a path), one synthesizer per model the engine keeps; each gets a lane
@@ -38,10 +39,12 @@ if TYPE_CHECKING:
         Responder,
         Synthesizer,
         Transcriber,
+        TurnModel,
         VoiceActivityModel,
     )
 
     VadLoader = Callable[[Settings], VoiceActivityModel]
+    TurnLoader = Callable[[Settings], TurnModel]
     AsrLoader = Callable[[Settings], Transcriber]
     TtsLoader = Callable[[Settings, Sequence[str]], list[Synthesizer]]
     LlmLoader = Callable[[Settings, Lane, LanguageModel | None], Responder]
@@ -97,6 +100,10 @@ class Stage(Generic[E, L]):
 
 VAD: Stage[Engine, VadLoader] = Stage("vad", {
     "silero": Engine("Silero VAD (onnxruntime)", "server.stages.vad:load", "silero-vad"),
+})
+TURN: Stage[Engine, TurnLoader] = Stage("turn", {
+    "smart-turn": Engine("Smart Turn v3.2 (onnxruntime)", "server.stages.turn_smart:load",
+                         "smart-turn-v3.2"),
 })
 ASR: Stage[Engine, AsrLoader] = Stage("asr", {
     "whisper": Engine("Whisper (faster-whisper, CTranslate2)", "server.stages.asr:load",

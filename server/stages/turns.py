@@ -44,6 +44,32 @@ class SpeechStopped:
 TurnEvent = SpeechStarted | SpeechConfirmed | SpeechPaused | SpeechResumed | SpeechStopped
 
 
+@dataclass(frozen=True)
+class Eagerness:
+    """How a `semantic_vad` session reads the turn model at a pause: the silence before the
+    model may end the turn, the probability of a finished turn at which it does, and the
+    longest pause that still waits for more (then the turn ends whatever the model says)."""
+
+    min_silence_ms: int
+    threshold: float
+    max_wait_ms: int
+
+
+# The longest waits are OpenAI's (low 8 s, medium 4 s, high 2 s); "auto" is "medium". The
+# model hears how a phrase ends more than what it says: a phrase that could stand alone
+# ("Remind me tomorrow morning") sounds finished in a 300 ms pause inside a sentence, so
+# only "high" asks it as early as 200 ms; "medium" lets such pauses pass first.
+EAGERNESS = {
+    "low": Eagerness(600, 0.7, 8000),
+    "medium": Eagerness(450, 0.5, 4000),
+    "high": Eagerness(200, 0.3, 2000),
+}
+
+
+def eagerness(name: str) -> Eagerness:
+    return EAGERNESS.get(name, EAGERNESS["medium"])
+
+
 class TurnDetector:
     """OpenAI-style server VAD over silero probabilities (one per window).
 
@@ -109,6 +135,11 @@ class TurnDetector:
     def hearing_speech(self) -> bool:
         """In a turn and the last window was voiced (not a pause that may end the turn)."""
         return self.in_speech and self._silence_start is None
+
+    @property
+    def pause_start_ms(self) -> int | None:
+        """Where the pause that may end the turn began, while it lasts."""
+        return self._silence_start if self.in_speech else None
 
     def reset(self) -> None:
         self.in_speech, self._run_start, self._silence_start = False, None, None

@@ -39,6 +39,7 @@ RESPONSE: p.Json = {"object": "realtime.response", "id": "resp_1", "metadata": N
                     "max_output_tokens": "inf", "status": "completed", "status_details": None,
                     "output": [SPOKEN, CALL], "usage": None}
 TRANSCRIBING = p.SessionConfig(type="transcription")
+SEMANTIC = p.SessionConfig(turn_detection=p.TurnDetection(type="semantic_vad", eagerness="high"))
 
 Sample = Callable[[p.Dialect], p.Json]
 # One or more samples of each constructor, by its name.
@@ -49,7 +50,8 @@ SAMPLES: dict[str, list[Sample]] = {
     "session_created": [lambda d: se.session_created(p.session_to_wire(p.SessionConfig(), "s", d)),
                         lambda d: se.session_created(p.session_to_wire(TRANSCRIBING, "s", d))],
     "session_updated": [lambda d: se.session_updated(p.session_to_wire(p.SessionConfig(), "s", d)),
-                        lambda d: se.session_updated(p.session_to_wire(TRANSCRIBING, "s", d))],
+                        lambda d: se.session_updated(p.session_to_wire(TRANSCRIBING, "s", d)),
+                        lambda d: se.session_updated(p.session_to_wire(SEMANTIC, "s", d))],
     "input_audio_buffer_speech_started": [
         lambda d: se.input_audio_buffer_speech_started(120, "item_1")],
     "input_audio_buffer_speech_stopped": [

@@ -191,6 +191,20 @@ class FakeAsr:
 
 
 @dataclass
+class FakeTurn:
+    """A turn model giving the scripted probabilities in call order (out of script: 0.0,
+    an unfinished turn); ``calls`` keeps how much audio each call was given (ms)."""
+
+    script: list[float] = field(default_factory=list)
+    calls: list[int] = field(default_factory=list)
+    name: str = "fake-turn"
+
+    def complete(self, audio: Float32) -> float:
+        self.calls.append(len(audio) * 1000 // RATE)
+        return self.script.pop(0) if self.script else 0.0
+
+
+@dataclass
 class FakeResponder:
     """Streams each scripted reply word by word: the first word after ``first_ms``, the
     next ones ``token_ms`` apart, on the fake clock. The last reply repeats."""
@@ -269,11 +283,13 @@ class FakeEngines:
     asr: FakeAsr
     responder: FakeResponder
     tts: FakeTts
+    turn: FakeTurn | None = field(default_factory=FakeTurn)  # None: a server without one
     registry: Registry = field(default_factory=Registry)
     llm: None = None
     denoiser: FakeDenoiser | None = None
     echo_canceller: FakeEchoCanceller | None = None
     vad_lane: InlineLane = field(default_factory=lambda: InlineLane("vad"))
+    turn_lane: InlineLane = field(default_factory=lambda: InlineLane("turn"))
     asr_lane: InlineLane = field(default_factory=lambda: InlineLane("asr"))
     tts_lane: InlineLane = field(default_factory=lambda: InlineLane("tts"))
     image_lane: InlineLane = field(default_factory=lambda: InlineLane("images"))
@@ -291,7 +307,7 @@ class FakeEngines:
 
     @property
     def lanes(self) -> tuple[InlineLane, ...]:
-        return (self.vad_lane, self.asr_lane, self.tts_lane)
+        return (self.vad_lane, self.turn_lane, self.asr_lane, self.tts_lane)
 
 
 # ---------------------------------------------------------------------------- audio
@@ -414,17 +430,19 @@ async def harness(*, finals: list[str] | None = None, partials: list[str] | None
                   replies: list[str] | None = None, first_ms: float = 0.0,
                   token_ms: float = 0.0, ms_per_word: int = 100,
                   vad: Callable[[int], float] | None = None,
+                  turn: Sequence[float] = (),
                   sinks: Sequence[TurnSink] = (), denoiser: FakeDenoiser | None = None,
                   echo_canceller: FakeEchoCanceller | None = None,
                   **settings: Any) -> AsyncIterator[Harness]:
     """A started session on fake engines and a fake clock; ``settings`` override
-    `HARNESS_SETTINGS`; ``sinks`` take each turn's record. Closed (as a client leaving) at
-    the end."""
+    `HARNESS_SETTINGS`; ``sinks`` take each turn's record; ``turn``: the turn model's
+    answers, in order. Closed (as a client leaving) at the end."""
     clock = FakeClock()
     engines = FakeEngines(
         FakeVad(vad), FakeAsr(list(finals or []), list(partials or [])),
         FakeResponder(clock, list(replies or ["Hello there."]), first_ms, token_ms),
-        FakeTts(ms_per_word), denoiser=denoiser, echo_canceller=echo_canceller)
+        FakeTts(ms_per_word), FakeTurn(list(turn)), denoiser=denoiser,
+        echo_canceller=echo_canceller)
     session = Session(engines, replace(HARNESS_SETTINGS, **settings), clock=clock,
                       sinks=sinks)
     session.configure({"type": "realtime", "audio": {"input": {"format": {
