@@ -94,8 +94,9 @@ async def test_full_duplex_through_speakers_hears_the_user_not_itself(
     heard = [words(line[5:]) for line in lines if line.startswith("you: ")]
     assert len(heard) == 2, lines  # the question and the interruption: no echo turns
     assert {"time", "now"} <= set(heard[1]), lines
-    assert any(line.endswith("[cancelled]") for line in lines), lines
-    # The answer played on through the echo until the user spoke (4 s after the question).
+    # The answer played on through the echo until the user spoke (4 s after the question),
+    # then stopped there. (On a quiet machine the server has sent the whole answer by then,
+    # so there may be no response left to cancel: the playback is what stops.)
     assert client.truncated and client.truncated[0][1] > 2000, client.truncated
     echo = np.concatenate(audio.captured)[RATE * 3:RATE * 6]
     assert np.abs(echo).max() > 0.05  # and its echo did reach the microphone
