@@ -218,20 +218,23 @@ class Response:
                                             "message": message}}
 
     async def _consume(self, on_text: Callable[[str], Awaitable[None]]) -> None:
-        events = answer_events(self._ctx.engines.responder, self._request, self._notice,
-                               turn=self._turn, clock=self._ctx.clock,
-                               first_token_timeout_s=self._ctx.settings.first_token_timeout_s)
-        async for event in events:
-            if isinstance(event, TextDelta):
-                if event.text:
-                    self._text += event.text
-                    await on_text(event.text)
-            elif isinstance(event, ToolCallStart):
-                await self._items.tool_start(event)
-            elif isinstance(event, ToolCallArguments):
-                await self._items.tool_arguments(event)
-            elif isinstance(event, Finished):
-                self._finished = event
+        # Closed here whatever happens (a cancel, a failed send): left to the garbage
+        # collector, an abandoned stream would hold its LLM context until it ran.
+        async with contextlib.aclosing(answer_events(
+                self._ctx.engines.responder, self._request, self._notice, turn=self._turn,
+                clock=self._ctx.clock,
+                first_token_timeout_s=self._ctx.settings.first_token_timeout_s)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        self._text += event.text
+                        await on_text(event.text)
+                elif isinstance(event, ToolCallStart):
+                    await self._items.tool_start(event)
+                elif isinstance(event, ToolCallArguments):
+                    await self._items.tool_arguments(event)
+                elif isinstance(event, Finished):
+                    self._finished = event
 
     async def _write(self) -> None:
         async def on_text(delta: str) -> None:

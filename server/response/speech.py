@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -75,13 +76,14 @@ class SpeechOut:
         `StageError` of the ``tts`` stage."""
         ids: se.ContentIds | None = None
         try:
-            async for chunk in self._speaker.lane.stream(
+            async with contextlib.aclosing(self._speaker.lane.stream(
                     functools.partial(self._chunks, text), self._stop,
-                    owner=self._owner, background=self._background):
-                self._turn.mark("tts_first_audio")
-                if ids is None:
-                    ids = await self._transcript(text)
-                await self._send(ids, chunk)
+                    owner=self._owner, background=self._background)) as chunks:
+                async for chunk in chunks:
+                    self._turn.mark("tts_first_audio")
+                    if ids is None:
+                        ids = await self._transcript(text)
+                    await self._send(ids, chunk)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -5,7 +5,7 @@ failure as a `StageError`. And `usage`: what the backend said the answer cost.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from realtime import Json
 from server.errors import BackendError, StageError
@@ -16,7 +16,7 @@ from server.stages import ChatRequest, Finished, Responder, ResponderEvent, Text
 
 async def answer_events(responder: Responder, request: ChatRequest, notice: str | None, *,
                         turn: TurnClock, clock: Clock,
-                        first_token_timeout_s: float) -> AsyncIterator[ResponderEvent]:
+                        first_token_timeout_s: float) -> AsyncGenerator[ResponderEvent, None]:
     """The responder's events for ``request``: ``notice`` first, as text; no first token
     within ``first_token_timeout_s`` is a `BackendError` (``llm_timeout``). Marks
     `llm_request` and `llm_first_token` on ``turn``. Closing this generator closes the

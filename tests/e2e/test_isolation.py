@@ -150,6 +150,8 @@ async def test_a_reader_that_went_away_loses_its_context_to_one_that_waits(
     responder = LocalResponder(cold, engines.llm_lane)
     pool = cold.pool
     solo = await answer(responder, "a")
+    # Every earlier answer has given its context back (none left to the garbage collector).
+    assert pool.free == len(cold.contexts)
     gone = [responder.stream(request("ab"[n % 2])) for n in range(len(cold.contexts))]
     for stream in gone:
         await anext(stream)  # and the client reads no more
