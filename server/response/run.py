@@ -16,9 +16,9 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import realtime as p
 from realtime import AudioFormat, Json
@@ -75,8 +75,23 @@ class ResponseContext:
         return self.gate is not None and not self.gate.opened.is_set()
 
 
+T = TypeVar("T")
+
+
 async def _at_once() -> None:
     return None
+
+
+@contextlib.asynccontextmanager
+async def _closing(stream: AsyncGenerator[T, None]) -> AsyncIterator[AsyncGenerator[T, None]]:
+    """``stream``, closed on the way out; unless it is itself running, which happens only
+    when this coroutine is closed from inside it (torn down with its loop): then the
+    stream's own finalizer closes it."""
+    try:
+        yield stream
+    finally:
+        with contextlib.suppress(RuntimeError):
+            await stream.aclose()
 
 
 class Response:
@@ -220,7 +235,7 @@ class Response:
     async def _consume(self, on_text: Callable[[str], Awaitable[None]]) -> None:
         # Closed here whatever happens (a cancel, a failed send): left to the garbage
         # collector, an abandoned stream would hold its LLM context until it ran.
-        async with contextlib.aclosing(answer_events(
+        async with _closing(answer_events(
                 self._ctx.engines.responder, self._request, self._notice, turn=self._turn,
                 clock=self._ctx.clock,
                 first_token_timeout_s=self._ctx.settings.first_token_timeout_s)) as events:
