@@ -29,7 +29,7 @@ from server.errors import LimitError, ProtocolError
 from server.runtime.clock import Clock
 from server.runtime.config import Settings
 from server.runtime.engines import SessionEngines
-from server.session.echo import MAX_LAG_S, EchoReference, FarEnd, echo_likeness
+from server.session.echo import MAX_LAG_S, EchoPath, EchoReference, FarEnd, echo_likeness
 from server.stages import Denoiser, EchoStream, Float32, TurnModel, VadStream
 from server.stages.turns import (
     AudioBudget,
@@ -161,6 +161,9 @@ class Ears:
         self._aec: EchoStream | None = None
         self._aec_retired: EchoStream | None = None
         self._far = FarEnd(echo)
+        self._path = EchoPath()  # whether the canceller's output or the raw audio is heard
+        self._raw_held: Float32 = np.zeros(0, np.float32)  # raw input the canceller holds
+        self._raw_tail: Float32 = np.zeros(0, np.float32)  # the raw microphone, judged
         self._held = 0  # 16 kHz samples the canceller and suppressor hold back (their delay)
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
         self._mic_tail: Float32 = np.zeros(0, np.float32)
@@ -274,25 +277,36 @@ class Ears:
         vad = self._vad if cfg.turn_detection is not None else None
         resampler = self._resampler
         seconds = len(raw) / audio_codec.bytes_per_ms(fmt.type, fmt.rate) / 1000
-        reference = self._echo_window(seconds) if vad is not None else None
-        far = (self._far.take(seconds, self.clock.monotonic())
-               if cfg.echo_cancellation and self.engines.echo_canceller is not None else None)
-        guard, tail = self.settings.echo_guard, self._mic_tail
+        cancel = cfg.echo_cancellation and self.engines.echo_canceller is not None
+        now = self.clock.monotonic()
+        far = self._far.take(seconds, now) if cancel else None
+        played = self._played(seconds) if vad is not None or cancel else None
+        guard, tail, raw_tail = self.settings.echo_guard, self._mic_tail, self._raw_tail
+        use_cancelled = self._path.cancel(now)
 
-        def ingest() -> tuple[Float32, list[float], int]:
+        def ingest() -> tuple[Float32, list[float], int, float | None, Float32]:
             taken = resampler(audio_codec.decode(raw, fmt.type))
-            samples = self._denoised(self._cancelled(taken, far, drain), cfg, drain)
+            path = None
+            if far is not None and played is not None:  # is there an echo to take out?
+                recent_raw = np.concatenate([raw_tail, taken])[-ECHO_WINDOW:]
+                path = echo_likeness(recent_raw, played)
+            cancelled = self._cancelled(taken, far, drain, use_cancelled)
+            samples = self._denoised(cancelled, cfg, drain)
             probs = vad.probabilities(samples) if vad is not None else []
-            if reference is not None:
+            if played is not None and vad is not None and guard > 0:
                 # Judge the last quarter second, not just this chunk: steadier evidence.
                 recent = np.concatenate([tail, samples])[-ECHO_WINDOW:]
-                likeness = echo_likeness(recent, reference)
+                likeness = echo_likeness(recent, played)
                 log.debug("echo likeness %.2f", likeness)
                 if likeness >= guard:
                     probs = [0.0] * len(probs)  # the assistant's own voice: not the user
-            return samples, probs, len(taken)
+            return samples, probs, len(taken), path, taken
 
-        samples, probs, taken = await self.engines.vad_lane.run(ingest, owner=self.owner)
+        samples, probs, taken, path, heard = await self.engines.vad_lane.run(
+            ingest, owner=self.owner)
+        if cancel:
+            self._path.observe(path, now)
+            self._raw_tail = np.concatenate([raw_tail, heard])[-ECHO_WINDOW:]
         self._held += taken - len(samples)
         self._mic_tail = np.concatenate([self._mic_tail, samples])[-ECHO_WINDOW:]
         self.buffer.append(samples)
@@ -312,9 +326,12 @@ class Ears:
             keep_ms = td.prefix_padding_ms + self.settings.min_speech_ms + IDLE_KEEP_MS
             self.buffer.drop_before_ms(self.buffer.total_ms - keep_ms)
 
-    def _cancelled(self, samples: Float32, far: Float32 | None, drain: bool) -> Float32:
+    def _cancelled(self, samples: Float32, far: Float32 | None, drain: bool,
+                   use: bool = True) -> Float32:
         """``samples`` with the echo of ``far`` (what the client played meanwhile) taken out,
-        when the session asks (``far`` is then given; run in the VAD lane)."""
+        when the session asks (``far`` is then given; run in the VAD lane). The canceller
+        always runs, to stay converged; unless ``use``, what comes out is the raw input,
+        frame for frame (`EchoPath`)."""
         parts = []
         if self._aec_retired is not None:
             parts.append(self._aec_retired.flush())
@@ -324,10 +341,14 @@ class Ears:
             return np.concatenate([*parts, samples]) if parts else samples
         if self._aec is None:
             self._aec = canceller.new_stream()
+            self._raw_held = np.zeros(0, np.float32)
         self._aec.far(far)
-        parts.append(self._aec.near(samples))
+        out = self._aec.near(samples)
         if drain:
-            parts.append(self._aec.flush())
+            out = np.concatenate([out, self._aec.flush()])
+        raw = np.concatenate([self._raw_held, samples])
+        self._raw_held = raw[len(out):]
+        parts.append(out if use else raw[:len(out)])
         return np.concatenate(parts)
 
     def _denoised(self, samples: Float32, cfg: SessionConfig, drain: bool) -> Float32:
@@ -349,10 +370,8 @@ class Ears:
             parts.append(self._denoise.flush())
         return np.concatenate(parts)
 
-    def _echo_window(self, seconds: float) -> Float32 | None:
+    def _played(self, seconds: float) -> Float32 | None:
         """The reference audio a chunk arriving now may echo, if anything was playing."""
-        if self.settings.echo_guard <= 0:
-            return None
         now = self.clock.monotonic()
         start = now - seconds - ECHO_WINDOW / RATE - MAX_LAG_S
         if not self.echo.playing_between(start, now):

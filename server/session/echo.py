@@ -131,3 +131,41 @@ class FarEnd:
             self._at = end - n
         first, self._at = self._at, self._at + n
         return self._reference.played(first, first + n)
+
+
+ECHO_HEARD = 0.5  # the raw microphone this like the played audio: the loudspeaker reaches it
+NO_ECHO_S = 0.5  # this long playing with no echo in the raw microphone: no path (a headset)
+REMEMBER_S = 30.0  # how long either finding holds without new evidence
+
+
+class EchoPath:
+    """Whether the loudspeaker reaches the microphone at all, judged from the raw microphone
+    while something plays.
+
+    An echo canceller suppresses whatever it cannot tell from the far end, and WebRTC's
+    AEC3 suppresses near-end speech over the far end by 30-70 dB for its first seconds
+    (measured here, no echo in the signal at all). With a headset there is no echo to take
+    out, and that suppression only costs the user's barge-in; so the canceller's output is
+    used while an echo path is heard or not yet ruled out, and the raw microphone once
+    ``NO_ECHO_S`` of playback brought no echo back."""
+
+    def __init__(self) -> None:
+        self._present_until = -np.inf
+        self._absent_until = -np.inf
+        self._quiet_since: float | None = None  # playing, and no echo heard since
+
+    def observe(self, likeness: float | None, now: float) -> None:
+        """The raw microphone's echo likeness now (None: nothing was playing)."""
+        if likeness is None:
+            self._quiet_since = None
+        elif likeness >= ECHO_HEARD:
+            self._present_until, self._absent_until = now + REMEMBER_S, -np.inf
+            self._quiet_since = None
+        elif self._quiet_since is None:
+            self._quiet_since = now
+        elif now - self._quiet_since >= NO_ECHO_S and now >= self._present_until:
+            self._absent_until = now + REMEMBER_S
+
+    def cancel(self, now: float) -> bool:
+        """Whether the canceller's output is what the VAD and the ASR should hear."""
+        return now < self._present_until or now >= self._absent_until

@@ -4,6 +4,7 @@ the sound card is replaced at its boundary by a WAV reader (microphone) and a bu
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 import wave
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.echo import Room, RoomIO
 from client.audio_io import WavIO
@@ -54,6 +56,15 @@ async def test_talk_holds_a_turn_from_a_terminal(server_url: str, speak: Speak,
     assert np.abs(heard).max() > 0.05  # the answer reached the speaker
 
 
+async def talk(client: TalkClient, turns: int, lines: list[str]) -> int:
+    """``client.run`` for ``turns`` answers, bounded: a turn never heard fails the test with
+    the conversation so far, not a bare timeout."""
+    try:
+        return await asyncio.wait_for(client.run(max_turns=turns, attempts=1, drain=False), 120)
+    except TimeoutError:
+        pytest.fail("no end after 120 s:\n" + "\n".join(lines))
+
+
 def interrupted_wav(speak: Speak, path: Path) -> Path:
     # A question, a pause while the answer starts playing, then the user talks over it
     # while the server is still producing the long answer.
@@ -69,7 +80,7 @@ async def test_full_duplex_barge_in_stops_playback_and_truncates(
     lines: list[str] = []
     client = TalkClient(realtime_url(server_url), audio, duplex="full", out=lines.append,
                         instructions="Tell very long, detailed stories.")
-    assert await client.run(max_turns=2, attempts=1, drain=False) == 0
+    assert await talk(client, 2, lines) == 0
     assert any(line.endswith("[cancelled]") for line in lines), "\n".join(lines)
     assert client.truncated and client.truncated[0][1] > 0  # told the server what was heard
 
@@ -90,7 +101,7 @@ async def test_full_duplex_through_speakers_hears_the_user_not_itself(
         client = TalkClient(f"ws://{host}:{port}/v1/realtime", audio, duplex="full",
                             out=lines.append, instructions="Tell very long, detailed stories.")
         assert client.cancels_echo
-        assert await client.run(max_turns=2, attempts=1, drain=False) == 0
+        assert await talk(client, 2, lines) == 0
     heard = [words(line[5:]) for line in lines if line.startswith("you: ")]
     assert len(heard) == 2, lines  # the question and the interruption: no echo turns
     assert {"time", "now"} <= set(heard[1]), lines

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from server.audio import RATE
+from server.session.echo import EchoPath
 from tests.support.harness import FakeEchoCanceller, Harness, harness
 
 Json = dict[str, Any]
@@ -96,3 +97,57 @@ async def test_barge_in_stops_the_far_end_where_the_client_stopped() -> None:
         far = fake.streams[0].far_audio
         assert far[played_from:played_from + 3200].any()
         assert not far[stopped_at:].any()
+
+
+def echo_tone(ms: int) -> bytes:
+    """The fake voice (a 1 kHz tone) coming back loud through the room."""
+    t = np.arange(ms * 16) / 16000
+    return (0.3 * 32767 * np.sin(2 * np.pi * 1000 * t)).astype("<i2").tobytes()
+
+
+async def test_with_no_echo_path_the_user_is_heard_over_the_answer() -> None:
+    # A headset: the canceller (here silencing all, as AEC3 does to a near end over the far
+    # end in its first seconds) would swallow the barge-in; the raw microphone is heard once
+    # half a second of playback brought no echo back.
+    fake = FakeEchoCanceller(gain=0.0)
+    async with harness(finals=["stop"], replies=[" ".join(["word"] * 30)], ms_per_word=100,
+                       echo_canceller=fake) as h:
+        await h.send(echo_cancellation(True))
+        await h.silence(200)
+        await h.send({"type": "response.create"})
+        await h.silence(700)
+        await h.speech(400)
+        assert h.types().count("input_audio_buffer.speech_started") == 1
+        started = h.one("input_audio_buffer.speech_started")["audio_start_ms"]
+        assert started >= 900 - 300 - 32  # where the speech began, less the prefix padding
+
+
+async def test_with_an_echo_path_the_cancellers_output_is_heard() -> None:
+    fake = FakeEchoCanceller(gain=0.0)
+    async with harness(finals=["stop"], replies=[" ".join(["word"] * 30)], ms_per_word=100,
+                       echo_canceller=fake) as h:
+        await h.send(echo_cancellation(True))
+        await h.silence(200)
+        await h.send({"type": "response.create"})
+        await h.audio(echo_tone(700))  # the loudspeaker reaches the microphone
+        await h.speech(400)  # what comes through is the canceller's: silence here
+        assert "input_audio_buffer.speech_started" not in h.types()
+        assert len(fake.streams) == 1
+
+
+def test_the_echo_path_is_judged_from_the_raw_microphone() -> None:
+    path = EchoPath()
+    assert path.cancel(0.0)  # not known yet: cancel
+    path.observe(0.1, 1.0)
+    path.observe(0.1, 1.4)
+    assert path.cancel(1.4)  # not yet long enough to rule an echo out
+    path.observe(0.1, 1.6)
+    assert not path.cancel(1.6)  # half a second of playback with no echo: a headset
+    path.observe(None, 2.0)  # nothing plays; the finding holds
+    assert not path.cancel(10.0)
+    path.observe(0.8, 11.0)  # echo heard: speakers after all
+    assert path.cancel(11.0)
+    path.observe(0.1, 11.5)
+    path.observe(0.1, 12.5)  # the user talking over the echo does not rule it out
+    assert path.cancel(12.5)
+    assert path.cancel(40.0)  # the echo finding lapses after 30 s; unsure again: cancel
