@@ -11,7 +11,7 @@ import numpy as np
 
 from server.audio import RATE
 from server.session.echo import EchoPath
-from tests.support.harness import FakeEchoCanceller, Harness, harness
+from tests.support.harness import FakeEchoCanceller, Harness, harness, quiet
 
 Json = dict[str, Any]
 
@@ -105,34 +105,33 @@ def echo_tone(ms: int) -> bytes:
     return (0.3 * 32767 * np.sin(2 * np.pi * 1000 * t)).astype("<i2").tobytes()
 
 
-async def test_with_no_echo_path_the_user_is_heard_over_the_answer() -> None:
-    # A headset: the canceller (here silencing all, as AEC3 does to a near end over the far
-    # end in its first seconds) would swallow the barge-in; the raw microphone is heard once
-    # half a second of playback brought no echo back.
+async def user_over_the_answer(room: bytes) -> Harness:
+    """The user talks over the answer after 700 ms of ``room`` (what the microphone heard
+    of the playback), with a canceller that silences all: as AEC3 does to a near end over
+    the far end in its first seconds."""
     fake = FakeEchoCanceller(gain=0.0)
     async with harness(finals=["stop"], replies=[" ".join(["word"] * 30)], ms_per_word=100,
                        echo_canceller=fake) as h:
         await h.send(echo_cancellation(True))
         await h.silence(200)
         await h.send({"type": "response.create"})
-        await h.silence(700)
+        await h.audio(room)
         await h.speech(400)
-        assert h.types().count("input_audio_buffer.speech_started") == 1
-        started = h.one("input_audio_buffer.speech_started")["audio_start_ms"]
-        assert started >= 900 - 300 - 32  # where the speech began, less the prefix padding
+        return h
+
+
+async def test_with_no_echo_path_the_user_is_heard_over_the_answer() -> None:
+    # A headset: the raw microphone is heard once half a second of playback brought no
+    # echo back, and the canceller cannot swallow the barge-in.
+    h = await user_over_the_answer(quiet(700))
+    assert h.types().count("input_audio_buffer.speech_started") == 1
+    started = h.one("input_audio_buffer.speech_started")["audio_start_ms"]
+    assert started >= 900 - 300 - 32  # where the speech began, less the prefix padding
 
 
 async def test_with_an_echo_path_the_cancellers_output_is_heard() -> None:
-    fake = FakeEchoCanceller(gain=0.0)
-    async with harness(finals=["stop"], replies=[" ".join(["word"] * 30)], ms_per_word=100,
-                       echo_canceller=fake) as h:
-        await h.send(echo_cancellation(True))
-        await h.silence(200)
-        await h.send({"type": "response.create"})
-        await h.audio(echo_tone(700))  # the loudspeaker reaches the microphone
-        await h.speech(400)  # what comes through is the canceller's: silence here
-        assert "input_audio_buffer.speech_started" not in h.types()
-        assert len(fake.streams) == 1
+    h = await user_over_the_answer(echo_tone(700))  # the loudspeaker reaches the microphone
+    assert "input_audio_buffer.speech_started" not in h.types()  # the canceller's silence
 
 
 def test_the_echo_path_is_judged_from_the_raw_microphone() -> None:
