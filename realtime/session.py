@@ -62,6 +62,9 @@ class SessionConfig:
     # Extension: session.voxwire.echo_cancellation: the server cancels the echo of its own
     # voice from the microphone audio (for clients that play the answer aloud).
     echo_cancellation: bool = False
+    # Extension: session.voxwire.backchannels: speech over a playing answer that says only
+    # backchannels ("mm-hm", "yeah") leaves it playing; false: any speech interrupts at once.
+    backchannels: bool = True
     type: str = "realtime"  # or "transcription": transcripts only, never a response
     # Extensions reach only clients that ask: `voxwire.turn.metrics` events go to sessions
     # with session.voxwire.metrics (or ?voxwire_metrics=1), and session.created/updated
@@ -289,6 +292,8 @@ def apply_session_update(cfg: SessionConfig, session: Any, dialect: Dialect) -> 
     if "echo_cancellation" in ext:
         ch["echo_cancellation"] = _bool(ext["echo_cancellation"],
                                         "session.voxwire.echo_cancellation")
+    if "backchannels" in ext:
+        ch["backchannels"] = _bool(ext["backchannels"], "session.voxwire.backchannels")
     if "voxwire" in s:
         ch["extensions"] = True
     if "model" in s:
@@ -421,6 +426,7 @@ def _extensions(cfg: SessionConfig) -> Json:
     if not cfg.extensions:
         return {}
     return {"voxwire": {"attach_latest_frame": cfg.attach_latest_frame,
+                        "backchannels": cfg.backchannels,
                         "echo_cancellation": cfg.echo_cancellation, "metrics": cfg.metrics}}
 
 

@@ -87,6 +87,12 @@ class Settings:
     speculate: bool = True  # transcribe at the first silence, before the turn is confirmed
     speculate_answer: bool = True  # and answer it (LLM, first clause TTS) behind a gate
     first_clause_words: int = 4
+    # Speech over a playing answer that says only these (phrases, by commas), or no words at
+    # all (a cough, a laugh), is a backchannel: the answer plays on (server/session/overlap.py).
+    # "": every sound over the answer interrupts it at once, as a stock server does.
+    backchannel_words: str = ("mm-hm, mhm, hm, mm, uh-huh, uh, um, ah, oh, aha, yeah, yes, "
+                              "yep, yup, right, okay, ok, sure, i see, got it, all right, "
+                              "alright, cool, nice, wow, really, true, exactly, go on")
     echo_guard: float = 0.5  # echo likeness above which speech is the assistant's own; 0: off
     # Noise suppression, for sessions that ask (`audio.input.noise_reduction`): the engine
     # (server/stages/registry.py; "none": not loaded, the setting is then accepted and

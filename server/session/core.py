@@ -32,6 +32,7 @@ from server.runtime.store import NullStore, SessionHistory, Store, TurnStore
 from server.session import requests
 from server.session.conversation import Conversation
 from server.session.ears import (
+    Backchannel,
     Confirmed,
     EarEvent,
     Ears,
@@ -231,6 +232,11 @@ class Session:
                         f"utterance longer than {self.settings.max_utterance_s:g} s; ending "
                         "the turn here", code="utterance_too_long"))
                 await self._end_of_speech(event, respond)
+            case Backchannel():
+                # Kept in the conversation as what it was; nothing answers it.
+                clock = TurnClock(clock=self.clock)
+                await self._commit(event.item_id, event.audio, clock, False, None,
+                                   transcript=event.text)
             case TimedOut():
                 await self.emit(se.input_audio_buffer_timeout_triggered(
                     event.start_ms, event.end_ms, event.item_id))
@@ -241,6 +247,9 @@ class Session:
 
     def quiet(self) -> bool:
         return self.response is None and self.worker.idle
+
+    def answering(self) -> bool:
+        return self.clock.monotonic() < self.echo.play_end
 
     def may_answer_early(self) -> bool:
         td = self.cfg.turn_detection
@@ -276,7 +285,7 @@ class Session:
 
     async def _commit(self, item_id: str, utterance: Float32, clock: TurnClock, respond: bool,
                       event_id: str | None, early: Speculation | None = None,
-                      idle: bool = False) -> None:
+                      idle: bool = False, transcript: str | None = None) -> None:
         item = se.item(item_id, "message", role="user",
                        content=[{"type": "input_audio", "transcript": None}])
         frame = self.items.take_frame(self.cfg)
@@ -294,8 +303,8 @@ class Session:
         if self.cfg.type == "realtime":  # a transcription session sends transcripts only
             await self.emit(se.conversation_item_added(prev, item))
         try:
-            self.worker.put(TranscribeJob(item_id, utterance, clock, respond, early, idle),
-                            event_id)
+            self.worker.put(TranscribeJob(item_id, utterance, clock, respond, early, idle,
+                                          transcript), event_id)
         except LimitError:
             if early is not None and early.answer is not None:
                 early.answer.discard()

@@ -30,6 +30,14 @@ from server.runtime.clock import Clock
 from server.runtime.config import Settings
 from server.runtime.engines import SessionEngines
 from server.session.echo import MAX_LAG_S, EchoPath, EchoReference, FarEnd, echo_likeness
+from server.session.overlap import (
+    LONGEST_MS,
+    LOOK_EVERY_MS,
+    Overlap,
+    is_backchannel,
+    phrases,
+    tokens,
+)
 from server.stages import Denoiser, EchoStream, Float32, TurnModel, VadStream
 from server.stages.turns import (
     AudioBudget,
@@ -105,6 +113,18 @@ class Stopped:
 
 
 @dataclass(frozen=True)
+class Backchannel:
+    """Speech over the playing answer that said only ``text``, a backchannel (or nothing:
+    a sound that is not speech): the answer plays on. Kept as what it was, not a turn."""
+
+    item_id: str
+    start_ms: int
+    end_ms: int
+    audio: Float32
+    text: str
+
+
+@dataclass(frozen=True)
 class TimedOut:
     """Nobody spoke for `idle_timeout_ms` after an answer: the silence is a turn."""
 
@@ -114,7 +134,7 @@ class TimedOut:
     audio: Float32
 
 
-EarEvent = Started | Confirmed | Paused | Resumed | Stopped | TimedOut
+EarEvent = Started | Confirmed | Paused | Resumed | Stopped | Backchannel | TimedOut
 
 
 class Host(Protocol):
@@ -126,6 +146,9 @@ class Host(Protocol):
     def closed(self) -> bool: ...
     def quiet(self) -> bool:
         """Nothing is being answered or waits to be: the idle timeout may count."""
+        ...
+    def answering(self) -> bool:
+        """An answer's audio is playing at the client now."""
         ...
     async def heard(self, event: EarEvent) -> None: ...
 
@@ -168,6 +191,8 @@ class Ears:
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
         self._mic_tail: Float32 = np.zeros(0, np.float32)
         self.speaking: str | None = None  # the item of the turn being heard
+        self._overlap: Overlap | None = None  # speech over the answer, not yet a turn
+        self._backchannels = phrases(settings.backchannel_words)
         self._start_ms = 0  # where that turn's utterance starts
         self._idle: Idle | None = None  # armed after an answer when idle_timeout_ms is set
 
@@ -191,7 +216,7 @@ class Ears:
         if new.input_format == old.input_format and new.turn_detection == old.turn_detection:
             return False
         self._detector = self._new_detector(new.turn_detection)
-        self.speaking = None
+        self.speaking = self._overlap = None
         return True
 
     def _new_detector(self, td: TurnDetection | None) -> TurnDetector:
@@ -213,7 +238,7 @@ class Ears:
         """`input_audio_buffer.clear`: the audio held and the turn being heard are dropped."""
         self.buffer.clear()
         self._detector.reset()
-        self.speaking = None
+        self.speaking = self._overlap = None
 
     async def drain(self) -> None:
         """Bring in what the echo canceller and the noise suppressor still hold (their last
@@ -231,7 +256,8 @@ class Ears:
         utterance = self.buffer.slice_ms(self.buffer.base_ms)
         self.buffer.clear()
         self._detector.reset()
-        item_id, self.speaking = self.speaking or p.new_id("item"), None
+        item_id = self.speaking or (self._overlap.item_id if self._overlap else p.new_id("item"))
+        self.speaking = self._overlap = None
         return item_id, utterance
 
     def answered(self) -> None:
@@ -319,9 +345,10 @@ class Ears:
                 await self._on_turn_event(turn_event)
             await self._judge_pause()
             await self._enforce_utterance_limit()
+        await self._judge_overlap()
         await self._check_idle()
         td = self.host.cfg.turn_detection
-        if td is not None and self.speaking is None:
+        if td is not None and self.speaking is None and self._overlap is None:
             # Nobody speaks: keep only what a turn starting now would reach back for.
             keep_ms = td.prefix_padding_ms + self.settings.min_speech_ms + IDLE_KEEP_MS
             self.buffer.drop_before_ms(self.buffer.total_ms - keep_ms)
@@ -389,11 +416,16 @@ class Ears:
     async def _on_turn_event(self, event: TurnEvent) -> None:
         if self.host.cfg.turn_detection is None:
             return
-        if isinstance(event, SpeechStarted):
-            self.speaking = p.new_id("item")
-            self._start_ms = max(event.audio_start_ms, self.buffer.base_ms)
+        if self._overlap is not None:
+            await self._overlapping(event)
+        elif isinstance(event, SpeechStarted):
+            item_id = p.new_id("item")
             self._idle = None
-            await self.host.heard(Started(self.speaking, event.audio_start_ms, event.onset_ms))
+            if self._backchannels and self.host.cfg.backchannels and self.host.answering():
+                self._overlap = Overlap(item_id, event.audio_start_ms, event.onset_ms,
+                                        self.clock.monotonic())
+                return  # not a turn yet: the words decide (`_judge_overlap`)
+            await self._start(item_id, event.audio_start_ms, event.onset_ms)
         elif isinstance(event, SpeechConfirmed):
             await self.host.heard(Confirmed())
         elif isinstance(event, SpeechPaused):
@@ -404,6 +436,80 @@ class Ears:
             await self.host.heard(Resumed())
         elif isinstance(event, SpeechStopped) and self.speaking is not None:
             await self._end_of_speech(event.audio_end_ms)
+
+    async def _start(self, item_id: str, audio_start_ms: int, onset_ms: int) -> None:
+        self.speaking = item_id
+        self._start_ms = max(audio_start_ms, self.buffer.base_ms)
+        await self.host.heard(Started(item_id, audio_start_ms, onset_ms))
+
+    # ------------------------------------------------------------------ over the answer
+
+    async def _overlapping(self, event: TurnEvent) -> None:
+        """A turn event while the user speaks over the answer: when the speech pauses, what
+        it said so far decides; then the event goes on as any other, if it was a turn."""
+        overlap = self._overlap
+        if overlap is None or not isinstance(event, SpeechPaused | SpeechStopped):
+            return  # confirmed by length alone: not yet, the words decide
+        text = await self._look(overlap, event.audio_end_ms)
+        if text is not None and not tokens(text):
+            # No words: a sound, not speech, when shorter than speech must last to interrupt
+            # (`barge_in_ms`); longer, it may be words the transcriber missed, and a missed
+            # "stop" costs more than a cough that stops the answer.
+            if event.audio_end_ms - overlap.onset_ms < self.settings.barge_in_ms:
+                self._overlap = None
+                self._detector.reset()
+                log.info("a sound over the answer, no words: it plays on")
+                return
+        elif text is not None and is_backchannel(text, self._backchannels):
+            self._overlap = None
+            self._detector.reset()
+            audio = self.buffer.slice_ms(max(overlap.audio_start_ms, self.buffer.base_ms),
+                                         event.audio_end_ms + ASR_TAIL_MS)
+            self.buffer.drop_before_ms(event.audio_end_ms)
+            log.info("backchannel over the answer: %r", text)
+            await self.host.heard(Backchannel(overlap.item_id, overlap.audio_start_ms,
+                                              event.audio_end_ms, audio, text))
+            return
+        await self._interrupt(overlap, text)
+        await self._on_turn_event(event)
+
+    async def _judge_overlap(self) -> None:
+        """While the user speaks over the answer: a short transcription every
+        `LOOK_EVERY_MS`; a word that is not a backchannel interrupts, and so does speech
+        longer than any backchannel, or an answer that stopped playing meanwhile."""
+        overlap = self._overlap
+        if overlap is None or not self._detector.hearing_speech:
+            return
+        heard_ms = self._detector.position_ms - overlap.onset_ms
+        if heard_ms >= LONGEST_MS or not self.host.answering():
+            await self._interrupt(overlap, None)
+        elif heard_ms >= overlap.next_look_ms:
+            overlap.next_look_ms = heard_ms + LOOK_EVERY_MS
+            text = await self._look(overlap, self._detector.position_ms)
+            if text is None or not is_backchannel(text, self._backchannels):
+                await self._interrupt(overlap, text)
+
+    async def _look(self, overlap: Overlap, end_ms: int) -> str | None:
+        """A short transcription of the speech over the answer (None: it failed)."""
+        audio = self.buffer.slice_ms(max(overlap.audio_start_ms, self.buffer.base_ms),
+                                     end_ms)
+        asr = self.engines.asr
+        try:
+            result = await self.engines.asr_lane.run(
+                lambda: asr.transcribe(audio, partial=True), owner=self.owner)
+        except Exception:  # undecided: an interruption, as without backchannels
+            log.warning("transcribing speech over the answer failed", exc_info=True)
+            return None
+        return result.text
+
+    async def _interrupt(self, overlap: Overlap, text: str | None) -> None:
+        """The speech over the answer is a turn: it starts (the client stops playing) and
+        is confirmed (the answer is cancelled) at once."""
+        self._overlap = None
+        log.info("interruption %.0f ms after the speech began: %r",
+                 (self.clock.monotonic() - overlap.began) * 1000, text)
+        await self._start(overlap.item_id, overlap.audio_start_ms, overlap.onset_ms)
+        await self.host.heard(Confirmed())
 
     async def _paused(self, end_ms: int) -> None:
         await self.host.heard(Paused(
@@ -466,6 +572,7 @@ class Ears:
         td = cfg.turn_detection
         if (idle is None or td is None or td.idle_timeout_ms is None
                 or cfg.type != "realtime" or self.speaking is not None
+                or self._overlap is not None
                 or not self.host.quiet()):
             return
         if idle.start_ms is None:

@@ -22,6 +22,7 @@ class TranscribeJob:
     respond: bool
     early: Speculation | None = None  # started at the first silence, same span
     idle: bool = False  # committed by the idle timeout: answered even if nothing was heard
+    transcript: str | None = None  # already known (a backchannel): no transcription
 
 
 @dataclass

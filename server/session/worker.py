@@ -97,7 +97,9 @@ class TurnWorker:
     async def _transcribe(self, job: TranscribeJob) -> None:
         started = self.clock.monotonic()
         try:
-            if job.early is not None:  # started at the first silence: usually done already
+            if job.transcript is not None:
+                result = Transcript(job.transcript)
+            elif job.early is not None:  # started at the first silence: usually done already
                 result = await job.early.result
                 job.clock.compute_ms["asr_speculative"] = 1.0
             else:

@@ -171,8 +171,8 @@ async def test_turn_metrics_only_for_sessions_that_ask(server_url: str) -> None:
         metrics = [e for e in events if e["type"] == "voxwire.turn.metrics"]
         assert len(metrics) == 1 and metrics[0]["stages_ms"]
         echoed = [e["session"].get("voxwire") for e in events if "session" in e]
-        assert echoed[-1] == {"attach_latest_frame": False, "echo_cancellation": False,
-                              "metrics": True}
+        assert echoed[-1] == {"attach_latest_frame": False, "backchannels": True,
+                              "echo_cancellation": False, "metrics": True}
     assert "voxwire" in by_url[0]["session"]  # session.created already says so
     # Asking, then taking it back.
     off = await turn_events(ws_url(server_url, "?voxwire_metrics=1"),

@@ -325,7 +325,9 @@ def quiet(ms: int, rate: int = INPUT_RATE) -> bytes:
 
 # ---------------------------------------------------------------------------- the harness
 
-HARNESS_SETTINGS = Settings(port=0, store="none", log_level="DEBUG")
+# Backchannels off: any speech over an answer interrupts it at once (the plain behaviour);
+# tests of backchannels give the words.
+HARNESS_SETTINGS = Settings(port=0, store="none", log_level="DEBUG", backchannel_words="")
 IDLE_TURNS = 40  # loop turns with nothing new before the session counts as settled
 
 
