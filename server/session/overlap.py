@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 
 LONGEST_MS = 1200  # speech over the answer this long is an interruption, whatever its words
-FIRST_LOOK_MS = 250  # the first short transcription, this far into the speech
+FIRST_LOOK_MS = 400  # the first short transcription, this far into the speech (less is
+# too little for Whisper: 250 ms of "mm-hmm" came out as "in a")
 LOOK_EVERY_MS = 250  # and again this often while it goes on
 
 _NOISE = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|♪")  # [laughs], (coughing), *cough*

@@ -1,6 +1,6 @@
 """Speech over a playing answer: backchannels leave it playing, interruptions cancel it at
 once; on fake engines and a fake clock (the short transcriptions are the fake ASR's
-`partials`)."""
+`finals`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from server.runtime.config import Settings
-from server.session.overlap import LONGEST_MS, is_backchannel, phrases
+from server.session.overlap import FIRST_LOOK_MS, LONGEST_MS, is_backchannel, phrases
 from tests.support.harness import Harness, harness
 
 WORDS = Settings.backchannel_words
@@ -35,8 +35,8 @@ def test_no_words_no_backchannels() -> None:
 
 async def over_the_answer(partials: list[str], speech_ms: int, **settings: Any) -> Harness:
     """The user says something (``speech_ms`` long) 500 ms into a long answer; the short
-    transcriptions of it are ``partials``, in order."""
-    async with harness(partials=partials, replies=[LONG_ANSWER], backchannel_words=WORDS,
+    transcriptions of it are ``partials``, in order (the fake ASR's finals)."""
+    async with harness(finals=partials, replies=[LONG_ANSWER], backchannel_words=WORDS,
                        token_ms=50, **settings) as h:
         await h.send({"type": "response.create"})
         await h.silence(500)
@@ -76,9 +76,9 @@ async def test_words_interrupt_at_the_first_look() -> None:
     h = await over_the_answer(["stop"], 600)
     started = h.one("input_audio_buffer.speech_started")
     assert h.one("response.done")["response"]["status"] == "cancelled"
-    # Decided at the first short transcription, 250 ms into the speech (+ a VAD window).
+    # Decided at the first short transcription, 400 ms into the speech (+ a VAD window).
     decided = h.at("input_audio_buffer.speech_started")
-    assert started["audio_start_ms"] < 500 < decided < 500 + 250 + 64, decided
+    assert started["audio_start_ms"] < 500 < decided < 500 + FIRST_LOOK_MS + 64, decided
 
 
 async def test_long_speech_interrupts_whatever_it_says() -> None:
@@ -89,7 +89,7 @@ async def test_long_speech_interrupts_whatever_it_says() -> None:
 
 
 async def test_a_session_may_turn_it_off() -> None:
-    async with harness(partials=["mm-hm"], replies=[LONG_ANSWER], token_ms=50,
+    async with harness(finals=["mm-hm"], replies=[LONG_ANSWER], token_ms=50,
                        backchannel_words=WORDS) as h:
         await h.send({"type": "session.update", "session": {
             "type": "realtime", "voxwire": {"backchannels": False}}})
