@@ -59,6 +59,7 @@ from server.stages.turns import InputBuffer
 log = logging.getLogger(__name__)
 
 SILENCE = "(The user has said nothing since your last answer.)"  # after idle_timeout_ms
+INTERRUPTED_GRACE_S = 2.0  # a client's cancel this soon after a barge-in is for that one
 TRANSCRIPT_RESERVE = 2048  # bytes counted for a user item's transcript, written later
 
 
@@ -98,6 +99,7 @@ class Session:
         self._spec = Speculator(self.id, engines, clock, self)
         self._closed = False
         self.items = Items(engines, settings, clock, self.conv, self.emit)
+        self._interrupted: tuple[str, float] | None = None  # the answer barge-in cancelled, when
 
     @property
     def buffer(self) -> InputBuffer:
@@ -180,6 +182,8 @@ class Session:
                                         param="type")
                 self.worker.put(RespondJob(ev.response, ev.event_id, None), ev.event_id)
             case p.ResponseCancel():
+                if self._just_interrupted(ev.response_id):
+                    return  # the client's cancel for the barge-in the server already made
                 if self.response is None or (ev.response_id not in (None, self.response.id)):
                     raise ProtocolError("no active response to cancel",
                                         code="response_cancel_not_active")
@@ -428,10 +432,22 @@ class Session:
         if self.response is not None:
             await self.response.wait()
 
+    def _just_interrupted(self, response_id: str | None) -> bool:
+        """Whether a `response.cancel` names (or, naming none, means) the answer the user's
+        speech cancelled a moment ago. Clients cancel on `speech_started`; with
+        backchannels, that event comes when the server has decided it is an interruption,
+        and cancels the answer itself at once: their cancel then only arrives second."""
+        last = self._interrupted
+        if last is None or self.clock.monotonic() - last[1] > INTERRUPTED_GRACE_S:
+            return False
+        return response_id == last[0] or (response_id is None and self.response is None)
+
     async def _cancel_response(self, reason: str, *, wait: bool = False) -> None:
         resp = self.response
         if resp is None:
             return
+        if reason == "turn_detected":
+            self._interrupted = (resp.id, self.clock.monotonic())
         resp.cancel(reason)
         self.echo.stop(self.clock.monotonic())  # the client stops playing at once
         if wait:

@@ -111,3 +111,20 @@ async def test_after_the_answer_has_played_speech_is_a_turn_as_usual() -> None:
         await h.silence(800)
         assert h.types().count("input_audio_buffer.speech_started") == 1
         assert h.types().count("response.created") == 2
+
+
+async def test_the_clients_cancel_after_the_servers_barge_in_is_no_error() -> None:
+    # Clients cancel on speech_started; with backchannels, the server has cancelled by then.
+    async with harness(finals=["stop"], replies=[LONG_ANSWER], token_ms=50,
+                       backchannel_words=WORDS) as h:
+        await h.send({"type": "response.create"})
+        await h.silence(500)
+        await h.speech(600)
+        response_id = h.one("response.done")["response"]["id"]
+        assert h.one("response.done")["response"]["status"] == "cancelled"
+        await h.send({"type": "response.cancel", "response_id": response_id})
+        await h.send({"type": "response.cancel"})
+        assert "error" not in h.types()
+        await h.silence(3000)  # long after, a cancel with nothing to cancel is an error
+        await h.send({"type": "response.cancel", "response_id": response_id})
+        assert h.one("error")["error"]["code"] == "response_cancel_not_active"
