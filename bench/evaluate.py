@@ -8,6 +8,9 @@ Every check drives the server with the official `openai` SDK, one fresh session 
 - turns: sentences with 250-350 ms pauses (and an "um"); each should be one turn.
 - echo: the assistant's answer played back into the microphone at -15 dB while the
   client keeps streaming; the assistant should not interrupt itself.
+- overlap: backchannels ("mm-hm", two coughs) and interruptions spoken over a long answer
+  (`bench/overlap.py`): backchannels that cancelled it (goal 0), interruptions detected
+  (goal all) and how soon the client was told to stop.
 - vision: printed labels sent as images; the share of fields read back exactly.
 """
 
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import overlap
 from bench.fixtures import (
     RATE,
     VOICES,
@@ -53,7 +57,7 @@ from client.realtime import Float32, from_pcm16, pcm16, resample, send_audio, si
 from server.audio import RATE as SERVER_RATE
 from server.runtime.config import Settings
 
-CHECKS = ("wer", "asr_paths", "hallucination", "turns", "echo", "vision")
+CHECKS = ("wer", "asr_paths", "hallucination", "turns", "echo", "overlap", "vision")
 SENTENCES = [
     "Set a timer for fifteen minutes.",
     "Wake me up at seven tomorrow morning.",
@@ -559,6 +563,12 @@ async def vision_item(url: str, fields: dict[str, str]) -> dict[str, Any]:
             "errors": heard.errors()}
 
 
+def check_overlap(url: str) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    asyncio.run(overlap.measure(re.sub(r"^http", "ws", url) + "/v1/realtime", rows))
+    return {"summary": overlap.summary(rows), "items": rows}
+
+
 def check_vision(url: str) -> dict[str, Any]:
     async def all_items() -> list[dict[str, Any]]:
         return [await vision_item(url, fields) for fields in LABELS]
@@ -639,6 +649,17 @@ def render(results: dict[str, Any]) -> str:
                    f"cancelled by their own echo); the echo also started {s['false_speech_starts']}"
                    f" turns (each stops playback in the client), {s['echo_turns']} of them "
                    f"committed, {s['echo_responses']} answered.")
+    if "overlap" in checks:
+        s = checks["overlap"]["summary"]
+        on, off, real = s["backchannels_on"], s["backchannels_off"], s["interruptions"]
+        out += ["", "## Speech over the answer: backchannels and interruptions", "",
+                "| fixtures | answers cancelled | goal |", "|---|---|---|",
+                f"| {on['fixtures']} backchannels (and coughs) | {on['interrupted']} | 0 |",
+                f"| the same, backchannels off | {off['interrupted']} | (any speech "
+                "interrupts) |",
+                f"| {real['fixtures']} interruptions | {real['detected']} | all |",
+                f"\nFrom the speech's first chunk sent to `speech_started`: median "
+                f"{real['latency_ms_p50']} ms, at most {real['latency_ms_max']} ms."]
     if "vision" in checks:
         s = checks["vision"]["summary"]
         out += ["", "## Vision: label fields read back", "",
@@ -659,7 +680,7 @@ def run_checks(url: str, checks: list[str], asr: str) -> dict[str, Any]:
         "asr_paths": lambda: check_asr_paths(asr, Settings.asr_window_s),
         "hallucination": lambda: check_hallucination(url),
         "turns": lambda: check_turns(url), "echo": lambda: check_echo(url),
-        "vision": lambda: check_vision(url)}
+        "overlap": lambda: check_overlap(url), "vision": lambda: check_vision(url)}
     return {name: runners[name]() for name in checks}
 
 

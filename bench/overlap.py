@@ -11,7 +11,9 @@ playback is what decides that the answer is playing.
 - backchannels: how many cancelled the answer (goal 0), with backchannels on and off;
 - interruptions: how many stopped it (goal all), and the decision latency: from the moment
   the chunk holding the speech's first sound was sent to the `speech_started` that tells
-  the client to stop (the client's clock).
+  the client to stop, and to the `response.done` that says the answer was cancelled (the
+  client's clock). Without backchannels `speech_started` comes at the speech's onset and
+  the cancel after `--barge-in-ms` of it.
 """
 
 from __future__ import annotations
@@ -89,8 +91,27 @@ async def one_session(url: str, question: Float32, overlap: Float32, backchannel
     later = [t - sent_onset for t in started if t > sent_onset - 0.3]
     heard = [e["transcript"] for _, e in events
              if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    cancelled = [t - sent_onset for t, e in events if e["type"] == "response.done"
+                 and e["response"]["status"] == "cancelled"]
     return {"interrupted": bool(later), "latency_ms": round(later[0] * 1000) if later else None,
+            "cancel_ms": round(cancelled[0] * 1000) if cancelled else None,
             "first_answer": done[0] if done else None, "heard": heard}
+
+
+def cases() -> list[tuple[str, str | None, bool]]:
+    """(kind, text or None for the coughs, backchannels on)."""
+    return ([("backchannel", t, on) for on in (True, False) for t in [*BACKCHANNELS, None]]
+            + [("interruption", t, True) for t in INTERRUPTIONS])
+
+
+async def measure(url: str, rows: list[dict[str, Any]]) -> None:
+    """Every fixture against the server at ``url`` (ws://HOST:PORT/v1/realtime)."""
+    question = trim(VOICES["piper"](QUESTION, RATE), RATE)
+    for i, (kind, text, on) in enumerate(cases()):
+        row = {"kind": kind, "text": text or "(two coughs)", "backchannels": on,
+               **await one_session(url, question, fixture(i, text), on)}
+        rows.append(row)
+        print(row, flush=True)
 
 
 async def run(rows: list[dict[str, Any]]) -> None:
@@ -101,22 +122,17 @@ async def run(rows: list[dict[str, Any]]) -> None:
     settings = Settings(port=0, store="none", max_output_tokens=200)
     engines = Engines.load(settings)
     try:
-        question = trim(VOICES["piper"](QUESTION, RATE), RATE)
         app = App(settings, engines=engines)
         async with app.start_server() as server:
             host, port = server.sockets[0].getsockname()[:2]
-            url = f"ws://{host}:{port}/v1/realtime"
-            cases: list[tuple[str, str | None, bool]] = (
-                [("backchannel", t, on) for on in (True, False)
-                 for t in [*BACKCHANNELS, None]]
-                + [("interruption", t, True) for t in INTERRUPTIONS])
-            for i, (kind, text, on) in enumerate(cases):
-                row = {"kind": kind, "text": text or "(two coughs)", "backchannels": on,
-                       **await one_session(url, question, fixture(i, text), on)}
-                rows.append(row)
-                print(row, flush=True)
+            await measure(f"ws://{host}:{port}/v1/realtime", rows)
     finally:
         engines.close()
+
+
+def _median(values: list[Any]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,8 +145,14 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     latencies = [r["latency_ms"] for r in real if r["latency_ms"] is not None]
     out["interruptions"] = {
         "fixtures": len(real), "detected": len(latencies),
-        "latency_ms_p50": statistics.median(latencies) if latencies else None,
-        "latency_ms_max": max(latencies) if latencies else None}
+        "latency_ms_p50": _median(latencies),
+        "latency_ms_max": max(latencies) if latencies else None,
+        "cancel_ms_p50": _median([r.get("cancel_ms") for r in real])}
+    # Backchannels off: the plain barge-in, on the same speech.
+    plain = [r for r in rows if r["kind"] == "backchannel" and r["backchannels"] is False]
+    out["plain_barge_in"] = {
+        "speech_started_ms_p50": _median([r.get("latency_ms") for r in plain]),
+        "cancel_ms_p50": _median([r.get("cancel_ms") for r in plain])}
     return out
 
 
