@@ -14,6 +14,12 @@ attenuation limit of each `noise_reduction` type, on 1 thread, it reports: the S
 (the output's error against the clean speech, next to the input's), the noise left when
 there is no speech, Whisper's word error rate on the noisy and on the denoised speech,
 and the CPU each second of audio costs a session (real-time factor).
+
+Hallucinated turns: each noise alone (no speech), 20 s at the level it has at 0, 5 and
+10 dB SNR against the sentences, through each mode, then the server's VAD and turn
+detector with their defaults: the turns it starts, and how many of them Whisper writes
+words for (a turn the assistant would answer). Babble is speech, far off; the fan and the
+street should give none.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ def _babble_voices() -> tuple[Float32, ...]:
     return tuple(trim(_espeak(*b), RATE) for b in BABBLE)
 
 
-def _unit(noise: Float32) -> Float32:
+def at_unit_rms(noise: Float32) -> Float32:
     out: Float32 = (noise / np.sqrt(np.mean(np.square(noise, dtype=np.float64)))).astype(
         np.float32)
     return out
@@ -93,8 +99,8 @@ def babble(seconds: float, seed: int = 3) -> Float32:
     for talk in _babble_voices():
         loop = np.tile(np.concatenate([talk, silence(150, RATE)]), n // len(talk) + 2)
         start = int(rng.integers(0, len(talk)))
-        out += _unit(loop[start:start + n]) * rng.uniform(0.6, 1.0)
-    return _unit(out)
+        out += at_unit_rms(loop[start:start + n]) * rng.uniform(0.6, 1.0)
+    return at_unit_rms(out)
 
 
 def fan(seconds: float, seed: int = 4) -> Float32:
@@ -104,7 +110,7 @@ def fan(seconds: float, seed: int = 4) -> Float32:
     pink = shaped_noise(seconds, lambda f: 1.0 / np.sqrt(np.maximum(f, 30.0)), seed + 1, RATE)
     hum = sum(np.sin(2 * np.pi * 50 * k * t) / k for k in (1, 2, 3, 4))
     beat = 1.0 + 0.25 * np.sin(2 * np.pi * 7 * t)
-    return _unit(((brown + 0.5 * pink) * beat + 0.3 * hum).astype(np.float32))
+    return at_unit_rms(((brown + 0.5 * pink) * beat + 0.3 * hum).astype(np.float32))
 
 
 def street(seconds: float, seed: int = 5) -> Float32:
@@ -119,7 +125,7 @@ def street(seconds: float, seed: int = 5) -> Float32:
     for at in rng.uniform(0, max(seconds - 0.4, 0.1), 2):
         inside = (t >= at) & (t < at + 0.3)
         horns[inside] = np.sign(np.sin(2 * np.pi * 420 * t[inside])) * 0.6
-    return _unit((rumble * swell + 0.3 * hiss * swell + horns).astype(np.float32))
+    return at_unit_rms((rumble * swell + 0.3 * hiss * swell + horns).astype(np.float32))
 
 
 NOISE_MAKERS: dict[str, Callable[[float], Float32]] = {"babble": babble, "fan": fan,
@@ -131,7 +137,7 @@ def mix(speech: Float32, noise: Float32, snr_db: float) -> tuple[Float32, Float3
     itself, not the silence around it); both scaled down alike if the mix would clip."""
     loud = trim(speech, RATE)
     level = np.sqrt(np.mean(np.square(loud, dtype=np.float64)))
-    out = speech + _unit(noise[:len(speech)]) * level * 10 ** (-snr_db / 20)
+    out = speech + at_unit_rms(noise[:len(speech)]) * level * 10 ** (-snr_db / 20)
     gain = min(1.0, 0.95 / float(np.abs(out).max()))
     return (speech * gain).astype(np.float32), (out * gain).astype(np.float32)
 
@@ -207,6 +213,52 @@ def measure(modes: dict[str, Callable[[], Denoiser]], sentences: list[str],
     return {"rows": rows, "summary": summarise(rows)}
 
 
+HALLUCINATION_S = 20.0
+SPEECH_DBFS = -20.0  # about the sentences' level: the noise sits this far under it, by SNR
+
+
+def turns_in(audio: Float32, vad: Any) -> list[tuple[int, int]]:
+    """The turns the server's VAD and turn detector (default settings) find in ``audio``:
+    (start ms, end ms) each."""
+    from server.runtime.config import Settings
+    from server.stages.turns import SpeechStarted, SpeechStopped, TurnDetector
+
+    s = Settings()
+    stream = vad.new_stream()
+    detector = TurnDetector(window_ms=stream.window_ms, threshold=s.vad_threshold,
+                            silence_ms=s.silence_duration_ms,
+                            prefix_padding_ms=s.prefix_padding_ms, min_speech_ms=s.min_speech_ms,
+                            confirm_ms=s.barge_in_ms, start_ms=0)
+    turns, start = [], None
+    tail = np.zeros(RATE * s.silence_duration_ms // 1000 + RATE // 2, np.float32)
+    for event in detector.feed(stream.probabilities(np.concatenate([audio, tail]))):
+        if isinstance(event, SpeechStarted):
+            start = event.audio_start_ms
+        elif isinstance(event, SpeechStopped) and start is not None:
+            turns.append((start, event.audio_end_ms))
+            start = None
+    return turns
+
+
+def hallucinations(modes: dict[str, Callable[[], Denoiser]], asr: WhisperTranscriber,
+                   vad: Any) -> list[dict[str, Any]]:
+    """Noise alone through each mode: the turns the VAD starts and those Whisper hears words in."""
+    rows = []
+    for noise in NOISES:
+        unit = at_unit_rms(NOISE_MAKERS[noise](HALLUCINATION_S))
+        for snr in SNRS_DB:
+            audio = (unit * 10 ** ((SPEECH_DBFS - snr) / 20)).astype(np.float32)
+            for mode, make in {"off": None, **modes}.items():
+                out = audio if make is None else denoised(make(), audio)[0]
+                found = turns_in(out, vad)
+                heard = [asr.transcribe(out[a * RATE // 1000:(b + 200) * RATE // 1000]).text
+                         for a, b in found]
+                rows.append({"noise": noise, "snr_db": snr, "mode": mode, "turns": len(found),
+                             "hallucinated": sum(bool(h.strip()) for h in heard),
+                             "heard": [h for h in heard if h.strip()]})
+    return rows
+
+
 def _scores(group: list[dict[str, Any]]) -> dict[str, Any]:
     return {"wer": round(100 * sum(r["edits"] for r in group)
                          / sum(r["words"] for r in group), 1),
@@ -237,6 +289,19 @@ def render(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def render_hallucinations(rows: list[dict[str, Any]]) -> str:
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    lines = ["| noise | level (SNR dB) | " + " | ".join(modes) + " |",
+             "|---|---|" + "---|" * len(modes)]
+    for noise in NOISES:
+        for snr in SNRS_DB:
+            cells = [next(f"{r['hallucinated']} of {r['turns']}" for r in rows
+                          if (r["noise"], r["snr_db"], r["mode"]) == (noise, snr, m))
+                     for m in modes]
+            lines.append(f"| {noise} | {snr} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from models import locate
     from server.runtime.config import Settings
@@ -249,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: those of near_field and far_field)")
     ap.add_argument("--sentences", type=int, default=len(SENTENCES))
     ap.add_argument("--asr", default="tiny.en")
+    ap.add_argument("--hallucinations-only", action="store_true",
+                    help="only the noise-alone check, added to the last report at --out")
     ap.add_argument("--out", type=Path, default=Path("bench/results/noise.json"))
     args = ap.parse_args(argv)
     settings = Settings()
@@ -260,12 +327,18 @@ def main(argv: list[str] | None = None) -> int:
         for limit in limits:
             modes[f"{engine} {limit:g} dB"] = functools.partial(suppressor.new_stream, limit)
     asr = WhisperTranscriber(locate(args.asr, "asr"), threads=1)
-    results = measure(modes, SENTENCES[:args.sentences], asr)
-    report = {"cpu": os.cpu_count(), "engines": args.engines, "asr": args.asr,
-              "sentences": args.sentences, **results}
+    if args.hallucinations_only and args.out.is_file():  # added to the last full run
+        report = json.loads(args.out.read_text())
+    else:
+        results = measure(modes, SENTENCES[:args.sentences], asr)
+        report = {"cpu": os.cpu_count(), "engines": args.engines, "asr": args.asr,
+                  "sentences": args.sentences, **results}
+        print(render(results["summary"]))
+    vad = registry.VAD.loader("silero")(settings)
+    report["hallucinations"] = hallucinations(modes, asr, vad)
+    print(render_hallucinations(report["hallucinations"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(render(results["summary"]))
     print(f"\nwritten to {args.out}")
     return 0
 

@@ -4,13 +4,15 @@ noise of bench/noise.py at 0 dB SNR, streamed in 20 ms chunks as a session feeds
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from bench.noise import denoised, noisy_speech, snr_db
+from bench.noise import NOISE_MAKERS, at_unit_rms, denoised, noisy_speech, snr_db, turns_in
 from server.audio import RATE
 from server.runtime.config import Settings
+from server.runtime.engines import Engines
 from server.stages import Float32, NoiseSuppressor, registry
 
 ENGINES = registry.DENOISE.names
@@ -76,3 +78,18 @@ def test_each_session_has_its_own_state(engine: str) -> None:
         b.process(np.flip(noisy[at:at + 320]).copy())  # another session's audio in between
     parts.append(a.flush())
     np.testing.assert_allclose(np.concatenate(parts), alone, atol=1e-6)
+
+
+def test_the_hallucination_check_finds_turns_only_where_there_is_speech(
+        engines: Engines, speak: Callable[..., Float32]) -> None:
+    # Its turn finder is the server's VAD and turn detector: a sentence in silence is one
+    # turn, where it is; the fan alone, none.
+    sentence = speak("Set a timer for fifteen minutes.")
+    audio = np.concatenate([np.zeros(16000, np.float32), sentence, np.zeros(8000, np.float32)])
+    found = turns_in(audio, engines.vad)
+    assert len(found) == 1, found
+    start, end = found[0]
+    assert 1000 - 400 <= start <= 1000, found
+    assert end == pytest.approx(1000 + len(sentence) / 16, abs=300), found
+    fan = (0.05 * at_unit_rms(NOISE_MAKERS["fan"](5.0))).astype(np.float32)
+    assert turns_in(fan, engines.vad) == []
