@@ -87,9 +87,9 @@ class Settings:
     speculate: bool = True  # transcribe at the first silence, before the turn is confirmed
     speculate_answer: bool = True  # and answer it (LLM, first clause TTS) behind a gate
     first_clause_words: int = 4
-    # Speech over a playing answer that says only these (phrases, by commas), or no words at
-    # all (a cough, a laugh), is a backchannel: the answer plays on (server/session/overlap.py).
-    # "": every sound over the answer interrupts it at once, as a stock server does.
+    # Speech over a playing answer that says only these (phrases, by commas) is a backchannel:
+    # the answer plays on (server/session/overlap.py), as it does for a sound with no words
+    # shorter than barge_in_ms. "": any speech over the answer interrupts it.
     backchannel_words: str = ("mm-hm, mhm, hm, mm, uh-huh, uh, um, ah, oh, aha, yeah, yes, "
                               "yep, yup, right, okay, ok, sure, i see, got it, all right, "
                               "alright, cool, nice, wow, really, true, exactly, go on")

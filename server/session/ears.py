@@ -114,12 +114,10 @@ class Stopped:
 
 @dataclass(frozen=True)
 class Backchannel:
-    """Speech over the playing answer that said only ``text``, a backchannel (or nothing:
-    a sound that is not speech): the answer plays on. Kept as what it was, not a turn."""
+    """Speech over the playing answer that said only ``text``, backchannels: the answer
+    plays on. Kept as what it was (``audio``, the item ``item_id``), not a turn."""
 
     item_id: str
-    start_ms: int
-    end_ms: int
     audio: Float32
     text: str
 
@@ -456,22 +454,24 @@ class Ears:
             # (`barge_in_ms`); longer, it may be words the transcriber missed, and a missed
             # "stop" costs more than a cough that stops the answer.
             if event.audio_end_ms - overlap.onset_ms < self.settings.barge_in_ms:
-                self._overlap = None
-                self._detector.reset()
+                self._let_play()
                 log.info("a sound over the answer, no words: it plays on")
                 return
         elif text is not None and is_backchannel(text, self._backchannels):
-            self._overlap = None
-            self._detector.reset()
+            self._let_play()
             audio = self.buffer.slice_ms(max(overlap.audio_start_ms, self.buffer.base_ms),
                                          event.audio_end_ms + ASR_TAIL_MS)
             self.buffer.drop_before_ms(event.audio_end_ms)
             log.info("backchannel over the answer: %r", text)
-            await self.host.heard(Backchannel(overlap.item_id, overlap.audio_start_ms,
-                                              event.audio_end_ms, audio, text))
+            await self.host.heard(Backchannel(overlap.item_id, audio, text))
             return
         await self._interrupt(overlap, text)
         await self._on_turn_event(event)
+
+    def _let_play(self) -> None:
+        """The speech over the answer was not an interruption: listen afresh."""
+        self._overlap = None
+        self._detector.reset()
 
     async def _judge_overlap(self) -> None:
         """While the user speaks over the answer: a short transcription every

@@ -43,8 +43,8 @@ def phrases(words: str) -> frozenset[Phrase]:
 
 
 def is_backchannel(text: str, known: frozenset[Phrase]) -> bool:
-    """Whether ``text`` is only backchannels (or no words at all: a sound that is not
-    speech). "I see, okay" is; "I see a problem" is not."""
+    """Whether ``text`` is only backchannels. "I see, okay" is; "I see a problem" is not;
+    no words at all is too (the ears judge those by their length)."""
     words = tokens(text)
     longest = max((len(p) for p in known), default=0)
     covered = [True] + [False] * len(words)  # covered[i]: words[:i] are all backchannels
