@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 APOLOGY = "Sorry, I couldn't get an answer just now."
 CANNOT_SEE = "I can't see images with the current model, so I'll answer from your words."
 SENT_WAIT_S = 2  # how long the turn's figures wait for its first output to leave
+# A spoken answer whose client holds this much of it unplayed is not urgent: its next
+# words and clauses wait for other sessions' work (in the lanes) until it holds less.
+AHEAD_S = 3.0
 
 
 @dataclass
@@ -73,6 +76,20 @@ class ResponseContext:
         """Whether the response is still a speculation: its gate is not open yet. Lanes
         call it from their threads, to let its work wait for other sessions'."""
         return self.gate is not None and not self.gate.opened.is_set()
+
+    def unplayed_s(self) -> float:
+        """Seconds of audio sent to the client and not yet played, on the echo guard's
+        model of its playback (read from the lanes' threads too)."""
+        return max(0.0, self.echo.play_end - self.clock.monotonic())
+
+    def ahead(self) -> bool:
+        """Whether the client holds more than `AHEAD_S` of the answer unplayed."""
+        return self.unplayed_s() > AHEAD_S
+
+    def deferrable(self) -> bool:
+        """Whether the response's synthesis may wait for other sessions': while it is a
+        speculation, or while the client is far from needing more of it."""
+        return self.tentative() or self.ahead()
 
 
 T = TypeVar("T")
@@ -123,8 +140,9 @@ class Response:
             self._speech = SpeechOut(
                 speaker, spoken_voice, ctx.output_format, emit=ctx.emit, place=self._place,
                 on_sent=self._mark_sent, echo=ctx.echo, clock=ctx.clock, turn=turn,
-                stop=self._stop, owner=ctx.session_id, background=ctx.tentative,
+                stop=self._stop, owner=ctx.session_id, background=ctx.deferrable,
                 record=ctx.settings.record)
+            self._request = dataclasses.replace(request, ahead=ctx.ahead)
         fmt = ctx.output_format
         self._base: Json = {
             "object": "realtime.response", "id": self._id, "metadata": metadata,

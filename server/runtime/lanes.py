@@ -11,6 +11,11 @@ Lanes are shared by every session, so they are fair and cancellable:
   waiting (start-time fair queueing over the seconds each job held the thread), so a
   session that queues a lot, or whose jobs are long (a long prompt, a long utterance),
   only waits behind itself, and a short job of a light user goes ahead of them.
+- An owner that comes back after waiting for nothing starts up to ``RETURN_CREDIT_S`` of
+  lane time behind the present (never more than it was away, in the lane's time): someone
+  who just finished speaking, back for a turn's transcription, first tokens or first clause,
+  goes ahead of the owners that kept the lane busy meanwhile, for that long at most. Owners
+  that never stop waiting earn no credit; a newcomer gets it once.
 - A job may be background work (a speculation on a turn not yet over): while its
   ``background`` check says so, it waits for every other owner's foreground job. The check
   is made each time the lane picks, so work that becomes urgent (its turn was confirmed)
@@ -33,6 +38,7 @@ from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
+RETURN_CREDIT_S = 0.5
 
 
 @dataclass(eq=False)
@@ -140,10 +146,11 @@ class Lane:
                     self._running = None
                     self._used[owner] += time.monotonic() - started
                     if owner not in self._queues and len(self._used) > 2 * len(self._queues):
-                        # Owners not waiting whose use is already behind the virtual time
-                        # would start from `_now` anyway: forget them.
+                        # Owners not waiting whose use is already a full credit behind the
+                        # virtual time would start from there anyway: forget them.
+                        floor = self._now - RETURN_CREDIT_S
                         for idle in [o for o, used in self._used.items()
-                                     if o not in self._queues and used <= self._now]:
+                                     if o not in self._queues and used <= floor]:
                             del self._used[idle]
 
     def _next_owner(self) -> str:
@@ -168,8 +175,10 @@ class Lane:
                 queue = self._queues[job.owner] = deque()
                 self._turns.append(job.owner)
                 # Use before the owner last stopped waiting counts only while others
-                # still catch up with it: a newcomer starts at the present.
-                self._used[job.owner] = max(self._used.get(job.owner, 0.0), self._now)
+                # still catch up with it; one back from waiting for nothing starts up to
+                # a credit behind the present, by as much as it was away.
+                floor = self._now - RETURN_CREDIT_S
+                self._used[job.owner] = max(self._used.get(job.owner, floor), floor)
             queue.append(job)
             self._cond.notify()
 

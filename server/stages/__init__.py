@@ -171,6 +171,9 @@ class ChatRequest:
     # True while the request is still a speculation: its work then waits for other
     # sessions' (checked by the lane in its own thread, each time it picks a job).
     background: Callable[[], bool] | None = field(default=None, compare=False)
+    # For a spoken answer: true while its client holds so much of it unplayed that its
+    # next words are not urgent; they may then wait for other sessions' work.
+    ahead: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

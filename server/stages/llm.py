@@ -359,6 +359,11 @@ class ContextPool:
     def free(self) -> int:
         return len(self._free)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a generation waits for a context (read from the lane's thread too)."""
+        return any(not waiter.done() for waiter in tuple(self._waiters))
+
 
 class LlamaModel:
     """The embedded model: a few llama.cpp contexts over one GGUF file (mapped once),
@@ -468,6 +473,16 @@ def as_text(message: ChatMessage) -> ChatMessage:
     return ChatMessage(message.role, " ".join(parts))
 
 
+def deferrable(request: ChatRequest, pool: ContextPool) -> Callable[[], bool] | None:
+    """When a generation may wait for other sessions' work in the lane: while it is a
+    speculation, and while its listener is far ahead, unless another generation waits
+    for a context (it then finishes, and gives its context back, sooner)."""
+    tentative, ahead = request.background, request.ahead
+    if ahead is None:
+        return tentative
+    return lambda: (tentative is not None and tentative()) or (ahead() and not pool.waiting)
+
+
 class LocalResponder:
     """The embedded model as a Responder: llama.cpp runs in its own worker lane."""
 
@@ -502,7 +517,7 @@ class LocalResponder:
                                       session=request.session, context=context,
                                       report=report, contended=self.lane.contended),
             stop, owner=request.session, step=True, on_closed=give_back,
-            control=lease.control, background=request.background)
+            control=lease.control, background=deferrable(request, pool))
         try:
             async for delta in deltas:
                 if not delta:

@@ -35,6 +35,7 @@ from server.stages.llm import (
     LocalResponder,
     SavedState,
     SavedStates,
+    deferrable,
 )
 from tests.conftest import TEST_SETTINGS, padded
 from tests.edge.test_limits import limited
@@ -181,6 +182,48 @@ async def test_a_reader_that_went_away_loses_its_context_to_one_that_waits(
         await stream.aclose()
 
 
+async def test_an_answer_far_ahead_of_its_listener_lets_another_answer_go_first(
+        engines: Engines, cold: LlamaModel) -> None:
+    """While its client holds seconds of it unplayed, an answer's next tokens wait for
+    another session's answer (prompt and first words); otherwise the two take turns."""
+    responder = LocalResponder(cold, engines.llm_lane)
+
+    async def interleaving(ahead: bool) -> str:
+        order: list[str] = []
+        far = responder.stream(dataclasses.replace(request("a"), ahead=lambda: ahead))
+        first = asyncio.Event()
+
+        async def read_far() -> None:
+            async for event in far:
+                if isinstance(event, TextDelta):
+                    order.append("a")
+                    first.set()
+
+        reading = asyncio.create_task(read_far())
+        await first.wait()
+        near = responder.stream(request("b"))
+        async for event in near:
+            if isinstance(event, TextDelta):
+                order.append("b")
+                if order.count("b") == 8:
+                    break
+        await near.aclose()
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+        await far.aclose()
+        return "".join(order)
+
+    behind = await interleaving(ahead=False)
+    assert behind[behind.index("b"):].count("a") >= 4, behind  # turn by turn
+    far_ahead = await interleaving(ahead=True)
+    assert far_ahead[far_ahead.index("b"):].count("a") <= 1, far_ahead
+    for _ in range(100):  # and each gave its context back, in the lane
+        if cold.pool.free == len(cold.contexts):
+            break
+        await asyncio.sleep(0.05)
+    assert cold.pool.free == len(cold.contexts)
+
+
 async def test_a_session_waits_briefly_for_its_own_context_while_it_is_given_back() -> None:
     """A session's next turn gets the context holding its prompt when its last answer is
     still handing it back, rather than a cold one that would prefill everything again."""
@@ -229,6 +272,29 @@ async def test_sessions_keep_their_own_contexts_while_there_are_enough() -> None
     pool = ContextPool([talking, ended])
     pool.forget("s2")
     assert await pool.acquire("next", Lease(False, "sys")) is ended
+
+
+async def test_an_answer_ahead_of_its_listener_defers_only_while_nobody_waits_for_a_context(
+        ) -> None:
+    """An answer that is only ahead of its listener holds a context; while another
+    generation waits for one, it does not let others go first, so that it ends and gives
+    its context back sooner. A speculation waits whatever happens."""
+    made = object.__new__(LlamaContext)
+    made.owner, made.system = "", "sys"
+    pool = ContextPool([made], preempt_s=60)
+    ahead = dataclasses.replace(request("a"), ahead=lambda: True)
+    speculation = dataclasses.replace(ahead, background=lambda: True)
+    defer_ahead, defer_speculation = deferrable(ahead, pool), deferrable(speculation, pool)
+    assert defer_ahead is not None and defer_speculation is not None
+    assert deferrable(request("a"), pool) is None
+    await pool.acquire("x", Lease(False, "sys"))
+    assert defer_ahead() and not pool.waiting
+    waiter = asyncio.create_task(pool.acquire("y", Lease(False, "sys")))
+    await asyncio.sleep(0.01)
+    assert pool.waiting and not defer_ahead() and defer_speculation()
+    pool.release(made)
+    await waiter
+    assert not pool.waiting and defer_ahead()
 
 
 def test_a_session_gets_its_conversation_back_after_another_took_its_context() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from realtime import server_events as se
 from server import audio as audio_codec
 from server.audio import RATE
 from server.errors import StageError
+from server.response.run import AHEAD_S, ResponseContext
 from server.response.speech import DELTA_MS, SpeechOut
 from server.runtime.clock import FakeClock
 from server.runtime.engines import Speaker
@@ -179,3 +181,20 @@ async def test_a_failing_voice_is_a_tts_stage_error() -> None:
         await out.speech.say("anything")
     assert info.value.stage == "tts"
     assert out.events == []
+
+
+def test_an_answer_is_deferrable_while_its_client_holds_seconds_of_it_unplayed() -> None:
+    """Its synthesis and next words may wait for other sessions' work while the client has
+    more than `AHEAD_S` to play, and never while it has less (or while it is a speculation
+    behind its gate: `tentative`)."""
+    clock, echo = FakeClock(), EchoReference()
+    unused = cast(Any, None)
+    ctx = ResponseContext("s", unused, unused, unused, unused, unused, echo=echo, clock=clock)
+    assert not ctx.deferrable()
+    echo.sent(np.zeros(int(RATE * (AHEAD_S + 1.0)), np.float32), clock.monotonic())
+    assert ctx.ahead() and ctx.deferrable()
+    clock.advance(0.9)
+    assert ctx.deferrable()
+    clock.advance(0.2)  # less than AHEAD_S left to play
+    assert not ctx.ahead() and not ctx.deferrable()
+    assert ctx.unplayed_s() == pytest.approx(AHEAD_S - 0.1)

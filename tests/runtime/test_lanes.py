@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.runtime.lanes import Lane
+from server.runtime.lanes import RETURN_CREDIT_S, Lane
 
 
 async def test_items_arrive_in_order_and_the_generator_ends() -> None:
@@ -193,10 +193,12 @@ async def test_background_work_waits_for_other_sessions_until_it_becomes_urgent(
             busy = threading.Event()
             first = asyncio.ensure_future(lane.run(lambda b=busy: b.wait(5), owner="x"))
             await asyncio.sleep(0.05)  # the lane is busy: everything below queues
+            # fresh owners each round: the lane remembers recent use, ties aside
             jobs = [asyncio.ensure_future(lane.run(
-                lambda: order.append("spec"), owner="a",
+                lambda: order.append("spec"), owner=f"a{confirmed}",
                 background=lambda: speculating["a"]))]
-            jobs += [asyncio.ensure_future(lane.run(lambda o=o: order.append(o), owner=o))
+            jobs += [asyncio.ensure_future(lane.run(lambda o=o: order.append(o),
+                                                    owner=f"{o}{confirmed}"))
                      for o in ("b", "c")]
             await asyncio.sleep(0.01)
             speculating["a"] = not confirmed
@@ -228,5 +230,34 @@ async def test_the_lane_is_shared_fairly_in_time_not_in_jobs() -> None:
                  for _ in range(4)]
         await asyncio.gather(*heavy, *light)
         assert order == ["h", "l", "l", "l", "l", "h", "h", "h"], order
+    finally:
+        lane.close()
+
+
+async def test_an_owner_back_from_waiting_for_nothing_goes_first_for_a_credit_at_most() -> None:
+    """Someone back for a turn (after the lane was kept busy by another) is served first
+    for up to `RETURN_CREDIT_S` of lane time, then the two take turns fairly."""
+    lane = Lane("test")
+    order: list[str] = []
+    step = 0.05
+
+    def job(name: str) -> None:
+        time.sleep(step)
+        order.append(name)
+
+    try:
+        busy = [asyncio.ensure_future(lane.run(lambda: job("h"), owner="busy"))
+                for _ in range(40)]
+        # the busy owner has had the lane to itself, past its own credit as a newcomer
+        await asyncio.sleep(RETURN_CREDIT_S + 0.3)
+        back = [asyncio.ensure_future(lane.run(lambda: job("b"), owner="back"))
+                for _ in range(20)]
+        await asyncio.gather(*busy, *back)
+        after = "".join(order)[order.index("b") :]
+        first_run = len(after) - len(after.lstrip("b"))
+        credit_jobs = RETURN_CREDIT_S / step
+        assert credit_jobs - 1 <= first_run <= credit_jobs + 3, after
+        rest = after[first_run:after.rindex("b") + 1]
+        assert "hh" not in rest, after  # then by turns, while both wait
     finally:
         lane.close()
