@@ -89,6 +89,14 @@ class ResponseCancel(ClientEvent):
 
 
 @dataclass(frozen=True)
+class OutputAudioClear(ClientEvent):
+    """`output_audio_buffer.clear`: cut off the answer playing. Only a door that plays the
+    audio itself (WebRTC) has an output audio buffer; the session refuses it otherwise."""
+
+    type = "output_audio_buffer.clear"
+
+
+@dataclass(frozen=True)
 class FrameAppend(ClientEvent):
     """Extension `voxwire.input_image.append`: the latest camera frame (a data URI)."""
 
@@ -182,6 +190,7 @@ _PARSERS: dict[str, Callable[[Json, str | None], ClientEvent]] = {
         eid, _field(ev, "image_url", str, eid)),
     ResponseCancel.type: lambda ev, eid: ResponseCancel(
         eid, ev.get("response_id") if isinstance(ev.get("response_id"), str) else None),
+    OutputAudioClear.type: lambda ev, eid: OutputAudioClear(eid),
 }
 
 

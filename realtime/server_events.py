@@ -139,6 +139,22 @@ def response_created(response: Json) -> Json:
     return {"type": "response.created", "response": response}
 
 
+def output_audio_buffer_started(response_id: str) -> Json:
+    """The answer's first audio went out on the track (WebRTC, where the server plays)."""
+    return {"type": "output_audio_buffer.started", "response_id": response_id}
+
+
+def output_audio_buffer_stopped(response_id: str) -> Json:
+    """The answer's audio has all been played, and no more is coming (WebRTC)."""
+    return {"type": "output_audio_buffer.stopped", "response_id": response_id}
+
+
+def output_audio_buffer_cleared(response_id: str) -> Json:
+    """What was left of the answer's audio was dropped: barge-in, or the client's
+    `output_audio_buffer.clear` (WebRTC)."""
+    return {"type": "output_audio_buffer.cleared", "response_id": response_id}
+
+
 def response_done(response: Json) -> Json:
     return {"type": "response.done", "response": response}
 

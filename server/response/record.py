@@ -49,6 +49,7 @@ class TurnRecord:
     finished_at: float
     user_audio: Float32 | None = None  # 16 kHz, kept only where turns' audio is recorded
     answer_audio: Float32 | None = None  # as sent, 16 kHz; the same
+    transport: str = "websocket"  # the door the session came through: websocket, webrtc
 
     @property
     def answered(self) -> bool:
@@ -61,7 +62,8 @@ class TurnRecord:
         return {"response_id": self.response_id, "item_id": self.user_item_id,
                 "status": self.status, "stages_ms": t.stages_ms, "overhead_ms": t.overhead_ms,
                 "marks_ms": t.marks_ms, "compute_ms": t.compute_ms,
-                "audio_ms": round(self.audio_ms, 1), "backend": self.backend}
+                "audio_ms": round(self.audio_ms, 1), "backend": self.backend,
+                "transport": self.transport}
 
 
 class TurnSink(Protocol):

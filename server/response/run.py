@@ -71,6 +71,10 @@ class ResponseContext:
     gate: Gate | None = None  # a speculative response: `emit` is the gate's
     caught_up: Callable[[], Awaitable[None]] = field(default=lambda: _at_once())  # client read
     clock: Clock = SYSTEM
+    transport: str = "websocket"  # the session's door, for the turn's figures
+    # The audio the door takes, when its transport fixes it (WebRTC's Opus: 48 kHz pcm16);
+    # None: `output_format`, which the response shows either way.
+    speech_format: AudioFormat | None = None
 
     def tentative(self) -> bool:
         """Whether the response is still a speculation: its gate is not open yet. Lanes
@@ -138,7 +142,8 @@ class Response:
         if self._audio:
             speaker, spoken_voice = ctx.engines.speaker(voice)
             self._speech = SpeechOut(
-                speaker, spoken_voice, ctx.output_format, emit=ctx.emit, place=self._place,
+                speaker, spoken_voice, ctx.speech_format or ctx.output_format, emit=ctx.emit,
+                place=self._place,
                 on_sent=self._mark_sent, echo=ctx.echo, clock=ctx.clock, turn=turn,
                 stop=self._stop, owner=ctx.session_id, background=ctx.deferrable,
                 record=ctx.settings.record)
@@ -359,7 +364,7 @@ class Response:
             self._speech.audio_ms if self._speech is not None else 0.0,
             self._turn.timings(), self._started_at, ctx.clock.now(),
             self._user_audio if record_audio else None,
-            self.sent_audio if record_audio else None)
+            self.sent_audio if record_audio else None, ctx.transport)
 
     async def _tell(self, exc: VoxwireError) -> None:
         await self._ctx.emit(se.error_event(exc))

@@ -152,11 +152,12 @@ class TurnMetrics:
 
     when: When = "sent"  # the figures are whole once the first audio has left
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, registry: Registry, transport: str = "websocket") -> None:
+        self.registry, self.transport = registry, transport
 
     async def take(self, turn: TurnRecord) -> None:
         self.registry.inc("turns_total")
+        self.registry.inc(f"turns_{self.transport}_total")
         self.registry.inc(f"responses_{turn.status}_total")
         if turn.answered:
             self.registry.observe_turn(turn.timings.stages_ms)

@@ -67,7 +67,8 @@ class Session:
     def __init__(self, engines: SessionEngines, settings: Settings, *, dialect: p.Dialect = "ga",
                  model: str = "voxwire", store: Store | None = None,
                  kind: str = "realtime", clock: Clock = SYSTEM,
-                 sinks: Sequence[TurnSink] = ()) -> None:
+                 sinks: Sequence[TurnSink] = (), transport: str = "websocket",
+                 transport_format: AudioFormat | None = None) -> None:
         self.engines = engines
         self.clock = clock
         self.store = SessionHistory(
@@ -90,7 +91,11 @@ class Session:
         )
         self.conv = Conversation(settings.max_items, settings.max_conversation_bytes)
         self.echo = EchoReference()
-        self.ears = Ears(self.id, engines, settings, clock, self.echo, self)
+        self.transport = transport  # the door it came through, named in its turns' figures
+        # A transport that carries its own codec (WebRTC's Opus) takes and gives audio in
+        # this format, whatever the session's formats say; None: the session's formats.
+        self.transport_format = transport_format
+        self.ears = Ears(self.id, engines, settings, clock, self.echo, self, transport_format)
         self._partials = Partials(self.id, engines, settings, self.emit,
                                   lambda: self.ears.speaking)
         self.worker = TurnWorker(self.id, engines, settings.max_buffer_s, clock, self.conv,
@@ -188,6 +193,12 @@ class Session:
                     raise ProtocolError("no active response to cancel",
                                         code="response_cancel_not_active")
                 await self._cancel_response("client_cancelled")
+            case p.OutputAudioClear():
+                # The door that plays the answer itself (WebRTC) takes this event first.
+                raise ProtocolError("output_audio_buffer.clear is for WebRTC connections, "
+                                    "where the server plays the audio; over a WebSocket the "
+                                    "client stops its own playback",
+                                    code="unsupported_event", param="type")
 
     async def _update_session(self, ev: p.SessionUpdate) -> None:
         self.configure(ev.session)
@@ -408,7 +419,8 @@ class Session:
                           gate: Gate | None = None) -> ResponseContext:
         return ResponseContext(self.id, emit, self.conv, self.engines, self.settings,
                                output_format, self._sinks, self.echo, gate,
-                               self.outbox.caught_up, self.clock)
+                               self.outbox.caught_up, self.clock, self.transport,
+                               self.transport_format)
 
     def _prepare(self, params: Json, event_id: str | None, pending: ChatMessage | None = None,
                  context: Conversation | None = None

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 import realtime as p
-from realtime import SessionConfig, TurnDetection
+from realtime import AudioFormat, SessionConfig, TurnDetection
 from server import audio as audio_codec
 from server.audio import RATE
 from server.errors import LimitError, ProtocolError
@@ -162,16 +162,20 @@ class Idle:
 
 class Ears:
     def __init__(self, owner: str, engines: SessionEngines, settings: Settings, clock: Clock,
-                 echo: EchoReference, host: Host) -> None:
+                 echo: EchoReference, host: Host, transport_format: AudioFormat | None = None
+                 ) -> None:
         self.owner, self.engines, self.settings, self.clock = owner, engines, settings, clock
         self.echo, self.host = echo, host
+        # A door whose transport fixes the audio (WebRTC: Opus, decoded to 48 kHz pcm16)
+        # sends it so, whatever the session's own input format says.
+        self._transport_format = transport_format
         self.buffer = InputBuffer(settings.max_buffer_s)
         self._budget = AudioBudget(settings.audio_rate, settings.audio_burst_s)
         self._vad: VadStream = engines.vad.new_stream()
         self._semantic: Eagerness | None = None  # set by _new_detector for semantic_vad
         self._next_ask_ms = 0  # the pause length at which the turn model is asked next
         self._detector = self._new_detector(host.cfg.turn_detection)
-        self._resampler = audio_codec.StreamResampler(host.cfg.input_format.rate, RATE)
+        self._resampler = audio_codec.StreamResampler(self.input_format(host.cfg).rate, RATE)
         # The session's noise suppressor, made on demand in the VAD lane; one replaced (a new
         # format, a new type, turned off) gives back what it still holds first, so that the
         # buffer stays sample for sample with what the client sent.
@@ -201,21 +205,26 @@ class Ears:
         (resampler, VAD stream and turn detector); new turn detection, the detector. Says
         whether the turn detector started over (any turn being heard is dropped)."""
         old = self.host.cfg
-        if new.input_format != old.input_format or new.noise_reduction != old.noise_reduction:
+        fmt = self.input_format(new)
+        same_format = fmt == self.input_format(old)
+        if not same_format or new.noise_reduction != old.noise_reduction:
             self._retired = self._retired or self._denoise
             self._denoise = None
-        if (new.input_format != old.input_format
-                or new.echo_cancellation != old.echo_cancellation):
+        if not same_format or new.echo_cancellation != old.echo_cancellation:
             self._aec_retired = self._aec_retired or self._aec
             self._aec = None
-        if new.input_format != old.input_format:
-            self._resampler = audio_codec.StreamResampler(new.input_format.rate, RATE)
+        if not same_format:
+            self._resampler = audio_codec.StreamResampler(fmt.rate, RATE)
             self._vad = self.engines.vad.new_stream()
-        if new.input_format == old.input_format and new.turn_detection == old.turn_detection:
+        if same_format and new.turn_detection == old.turn_detection:
             return False
         self._detector = self._new_detector(new.turn_detection)
         self.speaking = self._overlap = None
         return True
+
+    def input_format(self, cfg: SessionConfig) -> AudioFormat:
+        """The format the input audio arrives in: the transport's, else the session's."""
+        return self._transport_format or cfg.input_format
 
     def _new_detector(self, td: TurnDetection | None) -> TurnDetector:
         td = td or TurnDetection()
@@ -266,7 +275,7 @@ class Ears:
 
     async def append(self, pcm: bytes) -> None:
         """One `input_audio_buffer.append`'s audio, in the session's input format."""
-        fmt = self.host.cfg.input_format
+        fmt = self.input_format(self.host.cfg)
         per_ms = audio_codec.bytes_per_ms(fmt.type, fmt.rate)
         seconds = len(pcm) / per_ms / 1000
         limit = self.settings.max_append_s
@@ -297,7 +306,7 @@ class Ears:
 
     async def _ingest(self, raw: bytes, drain: bool = False) -> None:
         cfg = self.host.cfg
-        fmt = cfg.input_format
+        fmt = self.input_format(cfg)
         vad = self._vad if cfg.turn_detection is not None else None
         resampler = self._resampler
         seconds = len(raw) / audio_codec.bytes_per_ms(fmt.type, fmt.rate) / 1000

@@ -23,6 +23,8 @@ def test_parses_every_client_event() -> None:
     assert parse({"type": "response.create"}) == p.ResponseCreate(None, {})
     assert parse({"type": "response.cancel", "response_id": "r"}) == p.ResponseCancel(None, "r")
     assert isinstance(parse({"type": "session.update", "session": {}}), p.SessionUpdate)
+    assert parse({"type": "output_audio_buffer.clear", "event_id": "e2"}) == \
+        p.OutputAudioClear("e2")
 
 
 @pytest.mark.parametrize(("message", "code"), [

@@ -77,6 +77,9 @@ SAMPLES: dict[str, list[Sample]] = {
     "response_created": [lambda d: se.response_created({**RESPONSE, "status": "in_progress",
                                                         "output": []})],
     "response_done": [lambda d: se.response_done(RESPONSE)],
+    "output_audio_buffer_started": [lambda d: se.output_audio_buffer_started("resp_1")],
+    "output_audio_buffer_stopped": [lambda d: se.output_audio_buffer_stopped("resp_1")],
+    "output_audio_buffer_cleared": [lambda d: se.output_audio_buffer_cleared("resp_1")],
     "response_output_item_added": [lambda d: se.response_output_item_added("resp_1", 0, SPOKEN)],
     "response_output_item_done": [lambda d: se.response_output_item_done("resp_1", 1, CALL)],
     "response_content_part_added": [lambda d: se.response_content_part_added(
@@ -183,6 +186,7 @@ CLIENT_EVENTS: list[p.ClientEvent] = [
     p.ItemTruncate(None, "item_1", 0, 640), p.ItemDelete(None, "item_1"),
     p.ItemRetrieve("e4", "item_1"), p.ResponseCreate(None, {"instructions": "Hi"}),
     p.ResponseCancel(None), p.FrameAppend(None, "data:image/png;base64,AAAA"),
+    p.OutputAudioClear("e5"),
 ]
 
 
