@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import signal
-import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,13 +30,16 @@ import realtime as p
 from server.edge import auth
 from server.edge.http import (
     EdgeGuard,
+    Reply,
     connection_class,
     duplicate_header,
     json_error,
     json_response,
     response,
 )
+from server.edge.intake import Intake
 from server.edge.tokens import Grant, Shape, Tokens, mint_request
+from server.edge.webrtc import CALLS_PATH, Offer, WebRtcDoor, read_offer
 from server.errors import LimitError, ProtocolError
 from server.runtime.config import Settings
 from server.runtime.engines import Engines
@@ -45,6 +47,7 @@ from server.runtime.heap import trim_every
 from server.runtime.metrics import TurnMetrics
 from server.runtime.store import SqlStore, Store, open_store
 from server.session.core import Session
+from server.session.outbox import FLUSHED
 
 log = logging.getLogger(__name__)
 REALTIME_PATH = "/v1/realtime"
@@ -59,13 +62,7 @@ CLOSE_TRY_AGAIN = 1013
 SEND_TIMEOUT_S = 10.0
 PAGES = {"/": "index.html", "/kiosk": "kiosk.html"}
 LOAD_FAILED = "model loading failed"  # the detail goes to the log only
-# What parsing costs is the number of values, not the bytes: 3.5 MB of small keys took
-# 155 ms, 4 MB of one base64 string 4 ms. A worker thread would not help: json's C parser
-# holds the GIL from start to end. So the values are bounded (each needs a comma, and
-# counting them is a millisecond a few MB): this many take about 5 ms to parse.
-MAX_VALUES = 20_000
 CLOSE_ON_EXIT_S = 2.0  # at shutdown, how long what is queued may take to go out, and the close
-FLUSHED: p.Json = {"type": "flushed"}  # never sent: its on_sent says the events before it were
 # Credentials never travel in a URL: URLs end up in logs, histories and Referer headers.
 QUERY_SECRETS = ("key", "api_key", "token", "access_token")
 KIOSK_ANY = (b'<meta name="voxwire-kiosk-servers" content="same-origin">',
@@ -137,6 +134,7 @@ class App:
                 body, kiosk.content_type, f'"{hashlib.sha256(body).hexdigest()}"')
         if self.store is None:
             self.store = open_store(self.settings.store)
+        self.webrtc = WebRtcDoor(self)
 
     async def load(self) -> Engines:
         """Load the models in a thread, so /healthz answers (503) while they load."""
@@ -176,7 +174,7 @@ class App:
             return refused
         path = urlsplit(request.path).path.rstrip("/") or "/"
         if path in MINT_PATHS:
-            return self.answer_http(request.method, request.path, request.headers, b"")
+            return self.mint(request.method, path, request.headers, b"")
         if path == REALTIME_PATH:
             offered = auth.offered_key(request.headers)
             if self.keys and not auth.key_ok(offered, self.keys):
@@ -212,12 +210,19 @@ class App:
             return static.response(request.headers.get("If-None-Match"))
         return response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
-    def answer_http(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
-        """Requests other than GET (see server.edge.http): minting browser tokens."""
+    def answer_http(self, method: str, target: str, headers: Headers, body: bytes) -> Reply:
+        """Requests other than GET (see server.edge.http): minting browser tokens, and
+        WebRTC calls' SDP offers."""
         refused = self.refuse(target, headers)
         if refused is not None:
             return refused
         path = urlsplit(target).path.rstrip("/") or "/"
+        if path in (CALLS_PATH, REALTIME_PATH):
+            return self.offer(method, path, target, headers, body)
+        return self.mint(method, path, headers, body)
+
+    def mint(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
+        """Minting browser tokens (`POST /v1/realtime/client_secrets` and the beta routes)."""
         shape = MINT_PATHS.get(path)
         if shape is None:
             return json_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {path}")
@@ -260,6 +265,54 @@ class App:
         return json_response(HTTPStatus.OK, {**wire, "client_secret": secret}
                              if shape == "beta" else {**secret, "session": wire})
 
+    # ------------------------------------------------------------------ WebRTC
+
+    def offer(self, method: str, path: str, target: str, headers: Headers,
+              body: bytes) -> Reply:
+        """A WebRTC call's SDP offer: `POST /v1/realtime/calls` (GA), or the beta
+        `POST /v1/realtime?model=...`; checked as a WebSocket's handshake is."""
+        if method != "POST":
+            reply = json_error(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
+                               f"{path} takes POST only (or GET for a WebSocket)")
+            reply.headers["Allow"] = "POST" if path == CALLS_PATH else "GET, POST"
+            return reply
+        offered = auth.offered_key(headers)
+        grant = None
+        if self.keys and not auth.key_ok(offered, self.keys):
+            grant = self.tokens.redeem(offered)  # a token is used up by trying it
+            if grant is None:
+                return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                                  "missing or invalid API key")
+        if not auth.origin_ok(headers, self.origins, any_by_default=bool(self.keys)):
+            return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
+                              f"origin {headers.get('Origin')} is not allowed")
+        engines = self.engines
+        if engines is None:
+            return json_error(HTTPStatus.SERVICE_UNAVAILABLE, "loading",
+                              self.load_error or "models are still loading")
+        try:
+            offer = read_offer(headers.get("Content-Type", ""), body)
+        except ProtocolError as exc:
+            status = (HTTPStatus.UNSUPPORTED_MEDIA_TYPE if exc.code == "unsupported_media_type"
+                      else HTTPStatus.BAD_REQUEST)
+            return json_error(status, exc.code, str(exc))
+        query = parse_qs(urlsplit(target).query)
+        model = query.get("model", ["voxwire"])[0][:200]
+        dialect: p.Dialect = "ga" if path == CALLS_PATH else "beta"
+        return self._call(offer, engines, self.key_of(headers, grant), grant, dialect, model)
+
+    async def _call(self, offer: Offer, engines: Engines, key: str, grant: Grant | None,
+                    dialect: p.Dialect, model: str) -> Response:
+        try:
+            sdp, call_id = await self.webrtc.answer(offer, engines, key, grant, dialect, model)
+        except LimitError as exc:
+            return json_error(HTTPStatus.TOO_MANY_REQUESTS, exc.code, str(exc))
+        except ProtocolError as exc:
+            return json_error(HTTPStatus.BAD_REQUEST, exc.code, str(exc))
+        reply = response(HTTPStatus.CREATED, sdp.encode(), "application/sdp")
+        reply.headers["Location"] = f"{CALLS_PATH}/{call_id}"
+        return reply
+
     # ------------------------------------------------------------------ WebSocket
 
     async def handle(self, ws: ServerConnection) -> None:
@@ -267,53 +320,82 @@ class App:
         if engines is None:
             await ws.close(CLOSE_TRY_AGAIN, "models are still loading")
             return
-        if len(self.sessions) >= self.settings.max_sessions:
-            await ws.close(CLOSE_TRY_AGAIN, "server is at its session limit")
-            return
         request = ws.request
         headers = request.headers if request is not None else Headers()
         grant = self.grants.pop(ws, None)
-        key = auth.key_id(auth.offered_key(headers)) if self.keys else ""
-        if grant is not None:
-            key = grant.key_id  # a token's session counts against the key that minted it
-        if key and self.per_key.get(key, 0) >= self.settings.max_sessions_per_key:
-            await ws.close(CLOSE_TRY_AGAIN, "this key is at its session limit")
+        key = self.key_of(headers, grant)
+        refused = self.full(key)
+        if refused is not None:
+            await ws.close(CLOSE_TRY_AGAIN, refused)
             return
         dialect: p.Dialect = "beta" if "realtime=v1" in headers.get("OpenAI-Beta", "") else "ga"
         query = parse_qs(urlsplit(request.path).query) if request is not None else {}
         model = query.get("model", ["voxwire"])[0][:200]
         # `?intent=transcription` (the beta way): a transcription-only session
         kind = "transcription" if query.get("intent") == ["transcription"] else "realtime"
-        session = Session(engines, self.settings, dialect=dialect, model=model,
-                          store=self.store, kind=kind, sinks=(TurnMetrics(engines.registry),))
-        if grant is not None and grant.session:
-            session.configure(grant.session)  # validated at minting; session.created shows it
+        session = self.open_session(engines, key, grant, dialect=dialect, model=model,
+                                    kind=kind, transport="websocket")
         if query.get("voxwire_metrics", [""])[0] in ("1", "true"):
             session.configure({"voxwire": {"metrics": True}})  # the extension, by URL
-        self.sessions.add(session)
-        self.per_key[key] = self.per_key.get(key, 0) + 1
-        engines.registry.gauge("sessions_active", len(self.sessions))
-        engines.registry.inc("sessions_total")
         log.info("session %s opened (%s dialect, %s)", session.id, dialect, ws.remote_address)
         writer = asyncio.create_task(self._drain(ws, session, dialect))
         try:
             await session.start()
             await self._read(ws, session)
         finally:
-            await session.close()
+            await self.close_session(session, key)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+
+    # ------------------------------------------------------------------ sessions, any door
+
+    def key_of(self, headers: Headers, grant: Grant | None) -> str:
+        """The fingerprint of the key a connection counts against: a token's session counts
+        against the key that minted it; "" when the server has no keys."""
+        if grant is not None:
+            return grant.key_id
+        return auth.key_id(auth.offered_key(headers)) if self.keys else ""
+
+    def full(self, key: str) -> str | None:
+        """Why no new session may open now for ``key``; None when one may."""
+        if len(self.sessions) >= self.settings.max_sessions:
+            return "server is at its session limit"
+        if key and self.per_key.get(key, 0) >= self.settings.max_sessions_per_key:
+            return "this key is at its session limit"
+        return None
+
+    def open_session(self, engines: Engines, key: str, grant: Grant | None, *,
+                     transport: str, dialect: p.Dialect = "ga", model: str = "voxwire",
+                     kind: str = "realtime",
+                     transport_format: p.AudioFormat | None = None) -> Session:
+        """A new session, counted in (against ``key`` too), configured as ``grant`` says."""
+        session = Session(engines, self.settings, dialect=dialect, model=model,
+                          store=self.store, kind=kind,
+                          sinks=(TurnMetrics(engines.registry, transport),),
+                          transport_format=transport_format, transport=transport)
+        if grant is not None and grant.session:
+            session.configure(grant.session)  # validated at minting; session.created shows it
+        self.sessions.add(session)
+        self.per_key[key] = self.per_key.get(key, 0) + 1
+        engines.registry.gauge("sessions_active", len(self.sessions))
+        engines.registry.inc("sessions_total")
+        engines.registry.inc(f"sessions_{transport}_total")
+        return session
+
+    async def close_session(self, session: Session, key: str) -> None:
+        """Close ``session`` (what runs is cancelled and saved) and count it out."""
+        await session.close()
+        if session in self.sessions:
             self.sessions.discard(session)
             self.per_key[key] -= 1
-            engines.registry.gauge("sessions_active", len(self.sessions))
+            if self.engines is not None:
+                self.engines.registry.gauge("sessions_active", len(self.sessions))
             log.info("session %s closed", session.id)
 
     async def _read(self, ws: ServerConnection, session: Session) -> None:
         st = self.settings
-        bucket = RateLimit(st.max_events_per_s, burst_s=2.0)
-        # a byte budget too: a few large events cost more than many small ones
-        volume = RateLimit(st.max_bytes_per_s, burst_s=2.0, at_least=st.max_message_bytes)
+        intake = Intake(st, session)
         ends = asyncio.get_running_loop().time() + st.max_session_s
         try:
             while True:
@@ -330,41 +412,9 @@ class App:
                                           f"no client event for {st.idle_timeout_s:g} s")
                         return
                     continue
-                size = _size(message)
-                if not (bucket.take() and volume.take(size)):
-                    if bucket.should_warn():
-                        await session.error(LimitError(
-                            f"more than {st.max_events_per_s:g} events or "
-                            f"{st.max_bytes_per_s:.0f} bytes per second; events are being "
-                            "dropped", code="rate_limited"))
-                    continue
-                try:
-                    await session.handle(self._parse(message, size))
-                except ProtocolError as exc:
-                    await session.error(exc)
-                except Exception as exc:
-                    log.exception("unexpected error handling an event")
-                    await session.error(exc)
+                await intake.take(message)
         except ConnectionClosed:
             pass
-
-    def _parse(self, message: str | bytes, size: int) -> p.ClientEvent:
-        """Parse a client message whose parsing costs a few milliseconds at most. Only image
-        events may be larger than --max-event-bytes: the text is searched first, the event
-        checked after."""
-        limit = self.settings.max_event_bytes
-        too_large = LimitError(f"a message of {size} bytes is over the {limit} byte limit for "
-                               "events without an image", code="message_too_large")
-        if size > limit and not (isinstance(message, str) and "input_image" in message):
-            raise too_large
-        if isinstance(message, str) and message.count(",") > MAX_VALUES:
-            raise LimitError(f"a message may hold at most {MAX_VALUES} values",
-                             code="message_too_complex")
-        event = p.parse_client_event(message)
-        if size > limit and not p.carries_image(event):
-            too_large.event_id = event.event_id
-            raise too_large
-        return event
 
     @staticmethod
     async def _close(ws: ServerConnection, session: Session, code: str, message: str) -> None:
@@ -445,6 +495,7 @@ class App:
             await session.close()
         with contextlib.suppress(TimeoutError):  # the last response.done, for one
             await asyncio.wait_for(self._flush(), CLOSE_ON_EXIT_S)
+        await self.webrtc.close_all()
         # The server is already closing (close() only counts its first call): close each
         # connection here, or a connected client would keep the process alive.
         closing = [asyncio.create_task(ws.close(1001, "server shutting down"))
@@ -476,40 +527,6 @@ class App:
                      compression=None,
                      select_subprotocol=_select_subprotocol,
                      ping_interval=20, ping_timeout=20)
-
-
-class RateLimit:
-    """A token bucket: ``rate`` units (events, bytes) per second, bursts of ``burst_s``
-    seconds' worth, and never less than ``at_least`` (so that the largest unit fits)."""
-
-    def __init__(self, rate: float, burst_s: float, at_least: float = 1.0) -> None:
-        self.rate, self.capacity = rate, max(rate * burst_s, at_least)
-        self.tokens, self.at = self.capacity, time.monotonic()
-        self._warned = 0.0
-
-    def take(self, cost: float = 1.0) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        return False
-
-    def should_warn(self) -> bool:
-        """At most one warning a second, so the warnings themselves do not flood."""
-        now = time.monotonic()
-        if now - self._warned >= 1.0:
-            self._warned = now
-            return True
-        return False
-
-
-def _size(message: str | bytes) -> int:
-    """The message's size in bytes (str.isascii is O(1): only other text is encoded)."""
-    if isinstance(message, bytes) or message.isascii():
-        return len(message)
-    return len(message.encode())
 
 
 def _select_subprotocol(connection: ServerConnection,

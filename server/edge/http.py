@@ -4,9 +4,10 @@ websockets reads only GET requests: the `/v1/realtime` handshake and the GET rou
 through ``process_request``. `connection_class` makes each connection look at the method
 first. A GET goes to websockets untouched; any other method is read here by a small,
 strict HTTP/1.1 reader (a head of at most 8 KiB, a Content-Length body of at most 64 KiB,
-no chunked bodies, one request per connection), answered by a synchronous handler, and
-the connection closes. websockets' opening timeout (``open_timeout``) aborts a request
-that takes too long to arrive; a body that stalls or crawls gets 408 sooner.
+no chunked bodies, one request per connection), answered by a handler (at once, or through
+an awaitable when the answer takes network work: a WebRTC offer), and the connection
+closes. websockets' opening timeout (``open_timeout``) aborts a request that takes too long
+to arrive, or to answer; a body that stalls or crawls gets 408 sooner.
 
 Every connection passes an `EdgeGuard` first: connections per client address, and
 connections still in their handshake (per address and in all), are capped. One over a cap
@@ -16,12 +17,14 @@ is closed at once.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Literal
 
@@ -46,8 +49,9 @@ SINGLE_HEADERS = ("Authorization", "Origin", "Host", "OpenAI-Beta", "If-None-Mat
 _REQUEST_LINE = re.compile(r"([A-Z]{1,16}) (/[\x21-\x7e]*) HTTP/1\.[01]")
 _HEADER = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
 
-# method, target (path and query), headers, body -> the answer
-Answer = Callable[[str, str, Headers, bytes], Response]
+# method, target (path and query), headers, body -> the answer, or what will give it
+Reply = Response | Awaitable[Response]
+Answer = Callable[[str, str, Headers, bytes], Reply]
 
 
 def response(status: HTTPStatus, body: bytes, content_type: str,
@@ -124,7 +128,7 @@ def connection_class(answer: Answer, guard: EdgeGuard | None = None
     requests with ``answer`` and passes ``guard`` first."""
 
     class Connection(HttpConnection):
-        def answer(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
+        def answer(self, method: str, target: str, headers: Headers, body: bytes) -> Reply:
             return answer(method, target, headers, body)
 
     Connection.guard = guard
@@ -133,6 +137,10 @@ def connection_class(answer: Answer, guard: EdgeGuard | None = None
 
 def _bad(message: str) -> Response:
     return json_error(HTTPStatus.BAD_REQUEST, "invalid_http_request", message)
+
+
+def _internal_error() -> Response:
+    return json_error(HTTPStatus.INTERNAL_SERVER_ERROR, "server_error", "internal error")
 
 
 def _read_head(head: bytes) -> tuple[str, str, Headers] | Response:
@@ -177,7 +185,7 @@ class HttpConnection(ServerConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._mode: Literal["sniff", "websocket", "http", "done"] = "sniff"
+        self._mode: Literal["sniff", "websocket", "http", "answering", "done"] = "sniff"
         self._buffer = bytearray()
         self._scanned = 0  # bytes already searched for the end of the head
         self._request: tuple[str, str, Headers, int] | None = None  # the head, and body length
@@ -187,6 +195,7 @@ class HttpConnection(ServerConnection):
         self._address = ""
         self._admitted = self._pending = False
         self._head_bytes = 0  # of a GET, until its handshake is done
+        self._answering: asyncio.Task[Response] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # first: websockets' handler must see it end
@@ -211,7 +220,7 @@ class HttpConnection(ServerConnection):
             self._pending = False
             self.guard.handshake_done(self._address)
 
-    def answer(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
+    def answer(self, method: str, target: str, headers: Headers, body: bytes) -> Reply:
         return json_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {target}")
 
     def data_received(self, data: bytes) -> None:
@@ -225,8 +234,8 @@ class HttpConnection(ServerConnection):
                     return
             super().data_received(data)
             return
-        if self._mode == "done":
-            return  # answered: what else comes is dropped
+        if self._mode in ("answering", "done"):
+            return  # the request is in: what else comes is dropped
         self._buffer += data
         if self._mode == "sniff":
             if len(self._buffer) < 4 and b" " not in self._buffer:
@@ -245,7 +254,7 @@ class HttpConnection(ServerConnection):
             super().data_received(bytes(self._buffer))
         if self._mode == "websocket":
             super().eof_received()
-        elif self._mode != "done":
+        elif self._mode not in ("answering", "done"):
             self._finish(_bad("the connection ended before the request did"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -271,9 +280,29 @@ class HttpConnection(ServerConnection):
             reply = self.answer(method, target, headers, body)
         except Exception:
             log.exception("unexpected error answering %s %s", method, target)
-            reply = json_error(HTTPStatus.INTERNAL_SERVER_ERROR, "server_error",
-                               "internal error")
-        self._finish(reply)
+            reply = _internal_error()
+        if isinstance(reply, Response):
+            self._finish(reply)
+            return
+        assert inspect.isawaitable(reply)
+        # The request is whole: no more body checks; the answer comes when it is ready.
+        self._mode, self._buffer = "answering", bytearray()
+        if self._watch is not None:
+            self._watch.cancel()
+        self._answering = asyncio.ensure_future(reply)
+        self._answering.add_done_callback(functools.partial(self._answered, method, target))
+
+    def _answered(self, method: str, target: str, task: asyncio.Task[Response]) -> None:
+        if task.cancelled():
+            reply = _internal_error()
+        elif task.exception() is not None:
+            log.error("unexpected error answering %s %s", method, target,
+                      exc_info=task.exception())
+            reply = _internal_error()
+        else:
+            reply = task.result()
+        if not self.transport.is_closing():
+            self._finish(reply)
 
     def _read_head(self) -> bool:
         """Whether the head is in (and valid). The search for its end resumes where the last

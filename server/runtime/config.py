@@ -134,6 +134,8 @@ class Settings:
     send_queue: int = 512
     first_token_timeout_s: float = 20.0
     shutdown_grace_s: float = 5.0
+    # A WebRTC call whose ICE and DTLS have not completed this long after its answer is closed.
+    webrtc_connect_timeout_s: float = 10.0
     heap_trim_s: float = 10.0  # hand freed native memory back this often; 0: never
     # Edge limits.
     max_event_bytes: int = 1024 * 1024  # events without an image; image events: max_message_bytes
@@ -186,6 +188,7 @@ class Settings:
         for name, ok in (
             ("port", 0 <= self.port < 65536),
             ("token_ttl_s", 1.0 <= self.token_ttl_s <= 3600.0),
+            ("webrtc_connect_timeout_s", 0.1 <= self.webrtc_connect_timeout_s <= 120.0),
             ("asr_threads", self.asr_threads >= 1),
             ("asr_window_s", 0.0 <= self.asr_window_s <= 30.0),
             ("asr_budget_s", self.asr_budget_s > 0),

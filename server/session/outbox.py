@@ -10,6 +10,8 @@ import realtime as p
 from realtime import Json
 
 OnSent = Callable[[], None]
+# Never sent: a door that takes it calls its on_sent, which says the events before it were.
+FLUSHED: Json = {"type": "flushed"}
 Emit = Callable[..., Awaitable[None]]  # put a server event (and what to do once it is sent)
 
 

@@ -1,0 +1,385 @@
+"""The WebRTC door, with a real aiortc client over loopback: the offer and answer, a spoken
+turn heard back through Opus, barge-in, tokens and refusals, and a call whose ICE never
+completes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from client.realtime import Float32, resample
+from server.edge.app import App
+from server.runtime.engines import Engines
+from tests.conftest import ANSWERED, TEST_SETTINGS, padded, words
+from tests.support import wire_check
+
+KEY = "sk-voxwire-rtc"
+RATE = 48000
+FRAME = 960
+Speak = Callable[..., Float32]
+Reply = tuple[int, dict[str, str], bytes]
+
+
+@contextlib.asynccontextmanager
+async def serving(engines: Engines, **changes: Any) -> AsyncIterator[tuple[App, str]]:
+    app = App(TEST_SETTINGS.replace(**{"api_keys": KEY, **changes}), engines=engines)
+    async with app.start_server() as server:
+        host, port = server.sockets[0].getsockname()[:2]
+        try:
+            yield app, f"http://{host}:{port}"
+        finally:
+            await app.webrtc.close_all()
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> Reply:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=20) as reply:
+            return reply.status, dict(reply.headers), reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+async def post(url: str, body: bytes, key: str | None = KEY,
+               content_type: str = "application/sdp") -> Reply:
+    """A POST from another thread (urllib blocks; the server shares this loop)."""
+    headers = {"Content-Type": content_type}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    return await asyncio.to_thread(_post, url, body, headers)
+
+
+def multipart(sdp: str, session: dict[str, Any]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [(name, value) for name, value in (("sdp", sdp), ("session", json.dumps(session)))]
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                    f"{value}\r\n".encode() for name, value in parts)
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+class Microphone(MediaStreamTrack):
+    """The client's microphone: what `say` was given, at real-time pace, else silence."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = np.zeros(0, np.int16)
+        self._next: float | None = None
+        self._pts = 0
+
+    def say(self, speech: Float32) -> float:
+        """Queue ``speech`` (48 kHz); how long it takes to play, from what is queued now."""
+        pcm = (np.clip(speech, -1, 1) * 32767).astype(np.int16)
+        self._pending = np.concatenate([self._pending, pcm])
+        return len(self._pending) / RATE
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._next is None:
+            self._next = now
+        elif self._next > now:
+            await asyncio.sleep(self._next - now)
+        self._next += FRAME / RATE
+        chunk = np.zeros(FRAME, np.int16)
+        n = min(FRAME, len(self._pending))
+        chunk[:n], self._pending = self._pending[:n], self._pending[n:]
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME)
+        frame.planes[0].update(chunk.tobytes())
+        frame.sample_rate, frame.pts = RATE, self._pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._pts += FRAME
+        return frame
+
+
+@dataclass
+class Client:
+    """A WebRTC caller: the microphone track, the data channel, what it heard and got."""
+
+    pc: RTCPeerConnection
+    mic: Microphone
+    channel: Any
+    events: list[dict[str, Any]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # when each event arrived
+    heard: list[tuple[float, np.ndarray[Any, Any]]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    problems: list[str] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def until(self, stop: Callable[[dict[str, Any]], bool], seconds: float = 60,
+                    start: int = 0) -> list[dict[str, Any]]:
+        """The events from ``start`` on, up to the first that ``stop`` takes."""
+        deadline, scanned = time.monotonic() + seconds, start
+        while True:
+            for i in range(scanned, len(self.events)):
+                if stop(self.events[i]):
+                    return self.events[start:i + 1]
+            scanned = len(self.events)
+            left = deadline - time.monotonic()
+            assert left > 0, [e["type"] for e in self.events]
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(event))
+
+    def audio(self, since: float = 0.0, until: float = float("inf")) -> Float32:
+        """What the answer track brought, mono float at 48 kHz, between two times."""
+        chunks = [s for t, s in self.heard if since <= t < until]
+        return (np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks
+                else np.zeros(0, np.float32))
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.pc.close()
+
+
+def types(events: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+async def offer(pc: RTCPeerConnection) -> str:
+    await pc.setLocalDescription(await pc.createOffer())
+    return str(pc.localDescription.sdp)
+
+
+async def connect(base: str, key: str | None = KEY, session: dict[str, Any] | None = None,
+                  path: str = "/v1/realtime/calls") -> tuple[Client, Reply]:
+    """Call the server: the offer posted, the answer applied, the data channel open."""
+    pc = RTCPeerConnection()
+    mic = Microphone()
+    pc.addTrack(mic)
+    channel = pc.createDataChannel("oai-events")
+    client = Client(pc, mic, channel)
+
+    def message(data: str | bytes) -> None:
+        client.problems += wire_check.problems(data, "beta" if "?" in path else "ga",
+                                               extensions=True)
+        client.events.append(json.loads(data))
+        client.times.append(time.monotonic())
+        client.arrived.set()
+
+    channel.on("message", message)
+
+    @pc.on("track")
+    def track(incoming: MediaStreamTrack) -> None:
+        async def hear() -> None:
+            with contextlib.suppress(MediaStreamError):
+                while True:
+                    frame = await incoming.recv()
+                    data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+                    client.heard.append((time.monotonic(), data[:, 0].copy()))
+        client.tasks.append(asyncio.ensure_future(hear()))
+
+    sdp = await offer(pc)
+    if session is None:
+        reply = await post(base + path, sdp.encode(), key)
+    else:
+        body, kind = multipart(sdp, session)
+        reply = await post(base + path, body, key, kind)
+    if reply[0] == 201:
+        await pc.setRemoteDescription(RTCSessionDescription(reply[2].decode(), "answer"))
+        await client.until(lambda e: e["type"] == "session.created", 20)
+    return client, reply
+
+
+def voiced(samples: np.ndarray[Any, Any]) -> bool:
+    return bool(np.abs(samples).max(initial=0) > 64)
+
+
+def answer_span(client: Client, since: float, until: float) -> float:
+    """Milliseconds from the first voiced frame heard to the last, between two times."""
+    times = [t for t, s in client.heard if since <= t < until and voiced(s)]
+    if not times:
+        return 0.0
+    first = min(times)
+    return sum(len(s) for t, s in client.heard if first <= t <= max(times)) * 1000 / RATE
+
+
+# ---------------------------------------------------------------------------- the tests
+
+
+async def test_a_spoken_turn_over_webrtc(engines: Engines, speak: Speak) -> None:
+    question = "Could you tell me what the weather is like in London today?"
+    async with serving(engines) as (app, base):
+        client, (status, headers, _) = await connect(base)
+        try:
+            assert status == 201 and headers["Content-Type"] == "application/sdp"
+            call_id = headers["Location"].removeprefix("/v1/realtime/calls/")
+            assert call_id in app.webrtc.calls
+            client.send({"type": "session.update", "session": {
+                "type": "realtime", "temperature": 0.0, "voxwire": {"metrics": True}}})
+            client.mic.say(padded(speak(question, rate=RATE), RATE, 300, 1200))
+            events = await client.until(lambda e: e["type"] == "output_audio_buffer.stopped")
+            await client.until(lambda e: e["type"] == "voxwire.turn.metrics", 10)
+        finally:
+            await client.close()
+        await asyncio.sleep(0.5)
+        assert not app.sessions and not app.webrtc.calls  # the peer left: all closed
+    names = types(client.events)
+    order = ["session.created", "input_audio_buffer.speech_started",
+             "input_audio_buffer.speech_stopped",
+             "conversation.item.input_audio_transcription.completed", "response.created",
+             "output_audio_buffer.started", "response.output_audio.done", "response.done",
+             "output_audio_buffer.stopped"]
+    positions = [names.index(n) for n in order]
+    assert positions == sorted(positions), names
+    assert "response.output_audio.delta" not in names  # audio goes on the track only
+    assert client.problems == []
+    final = next(e for e in events
+                 if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert words(final["transcript"]) == words(question)
+    done = next(e for e in events if e["type"] == "response.done")
+    assert done["response"]["status"] in ANSWERED
+    said = done["response"]["output"][0]["content"][0]["transcript"]
+    # The answer came through Opus and Whisper hears the answer's words in it.
+    started = next(t for t, s in client.heard if voiced(s))
+    answer = client.audio(since=started)
+    assert len(answer) > RATE // 2
+    heard = engines.asr.transcribe(resample(answer, RATE, 16000)).text
+    overlap = len(set(words(heard)) & set(words(said))) / max(len(set(words(said))), 1)
+    assert overlap >= 0.5, (heard, said)
+    metrics = next(e for e in client.events if e["type"] == "voxwire.turn.metrics")
+    assert metrics["transport"] == "webrtc"
+    assert metrics["stages_ms"]["voice_to_voice"] >= metrics["stages_ms"]["endpoint"] > 0
+    assert 'voxwire_sessions_webrtc_total 1' in engines.registry.render()
+
+
+async def test_barge_in_stops_the_track_and_truncates_to_what_was_played(
+        engines: Engines, speak: Speak) -> None:
+    async with serving(engines) as (_, base):
+        client, (status, _, _) = await connect(base)
+        try:
+            assert status == 201
+            client.send({"type": "session.update", "session": {
+                "type": "realtime", "instructions": "Tell very long, detailed stories."}})
+            client.mic.say(padded(speak("Tell me a long story about a brave dragon.",
+                                        rate=RATE), RATE, 300, 600))
+            await client.until(lambda e: e["type"] == "output_audio_buffer.started")
+            await asyncio.sleep(1.5)  # some of the answer is played
+            played = client.mic.say(padded(speak("Stop, stop. What time is it?", rate=RATE),
+                                            RATE, 0, 1200))
+            start = len(client.events)
+            rest = await client.until(lambda e: e["type"] == "output_audio_buffer.cleared",
+                                      start=start)
+            cleared_at = time.monotonic()
+            truncated = await client.until(
+                lambda e: e["type"] == "conversation.item.truncated", 10, start)
+            await asyncio.sleep(max(played, 0.5))
+            after = await client.until(lambda e: e["type"] == "response.done"
+                                       and e["response"]["status"] in ANSWERED, 60, start)
+        finally:
+            await client.close()
+    cancelled = next(e for e in after if e["type"] == "response.done")
+    assert cancelled["response"]["status"] == "cancelled"
+    second = next((client.times[i] for i in range(start, len(client.events))
+                   if client.events[i]["type"] == "output_audio_buffer.started"
+                   and client.events[i]["response_id"] != cancelled["response"]["id"]),
+                  time.monotonic())
+    assert "input_audio_buffer.speech_started" in types(rest)
+    item = cancelled["response"]["output"][0]["id"]
+    cut = truncated[-1]
+    assert cut["item_id"] == item
+    # The truncation is what the client received of the answer, give or take a frame or
+    # two in flight.
+    received = answer_span(client, 0, cleared_at)
+    assert received > 1000
+    assert abs(cut["audio_end_ms"] - received) <= 250, (cut["audio_end_ms"], received)
+    # The track stopped at once: nothing voiced came after, until the next answer started.
+    assert answer_span(client, cleared_at + 0.2, second) == 0.0
+    assert client.problems == []
+
+
+async def test_a_token_opens_a_call_once_and_the_form_configures_it(engines: Engines) -> None:
+    async with serving(engines) as (_, base):
+        status, _, body = await post(base + "/v1/realtime/client_secrets", json.dumps(
+            {"session": {"type": "realtime", "instructions": "Answer like a pirate."}}).encode(),
+            content_type="application/json")
+        assert status == 200
+        token = json.loads(body)["value"]
+        client, (status, _, _) = await connect(
+            base, key=token, session={"type": "realtime", "audio": {"output": {"voice": "joe"}}})
+        try:
+            assert status == 201
+            created = client.events[0]["session"]
+            assert created["instructions"] == "Answer like a pirate."
+        finally:
+            await client.close()
+        again, (status, _, body) = await connect(base, key=token)
+        await again.close()
+        assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+
+
+async def test_refusals(engines: Engines) -> None:
+    async with serving(engines) as (app, base):
+        pc = RTCPeerConnection()
+        pc.addTransceiver("audio")
+        sdp = await offer(pc)
+        await pc.close()
+        status, _, body = await post(base + "/v1/realtime/calls", sdp.encode(), "sk-wrong")
+        assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+        status, _, body = await post(base + "/v1/realtime/calls", b"hello, this is no SDP")
+        error = json.loads(body)["error"]
+        assert status == 400 and error["code"] == "invalid_sdp"
+        assert "not an SDP offer" in error["message"]
+        video_only = sdp.replace("m=audio", "m=video")
+        status, _, body = await post(base + "/v1/realtime/calls", video_only.encode())
+        assert status == 400 and "no audio" in json.loads(body)["error"]["message"]
+        status, _, body = await post(base + "/v1/realtime/calls", b"{}",
+                                     content_type="application/json")
+        assert status == 415
+        assert not app.sessions and not app.webrtc.calls
+
+
+async def test_a_call_whose_ice_never_completes_is_closed(engines: Engines) -> None:
+    async with serving(engines, webrtc_connect_timeout_s=1.0) as (app, base):
+        before = engines.registry.counters.get("webrtc_connect_timeouts_total", 0)
+        pc = RTCPeerConnection()
+        pc.addTransceiver("audio")
+        pc.createDataChannel("oai-events")
+        sdp = await offer(pc)
+        await pc.close()  # the caller goes away before any connectivity check
+        status, headers, _ = await post(base + "/v1/realtime/calls", sdp.encode())
+        assert status == 201
+        call_id = headers["Location"].rsplit("/", 1)[1]
+        assert len(app.sessions) == 1 and app.per_key
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            if not app.webrtc.calls and not app.sessions:
+                break
+        assert call_id not in app.webrtc.calls and not app.sessions
+        assert all(n == 0 for n in app.per_key.values())
+        assert engines.registry.counters["webrtc_connect_timeouts_total"] == before + 1
+        leftover = [t for t in asyncio.all_tasks() if call_id in t.get_name()]
+        assert leftover == []
+
+
+@pytest.mark.parametrize("path", ["/v1/realtime?model=voxwire"])
+async def test_the_beta_form_answers_in_beta(engines: Engines, path: str) -> None:
+    async with serving(engines) as (_, base):
+        client, (status, _, _) = await connect(base, path=path)
+        try:
+            assert status == 201
+            assert client.events[0]["type"] == "session.created"
+            assert client.problems == []
+        finally:
+            await client.close()
