@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aioice.ice
 import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
@@ -371,6 +372,29 @@ async def test_a_call_whose_ice_never_completes_is_closed(engines: Engines) -> N
         assert engines.registry.counters["webrtc_connect_timeouts_total"] == before + 1
         leftover = [t for t in asyncio.all_tasks() if call_id in t.get_name()]
         assert leftover == []
+
+
+async def test_a_peer_that_vanishes_ends_its_call(engines: Engines,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # ICE consent checks every 0.2 s instead of 5 s: a vanished peer is found in seconds.
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    async with serving(engines) as (app, base):
+        client, (status, headers, _) = await connect(base)
+        assert status == 201 and len(app.sessions) == 1
+        call_id = headers["Location"].rsplit("/", 1)[1]
+        await asyncio.sleep(0.5)
+        # Gone without a word: its sockets closed, no DTLS close, no SCTP abort.
+        ice = client.pc.getTransceivers()[0].sender.transport.transport
+        for protocol in ice._connection._protocols:
+            protocol.transport.close()
+        for _ in range(150):
+            await asyncio.sleep(0.1)
+            if not app.sessions:
+                break
+        await client.close()
+        assert not app.sessions and call_id not in app.webrtc.calls
+        assert all(n == 0 for n in app.per_key.values())
+        assert [t for t in asyncio.all_tasks() if call_id in t.get_name()] == []
 
 
 @pytest.mark.parametrize("path", ["/v1/realtime?model=voxwire"])
