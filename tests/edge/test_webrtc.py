@@ -310,6 +310,61 @@ async def test_barge_in_stops_the_track_and_truncates_to_what_was_played(
     assert client.problems == []
 
 
+async def test_the_clients_clear_cuts_the_answer_off(engines: Engines) -> None:
+    async with serving(engines) as (_, base):
+        client, (status, _, _) = await connect(base)
+        try:
+            assert status == 201
+            client.send({"type": "session.update", "session": {
+                "type": "realtime", "instructions": "Tell very long, detailed stories."}})
+            client.send({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a long story."}]}})
+            client.send({"type": "response.create"})
+            started = await client.until(lambda e: e["type"] == "output_audio_buffer.started")
+            await asyncio.sleep(1.2)
+            client.send({"type": "response.cancel"})
+            client.send({"type": "output_audio_buffer.clear"})
+            start = len(started)
+            rest = await client.until(lambda e: e["type"] == "output_audio_buffer.cleared",
+                                      start=start)
+            cleared_at = client.times[start + len(rest) - 1]
+            truncated = await client.until(
+                lambda e: e["type"] == "conversation.item.truncated", 10, start)
+            await asyncio.sleep(1.5)
+        finally:
+            await client.close()
+    done = next(e for e in client.events if e["type"] == "response.done")
+    assert done["response"]["status"] == "cancelled"
+    assert truncated[-1]["item_id"] == done["response"]["output"][0]["id"]
+    received = answer_span(client, 0, cleared_at)
+    assert received > 800
+    assert abs(truncated[-1]["audio_end_ms"] - received) <= 250, (truncated[-1], received)
+    assert answer_span(client, cleared_at + 0.2, float("inf")) == 0.0  # the track stopped
+    assert "output_audio_buffer.stopped" not in types(client.events)
+    assert client.problems == []
+
+
+async def test_limits_hold_on_the_data_channel(engines: Engines) -> None:
+    async with serving(engines, max_events_per_s=5.0, max_event_bytes=2000) as (_, base):
+        client, (status, _, _) = await connect(base)
+        try:
+            assert status == 201
+            for _ in range(40):
+                client.send({"type": "input_audio_buffer.clear"})
+            await client.until(lambda e: e["type"] == "error"
+                               and e["error"]["code"] == "rate_limited", 10)
+            await asyncio.sleep(2.5)  # the bucket fills again
+            client.send({"type": "session.update",
+                         "session": {"type": "realtime", "instructions": "x" * 3000}})
+            await client.until(lambda e: e["type"] == "error"
+                               and e["error"]["code"] == "message_too_large", 10)
+        finally:
+            await client.close()
+    assert types(client.events).count("input_audio_buffer.cleared") < 40
+    assert client.problems == []
+
+
 async def test_a_token_opens_a_call_once_and_the_form_configures_it(engines: Engines) -> None:
     async with serving(engines) as (_, base):
         status, _, body = await post(base + "/v1/realtime/client_secrets", json.dumps(
