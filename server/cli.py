@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from server.edge.app import App
+        from server.runtime.heap import limit_arenas
 
+        limit_arenas()  # before the models' threads start
         asyncio.run(App(settings).serve())
         return 0
     except VoxwireError as exc:
