@@ -407,8 +407,10 @@ class Call:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("call %s: %s failed", self.id, task.get_name(),
+            log.error("call %s: %s failed; the call ends", self.id, task.get_name(),
                       exc_info=task.exception())
+            if not self.ended.is_set():  # a call missing a part is no call: end it whole
+                self.spawn(self.close(), "close")
 
     def heard(self) -> None:
         self.last_heard = asyncio.get_running_loop().time()
@@ -494,9 +496,11 @@ class Call:
         try:
             channel.send(text)
         except ValueError:  # over the peer's message size
-            channel.send(p.encode(se.error_event(LimitError(
+            told = p.encode(se.error_event(LimitError(
                 f"a {event['type']} event of {len(text)} bytes is over what this data "
-                "channel carries", code="message_too_large")), self.dialect) or "")
+                "channel carries", code="message_too_large")), self.dialect)
+            with contextlib.suppress(ValueError):
+                channel.send(told or "")
 
     # ------------------------------------------------------------------ cutting the answer
 

@@ -452,6 +452,24 @@ async def test_a_peer_that_vanishes_ends_its_call(engines: Engines,
         assert [t for t in asyncio.all_tasks() if call_id in t.get_name()] == []
 
 
+async def test_shutdown_ends_every_call(engines: Engines) -> None:
+    app = App(TEST_SETTINGS.replace(api_keys=KEY), engines=engines)
+    async with app.start_server() as server:
+        host, port = server.sockets[0].getsockname()[:2]
+        client, (status, _, _) = await connect(f"http://{host}:{port}")
+        try:
+            assert status == 201 and len(app.sessions) == 1
+            await asyncio.wait_for(app.drain(server), 10)
+            assert not app.sessions and not app.webrtc.calls
+            for _ in range(50):  # the caller hears the call end (DTLS close_notify)
+                if client.pc.connectionState == "closed":
+                    break
+                await asyncio.sleep(0.1)
+            assert client.pc.connectionState == "closed"
+        finally:
+            await client.close()
+
+
 @pytest.mark.parametrize("path", ["/v1/realtime?model=voxwire"])
 async def test_the_beta_form_answers_in_beta(engines: Engines, path: str) -> None:
     async with serving(engines) as (_, base):
