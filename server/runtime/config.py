@@ -39,6 +39,9 @@ class Settings:
     asr_model: str = ""  # "" picks the ASR engine's default (tiny.en for whisper)
     asr_mode: AsrMode = "short"
     asr_window_s: float = 15.0  # the short path's mel window; 0: the utterance's own length
+    # Hypotheses the short path's final transcript keeps (beam search; 1: greedy, faster,
+    # more slipped words). Partials always keep one.
+    asr_beam_size: int = 5
     # Time bound on one transcription, which holds the ASR lane every session shares:
     # this many seconds plus asr_budget_ratio times the audio's duration; past it the
     # turn's transcription fails with transcription_timeout (see server/stages/asr.py).
@@ -191,6 +194,7 @@ class Settings:
             ("webrtc_connect_timeout_s", 0.1 <= self.webrtc_connect_timeout_s <= 120.0),
             ("asr_threads", self.asr_threads >= 1),
             ("asr_window_s", 0.0 <= self.asr_window_s <= 30.0),
+            ("asr_beam_size", 1 <= self.asr_beam_size <= 10),
             ("asr_budget_s", self.asr_budget_s > 0),
             ("asr_budget_ratio", self.asr_budget_ratio >= 0),
             ("llm_threads", self.llm_threads >= 1),
