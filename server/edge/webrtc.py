@@ -419,9 +419,15 @@ class Call:
 
     async def handle(self, event: p.ClientEvent) -> None:
         """A client event from the data channel: `output_audio_buffer.clear` is the door's,
-        everything else the session's."""
+        everything else the session's, but audio: the microphone track carries that."""
         if isinstance(event, p.OutputAudioClear):
             self.cut(always=True)
+            return
+        if isinstance(event, p.AudioAppend):
+            await self.session.error(ProtocolError(
+                "on a WebRTC call the microphone's track carries the audio, not "
+                "input_audio_buffer.append", code="unsupported_event", param="type"),
+                event.event_id)
             return
         await self.session.handle(event)
 

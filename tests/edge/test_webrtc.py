@@ -359,9 +359,14 @@ async def test_limits_hold_on_the_data_channel(engines: Engines) -> None:
                          "session": {"type": "realtime", "instructions": "x" * 3000}})
             await client.until(lambda e: e["type"] == "error"
                                and e["error"]["code"] == "message_too_large", 10)
+            # Audio comes on the track: an append over the data channel is refused.
+            client.send({"type": "input_audio_buffer.append", "audio": "AAAA", "event_id": "a1"})
+            refused = await client.until(lambda e: e["type"] == "error"
+                                         and e["error"]["event_id"] == "a1", 10)
         finally:
             await client.close()
     assert types(client.events).count("input_audio_buffer.cleared") < 40
+    assert refused[-1]["error"]["code"] == "unsupported_event"
     assert client.problems == []
 
 
