@@ -47,13 +47,13 @@ def speak_piper(text: str, rate: int = RATE) -> Float32:
     return resample(speech, voice.config.sample_rate, rate)
 
 
-def speak_espeak(text: str, rate: int = RATE) -> Float32:
-    """`text` spoken by espeak-ng (`en-us+m3`, 160 words a minute)."""
+def speak_espeak(text: str, rate: int = RATE, voice: str = "en-us+m3") -> Float32:
+    """`text` spoken by espeak-ng (`voice`: a language and a variant, 160 words a minute)."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is missing (apt-get install espeak-ng)")
     with tempfile.TemporaryDirectory() as folder:
         wav = Path(folder) / "speech.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us+m3", "-s", "160", "-w", str(wav), text],
+        subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "-w", str(wav), text],
                        check=True)
         return read_wav(wav, rate)
 
