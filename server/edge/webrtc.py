@@ -20,17 +20,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import email.parser
 import email.policy
 import fractions
+import ipaddress
 import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import aioice.ice
 import numpy as np
 import numpy.typing as npt
 from aiortc import (
@@ -73,6 +76,49 @@ MAX_SDP = 32 * 1024
 CLOSE_S = 5.0  # at shutdown, how long the calls' sessions may take to close
 EVENTS_AHEAD = 64  # client events waiting for the session; more are dropped, with an error
 Int16 = npt.NDArray[np.int16]
+
+
+# ---------------------------------------------------------------------------- candidates
+
+# aioice gathers host candidates on every interface but loopback, and takes no list of
+# addresses. A server listening on one address (127.0.0.1 by default) offers media there
+# only, loopback included: its UDP sockets are then as private as its HTTP port, and a
+# machine with no network interface but lo can still take calls. The choice travels in a
+# context variable, set around the gathering, which runs in the task that set it.
+_ADDRESSES: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "voxwire_candidate_addresses", default=None)
+_aioice_host_addresses = aioice.ice.get_host_addresses
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    chosen = _ADDRESSES.get()
+    return list(chosen) if chosen is not None else _aioice_host_addresses(use_ipv4, use_ipv6)
+
+
+aioice.ice.get_host_addresses = _host_addresses
+
+
+@contextlib.contextmanager
+def candidates_on(addresses: tuple[str, ...] | None) -> Iterator[None]:
+    """Host candidates gathered in this block are on ``addresses`` (None: aioice's own
+    choice, every interface but loopback)."""
+    token = _ADDRESSES.set(addresses)
+    try:
+        yield
+    finally:
+        _ADDRESSES.reset(token)
+
+
+def candidate_addresses(host: str) -> tuple[str, ...] | None:
+    """Where a server listening on ``host`` offers media: that address when it is one,
+    every interface when it is a wildcard or a name."""
+    if host == "localhost":
+        return ("127.0.0.1",)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return None if ip.is_unspecified else (str(ip),)
 
 
 # ---------------------------------------------------------------------------- the offer
@@ -671,7 +717,8 @@ class WebRtcDoor:
                 if c.mimeType.lower() == "audio/opus"]
         audio[0].setCodecPreferences(opus)
         pc.addTrack(call.playback)
-        await pc.setLocalDescription(await pc.createAnswer())
+        with candidates_on(candidate_addresses(self.sessions.settings.host)):
+            await pc.setLocalDescription(await pc.createAnswer())
         return str(pc.localDescription.sdp)
 
     async def _run(self, call: Call) -> None:

@@ -19,12 +19,18 @@ from typing import Any
 import aioice.ice
 import numpy as np
 import pytest
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from client.realtime import Float32, resample
 from server.edge.app import App
+from server.edge.webrtc import candidate_addresses, candidates_on
 from server.runtime.engines import Engines
 from tests.conftest import ANSWERED, TEST_SETTINGS, padded, words
 from tests.support import wire_check
@@ -158,15 +164,24 @@ def types(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in events]
 
 
+def peer() -> RTCPeerConnection:
+    """A caller with no STUN server (aiortc would ask Google's): host candidates only."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
 async def offer(pc: RTCPeerConnection) -> str:
-    await pc.setLocalDescription(await pc.createOffer())
-    return str(pc.localDescription.sdp)
+    """The offer, its candidates on 127.0.0.1 as the server's (aioice leaves loopback out)."""
+    with candidates_on(("127.0.0.1",)):
+        await pc.setLocalDescription(await pc.createOffer())
+    sdp = str(pc.localDescription.sdp)
+    assert "a=candidate:" in sdp and " 127.0.0.1 " in sdp
+    return sdp
 
 
 async def connect(base: str, key: str | None = KEY, session: dict[str, Any] | None = None,
                   path: str = "/v1/realtime/calls") -> tuple[Client, Reply]:
     """Call the server: the offer posted, the answer applied, the data channel open."""
-    pc = RTCPeerConnection()
+    pc = peer()
     mic = Microphone()
     pc.addTrack(mic)
     channel = pc.createDataChannel("oai-events")
@@ -222,9 +237,13 @@ def answer_span(client: Client, since: float, until: float) -> float:
 async def test_a_spoken_turn_over_webrtc(engines: Engines, speak: Speak) -> None:
     question = "Could you tell me what the weather is like in London today?"
     async with serving(engines) as (app, base):
-        client, (status, headers, _) = await connect(base)
+        client, (status, headers, answer) = await connect(base)
         try:
             assert status == 201 and headers["Content-Type"] == "application/sdp"
+            # The server listens on 127.0.0.1: it offers media there only.
+            candidates = [line for line in answer.decode().splitlines()
+                          if line.startswith("a=candidate:")]
+            assert candidates and all(" 127.0.0.1 " in line for line in candidates)
             call_id = headers["Location"].removeprefix("/v1/realtime/calls/")
             assert call_id in app.webrtc.calls
             client.send({"type": "session.update", "session": {
@@ -392,7 +411,7 @@ async def test_a_token_opens_a_call_once_and_the_form_configures_it(engines: Eng
 
 async def test_refusals(engines: Engines) -> None:
     async with serving(engines) as (app, base):
-        pc = RTCPeerConnection()
+        pc = peer()
         pc.addTransceiver("audio")
         sdp = await offer(pc)
         await pc.close()
@@ -414,7 +433,7 @@ async def test_refusals(engines: Engines) -> None:
 async def test_a_call_whose_ice_never_completes_is_closed(engines: Engines) -> None:
     async with serving(engines, webrtc_connect_timeout_s=1.0) as (app, base):
         before = engines.registry.counters.get("webrtc_connect_timeouts_total", 0)
-        pc = RTCPeerConnection()
+        pc = peer()
         pc.addTransceiver("audio")
         pc.createDataChannel("oai-events")
         sdp = await offer(pc)
@@ -473,6 +492,14 @@ async def test_shutdown_ends_every_call(engines: Engines) -> None:
             assert client.pc.connectionState == "closed"
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize(("host", "addresses"), [
+    ("127.0.0.1", ("127.0.0.1",)), ("localhost", ("127.0.0.1",)), ("::1", ("::1",)),
+    ("192.0.2.7", ("192.0.2.7",)), ("0.0.0.0", None), ("::", None), ("kiosk.local", None)])
+def test_media_is_offered_where_the_server_listens(host: str,
+                                                   addresses: tuple[str, ...] | None) -> None:
+    assert candidate_addresses(host) == addresses
 
 
 @pytest.mark.parametrize("path", ["/v1/realtime?model=voxwire"])
