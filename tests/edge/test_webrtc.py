@@ -430,6 +430,24 @@ async def test_refusals(engines: Engines) -> None:
         assert not app.sessions and not app.webrtc.calls
 
 
+async def test_a_key_at_its_session_limit_gets_429(engines: Engines) -> None:
+    async with serving(engines, max_sessions_per_key=1, webrtc_connect_timeout_s=1.0) as (
+            app, base):
+        pc = peer()
+        pc.addTransceiver("audio")
+        sdp = await offer(pc)
+        await pc.close()
+        first, _, _ = await post(base + "/v1/realtime/calls", sdp.encode())
+        second, _, body = await post(base + "/v1/realtime/calls", sdp.encode())
+        assert (first, second) == (201, 429)
+        assert json.loads(body)["error"]["code"] == "too_many_sessions"
+        for _ in range(60):  # the first call never connects, and its session is given back
+            await asyncio.sleep(0.1)
+            if not app.sessions:
+                break
+        assert not app.sessions
+
+
 async def test_a_call_whose_ice_never_completes_is_closed(engines: Engines) -> None:
     async with serving(engines, webrtc_connect_timeout_s=1.0) as (app, base):
         before = engines.registry.counters.get("webrtc_connect_timeouts_total", 0)
