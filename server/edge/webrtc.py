@@ -324,6 +324,7 @@ class Playback(MediaStreamTrack):
         """A clip's first sample goes out now: its delta counts as sent from here (the
         turn's first audio, the echo guard's reference), and a new answer has started."""
         if self.playing is None or self.playing.response_id != clip.response_id:
+            self._stopped()  # the answer before, queued back to back, has all been played
             self.playing = Playing(clip.response_id, clip.item_id,
                                    finished=clip.response_id in self._finished)
             self._notify(se.output_audio_buffer_started(clip.response_id))

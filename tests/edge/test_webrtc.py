@@ -30,7 +30,7 @@ from av import AudioFrame
 
 from client.realtime import Float32, resample
 from server.edge.app import App
-from server.edge.webrtc import candidate_addresses, candidates_on
+from server.edge.webrtc import Clip, Playback, candidate_addresses, candidates_on
 from server.runtime.engines import Engines
 from tests.conftest import ANSWERED, TEST_SETTINGS, padded, words
 from tests.support import wire_check
@@ -510,6 +510,34 @@ async def test_shutdown_ends_every_call(engines: Engines) -> None:
             assert client.pc.connectionState == "closed"
         finally:
             await client.close()
+
+
+async def test_the_track_plays_answers_back_to_back_and_says_so() -> None:
+    told: list[dict[str, Any]] = []
+    sent: list[str] = []
+    track = Playback(told.append)
+
+    def clip(response: str, ms: int) -> Clip:
+        samples = np.full(RATE * ms // 1000, 1000, np.int16)
+        return Clip(response, "item_" + response, samples, lambda: sent.append(response))
+
+    track.put(clip("r1", 30))
+    track.put(clip("r2", 50))
+    track.finish("r1")
+    track.finish("r2")
+    frames = [(await track.recv()).to_ndarray() for _ in range(5)]
+    assert [int(np.abs(f).max()) > 0 for f in frames] == [True] * 4 + [False]
+    assert sent == ["r1", "r2"]  # each delta counts as sent at its first sample
+    assert [(e["type"], e["response_id"]) for e in told] == [
+        ("output_audio_buffer.started", "r1"), ("output_audio_buffer.stopped", "r1"),
+        ("output_audio_buffer.started", "r2"), ("output_audio_buffer.stopped", "r2")]
+    track.put(clip("r3", 100))
+    await track.recv()
+    was = track.clear()
+    assert was is not None and (was.response_id, was.sent) == ("r3", FRAME)
+    track.put(clip("r3", 100))  # what the cut-off answer still sends is never played
+    assert int(np.abs((await track.recv()).to_ndarray()).max()) == 0
+    track.stop()
 
 
 @pytest.mark.parametrize(("host", "addresses"), [
