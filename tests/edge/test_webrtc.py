@@ -301,7 +301,7 @@ async def test_barge_in_stops_the_track_and_truncates_to_what_was_played(
             start = len(client.events)
             rest = await client.until(lambda e: e["type"] == "output_audio_buffer.cleared",
                                       start=start)
-            cleared_at = time.monotonic()
+            cleared_at = client.times[start + len(rest) - 1]
             truncated = await client.until(
                 lambda e: e["type"] == "conversation.item.truncated", 10, start)
             await asyncio.sleep(max(played, 0.5))
@@ -319,11 +319,11 @@ async def test_barge_in_stops_the_track_and_truncates_to_what_was_played(
     item = cancelled["response"]["output"][0]["id"]
     cut = truncated[-1]
     assert cut["item_id"] == item
-    # The truncation is what the client received of the answer, give or take a frame or
-    # two in flight.
-    received = answer_span(client, 0, cleared_at)
+    # The truncation is what the client received of the answer (frames in flight at the
+    # cut included), give or take the gaps where the answer's speech was not ready yet.
+    received = answer_span(client, 0, second)
     assert received > 1000
-    assert abs(cut["audio_end_ms"] - received) <= 250, (cut["audio_end_ms"], received)
+    assert abs(cut["audio_end_ms"] - received) <= 200, (cut["audio_end_ms"], received)
     # The track stopped at once: nothing voiced came after, until the next answer started.
     assert answer_span(client, cleared_at + 0.2, second) == 0.0
     assert client.problems == []
@@ -356,9 +356,9 @@ async def test_the_clients_clear_cuts_the_answer_off(engines: Engines) -> None:
     done = next(e for e in client.events if e["type"] == "response.done")
     assert done["response"]["status"] == "cancelled"
     assert truncated[-1]["item_id"] == done["response"]["output"][0]["id"]
-    received = answer_span(client, 0, cleared_at)
+    received = answer_span(client, 0, float("inf"))
     assert received > 800
-    assert abs(truncated[-1]["audio_end_ms"] - received) <= 250, (truncated[-1], received)
+    assert abs(truncated[-1]["audio_end_ms"] - received) <= 200, (truncated[-1], received)
     assert answer_span(client, cleared_at + 0.2, float("inf")) == 0.0  # the track stopped
     assert "output_audio_buffer.stopped" not in types(client.events)
     assert client.problems == []
