@@ -41,7 +41,6 @@ from bench.fixtures import (
     joined,
     peak_dbfs,
     room_noise,
-    trim,
 )
 from bench.fixtures import speak_piper as piper
 from bench.latency import (
@@ -303,36 +302,12 @@ def check_wer(url: str, asr: str) -> dict[str, Any]:
 
 
 def check_asr_paths(asr: str, window_s: float) -> dict[str, Any]:
-    """Whisper's two paths on the same clips, called directly: the padded one (30 s window,
-    faster-whisper's standard) and the short one (the server's default). WER, compute time
-    per clip, and how often the short path fell back to the padded one."""
-    from models import locate
-    from server.stages.asr import PADDED, WhisperTranscriber
+    """Whisper's paths on the same clips, called directly (`bench/asr_paths.py`): the
+    evaluation's sentences and short questions in several voices; WER per path, per clip
+    length and per voice, and compute time per clip."""
+    from bench import asr_paths  # it builds on this module's scoring
 
-    texts = list(dict.fromkeys(SENTENCES + QUESTIONS))
-    clips = [(v, text, resample(np.concatenate([silence(300, RATE), trim(VOICES[v](text, RATE),
-                                                                         RATE),
-                                                silence(200, RATE)]), RATE, SERVER_RATE))
-             for v in VOICES for text in texts]
-    path = Path(asr) if Path(asr).is_dir() else locate(asr, "asr")
-    out: dict[str, Any] = {"clips": len(clips), "words": sum(len(normalise(t))
-                                                              for _, t, _ in clips)}
-    for mode in ("padded", "short"):
-        model = WhisperTranscriber(path, mode=mode, device="cpu", threads=2, window_s=window_s)
-        pairs, times, fallbacks = [], [], 0
-        for _voice, text, audio in clips:
-            t0 = time.perf_counter()
-            result = model.transcribe(audio)
-            times.append((time.perf_counter() - t0) * 1000)
-            pairs.append((text, result.text))
-            fallbacks += mode == "short" and result.details == PADDED
-        out[mode] = {"wer": round(wer(pairs) * 100, 2),
-                     "median_ms": round(float(np.median(times)), 1),
-                     "fallbacks": fallbacks, "texts": [h for _, h in pairs]}
-    out["window_s"] = window_s
-    out["difference_points"] = round(out["short"]["wer"] - out["padded"]["wer"], 2)
-    out["goal_met"] = out["difference_points"] <= 0.5
-    return out
+    return asr_paths.check(asr, window_s, list(dict.fromkeys(SENTENCES + QUESTIONS)))
 
 
 # ---------------------------------------------------------------------- 2. hallucination
@@ -601,16 +576,9 @@ def render(results: dict[str, Any]) -> str:
         out.append(f"\nGoal (streaming within 0.5 points of offline): "
                    f"{'met' if s['goal_met'] else 'NOT met'}.")
     if "asr_paths" in checks:
-        c = checks["asr_paths"]
-        out += ["", f"## Whisper's two paths on the same {c['clips']} clips ({c['words']} words)",
-                "", "| path | WER % | median ms per clip | fell back to padded |",
-                "|---|---|---|---|",
-                f"| padded (30 s window) | {c['padded']['wer']:.2f} | "
-                f"{c['padded']['median_ms']:.0f} | - |",
-                f"| short ({c['window_s']:g} s window) | {c['short']['wer']:.2f} | "
-                f"{c['short']['median_ms']:.0f} | {c['short']['fallbacks']} |",
-                f"\nGoal (short within 0.5 points of padded): "
-                f"{'met' if c['goal_met'] else 'NOT met'} ({c['difference_points']:+.2f})."]
+        from bench import asr_paths  # it builds on this module's scoring
+
+        out += asr_paths.section(checks["asr_paths"])
     if "hallucination" in checks:
         c = checks["hallucination"]
         out += ["", "## Hallucination on non-speech", "",
