@@ -40,8 +40,9 @@ async def test_a_hesitation_longer_than_the_silence_setting_does_not_end_the_tur
     client = AsyncOpenAI(api_key="unused", base_url=f"{server_url}/v1",
                          websocket_base_url=f"{server_url.replace('http', 'ws')}/v1")
     first, second = "I would like to, um,", "book a table for two tonight."
+    # Then silence past medium's longest wait (4 s): a turn the model is unsure of ends there.
     speech = np.concatenate([speak(first, rate=RATE), silence(900, RATE),
-                             speak(second, rate=RATE)])
+                             speak(second, rate=RATE), silence(3000, RATE)])
     async with client.beta.realtime.connect(model="voxwire",
                                             extra_query={"voxwire_metrics": "1"}) as conn:
         await conn.session.update(session={"turn_detection": semantic("medium")})

@@ -2,8 +2,8 @@
 here) decides whether the turn is over; the eagerness's longest wait ends it anyway.
 
 Speech is fed in 20 ms appends; the VAD sees 32 ms windows. The turn model is first asked
-once a pause has lasted the eagerness's minimum silence (high: 200 ms, medium: 450, low:
-600), then every `turn_recheck_ms` (250).
+once a pause has lasted the eagerness's minimum silence (high: 200 ms, medium: 600, low:
+1100), then every `turn_recheck_ms` (250).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ async def test_the_longest_wait_ends_a_turn_the_model_never_finds_finished(
         assert h.one("response.done")["response"]["status"] == "completed"
 
 
-@pytest.mark.parametrize(("eagerness", "ends"), [("low", False), ("high", True)])
+@pytest.mark.parametrize(("eagerness", "ends"), [("medium", False), ("high", True)])
 async def test_eagerness_sets_how_sure_the_model_must_be(eagerness: str, ends: bool) -> None:
     async with harness(finals=[MOON], turn=[0.6]) as h:
         await semantic(h, eagerness)
@@ -106,9 +106,9 @@ async def test_medium_lets_a_short_pause_pass_before_asking_the_model() -> None:
         await h.silence(300)  # a pause inside the sentence: the model is not asked
         await h.speech(640)
         await h.silence(800)
-        # The second pause starts with the window at 1600 ms; asked once, 480 ms into it
-        # (the first window end past 450 ms), on the whole turn so far.
-        assert turn_calls(h) == [2080]
+        # The second pause starts with the window at 1600 ms; asked once, 608 ms into it
+        # (the first window end past 600 ms), on the whole turn so far.
+        assert turn_calls(h) == [2208]
         assert h.one("input_audio_buffer.speech_stopped")["audio_end_ms"] == 1600
         assert h.one("conversation.item.input_audio_transcription.completed")[
             "transcript"] == WHOLE
