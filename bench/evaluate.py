@@ -11,6 +11,9 @@ Every check drives the server with the official `openai` SDK, one fresh session 
 - overlap: backchannels ("mm-hm", two coughs) and interruptions spoken over a long answer
   (`bench/overlap.py`): backchannels that cancelled it (goal 0), interruptions detected
   (goal all) and how soon the client was told to stop.
+- pauses: utterances with hesitations and 300-1500 ms pauses, and finished questions, in
+  each turn-detection mode (`bench/pauses.py`): the cut-off rate, and how soon each mode
+  ends a finished turn.
 - vision: printed labels sent as images; the share of fields read back exactly.
 """
 
@@ -56,7 +59,7 @@ from client.realtime import Float32, from_pcm16, pcm16, resample, send_audio, si
 from server.audio import RATE as SERVER_RATE
 from server.runtime.config import Settings
 
-CHECKS = ("wer", "asr_paths", "hallucination", "turns", "echo", "overlap", "vision")
+CHECKS = ("wer", "asr_paths", "hallucination", "turns", "pauses", "echo", "overlap", "vision")
 SENTENCES = [
     "Set a timer for fifteen minutes.",
     "Wake me up at seven tomorrow morning.",
@@ -538,6 +541,12 @@ async def vision_item(url: str, fields: dict[str, str]) -> dict[str, Any]:
             "errors": heard.errors()}
 
 
+def check_pauses(url: str) -> dict[str, Any]:
+    from bench import pauses  # it builds on this module
+
+    return pauses.check(url)
+
+
 def check_overlap(url: str) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     asyncio.run(overlap.measure(re.sub(r"^http", "ws", url) + "/v1/realtime", rows))
@@ -602,6 +611,10 @@ def render(results: dict[str, Any]) -> str:
                    f"{s.get('answered', '-')} answered aloud; response events before the turn "
                    f"ended (speculative work leaking out): {s.get('early_response_events', '-')}"
                    f", of them audio deltas: {s.get('early_audio_deltas', '-')}.")
+    if "pauses" in checks:
+        from bench import pauses  # it builds on this module
+
+        out += pauses.section(checks["pauses"])
     if "echo" in checks:
         c = checks["echo"]
         out += ["", f"## Echo: the answer played back at {ECHO_GAIN_DB:g} dB, "
@@ -647,7 +660,8 @@ def run_checks(url: str, checks: list[str], asr: str) -> dict[str, Any]:
         "wer": lambda: check_wer(url, asr),
         "asr_paths": lambda: check_asr_paths(asr, Settings.asr_window_s),
         "hallucination": lambda: check_hallucination(url),
-        "turns": lambda: check_turns(url), "echo": lambda: check_echo(url),
+        "turns": lambda: check_turns(url), "pauses": lambda: check_pauses(url),
+        "echo": lambda: check_echo(url),
         "overlap": lambda: check_overlap(url), "vision": lambda: check_vision(url)}
     return {name: runners[name]() for name in checks}
 
