@@ -31,7 +31,16 @@ from typing import Any
 
 from bench.__main__ import main as bench_main
 from bench.evaluate import wer
-from bench.latency import QUESTIONS, Fixture, machine, make_fixtures, one_turn, pct, server_process
+from bench.latency import (
+    ANSWERED,
+    QUESTIONS,
+    Fixture,
+    machine,
+    make_fixtures,
+    one_turn,
+    pct,
+    server_process,
+)
 from models import locate
 from server.runtime.config import Settings
 
@@ -92,7 +101,8 @@ def summarize(system: str, turns: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [sum(t["stages_ms"].get(k, 0.0) for k in keys[system]) for t in turns
                 if t["stages_ms"]]
         stages[name] = {"p50": pct(vals, 50), "p95": pct(vals, 95)}
-    return {"turns": len(turns), "completed": sum(t["status"] == "completed" for t in turns),
+    # answered in full; `incomplete` is an answer its token cap ended, as in `bench.latency`
+    return {"turns": len(turns), "completed": sum(t["status"] in ANSWERED for t in turns),
             "v2v_ms": {"p50": pct(v2v, 50), "p95": pct(v2v, 95), "min": min(v2v, default=0),
                        "max": max(v2v, default=0)},
             "turn_end_ms": {"p50": pct(endpoint, 50), "p95": pct(endpoint, 95)},
