@@ -39,7 +39,15 @@ from server.edge.http import (
 )
 from server.edge.intake import Intake
 from server.edge.tokens import Grant, Shape, Tokens, mint_request
-from server.edge.webrtc import CALLS_PATH, Offer, WebRtcDoor, read_offer
+from server.edge.webrtc import (
+    CALLS_PATH,
+    MAX_SIDEBANDS,
+    Call,
+    Offer,
+    Sideband,
+    WebRtcDoor,
+    read_offer,
+)
 from server.errors import LimitError, ProtocolError
 from server.runtime.config import Settings
 from server.runtime.engines import Engines
@@ -176,6 +184,9 @@ class App:
         if path in MINT_PATHS:
             return self.mint(request.method, path, request.headers, b"")
         if path == REALTIME_PATH:
+            query = parse_qs(urlsplit(request.path).query)
+            if "call_id" in query:
+                return self.refuse_sideband(query["call_id"][0], request.headers)
             offered = auth.offered_key(request.headers)
             if self.keys and not auth.key_ok(offered, self.keys):
                 grant = self.tokens.redeem(offered)  # a token is used up by trying it
@@ -313,6 +324,74 @@ class App:
         reply.headers["Location"] = f"{CALLS_PATH}/{call_id}"
         return reply
 
+    # ------------------------------------------------------------------ sidebands
+
+    def refuse_sideband(self, call_id: str, headers: Headers) -> Response | None:
+        """A sideband's handshake (`/v1/realtime?call_id=rtc_...`): an API key, never a
+        browser token, and a live call with room for one more."""
+        if self.keys and not auth.key_ok(auth.offered_key(headers), self.keys):
+            return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                              "a sideband needs Authorization: Bearer <API key> (a browser "
+                              "token is not enough)")
+        if not auth.origin_ok(headers, self.origins, any_by_default=bool(self.keys)):
+            return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
+                              f"origin {headers.get('Origin')} is not allowed")
+        call = self.webrtc.calls.get(call_id)
+        if call is None or call.ended.is_set():
+            return json_error(HTTPStatus.NOT_FOUND, "call_not_found",
+                              f"no live call {call_id!r}")
+        if len(call.sidebands) >= MAX_SIDEBANDS:
+            return json_error(HTTPStatus.TOO_MANY_REQUESTS, "too_many_sidebands",
+                              f"call {call_id} has {MAX_SIDEBANDS} sidebands attached already")
+        return None  # upgrade to a WebSocket
+
+    async def sideband(self, ws: ServerConnection, call_id: str) -> None:
+        """A WebSocket attached to a live call: the call's server events from now on (no
+        audio, as on the call), its client events into the call's session. Closed when the
+        call ends (1000), or when it falls too far behind (1008)."""
+        call = self.webrtc.calls.get(call_id)
+        try:
+            if call is None:
+                raise ProtocolError(f"no live call {call_id!r}", code="call_not_found")
+            feed = call.attach()
+        except (LimitError, ProtocolError) as exc:
+            await ws.close(1008, exc.code)
+            return
+        log.info("call %s: a sideband attached (%s)", call_id, ws.remote_address)
+        parts = {asyncio.create_task(self._feed(ws, feed, call.dialect)),
+                 asyncio.create_task(self._sideband_read(ws, call))}
+        try:
+            await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            call.detach(feed)
+            for part in parts:
+                part.cancel()
+            await asyncio.gather(*parts, return_exceptions=True)
+        if feed.behind:
+            await ws.close(1008, "sideband_too_slow")
+        else:
+            await ws.close(1000, "call_ended" if call.ended.is_set() else "")
+        log.info("call %s: a sideband left", call_id)
+
+    @staticmethod
+    async def _feed(ws: ServerConnection, feed: Sideband, dialect: p.Dialect) -> None:
+        """Send a sideband its copy of the call's events, until the call ends or drops it."""
+        while (event := await feed.get()) is not None:
+            text = p.encode(event, dialect)
+            if text is None:
+                continue
+            try:
+                await asyncio.wait_for(ws.send(text), SEND_TIMEOUT_S)
+            except (TimeoutError, ConnectionClosed):
+                return
+
+    @staticmethod
+    async def _sideband_read(ws: ServerConnection, call: Call) -> None:
+        intake = call.sideband_intake()
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                await intake.take(message)
+
     # ------------------------------------------------------------------ WebSocket
 
     async def handle(self, ws: ServerConnection) -> None:
@@ -321,6 +400,11 @@ class App:
             await ws.close(CLOSE_TRY_AGAIN, "models are still loading")
             return
         request = ws.request
+        if request is not None:
+            call_id = parse_qs(urlsplit(request.path).query).get("call_id")
+            if call_id:
+                await self.sideband(ws, call_id[0])
+                return
         headers = request.headers if request is not None else Headers()
         grant = self.grants.pop(ws, None)
         key = self.key_of(headers, grant)

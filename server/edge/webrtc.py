@@ -13,6 +13,10 @@ Because the server plays the answer, it knows what was heard: it says so with
 `output_audio_buffer.started|stopped|cleared`, stops the track at once on barge-in (and on
 the client's `output_audio_buffer.clear`), and truncates the assistant item to what was
 played, without waiting for the client to say it.
+
+A sideband WebSocket (`/v1/realtime?call_id=...`, see server.edge.app) attaches to a live
+call: it gets a copy of the events the data channel gets, in a bounded queue of its own
+(`Sideband`), and its client events go to the same `Call.handle`.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ SEND_TIMEOUT_S = 10.0  # a client whose data channel takes nothing this long is 
 MAX_SDP = 32 * 1024
 CLOSE_S = 5.0  # at shutdown, how long the calls' sessions may take to close
 EVENTS_AHEAD = 64  # client events waiting for the session; more are dropped, with an error
+MAX_SIDEBANDS = 2  # sideband WebSockets attached to one call at most
+SIDEBAND_AHEAD = 512  # server events a sideband may fall behind by; beyond, it is dropped
 Int16 = npt.NDArray[np.int16]
 
 
@@ -418,6 +424,36 @@ class Sessions(Protocol):
     async def close_session(self, session: Session, key: str) -> None: ...
 
 
+class Sideband:
+    """A copy of a call's server events for a sideband WebSocket, bounded: a sideband that
+    falls `SIDEBAND_AHEAD` events behind is dropped, so that it never stalls the call."""
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[Json | None] = asyncio.Queue()
+        self._held = 0
+        self.behind = False  # dropped for falling too far behind
+
+    def put(self, event: Json) -> None:
+        if self.behind:
+            return
+        if self._held >= SIDEBAND_AHEAD:
+            self.behind = True
+            self.end()
+            return
+        self._held += 1
+        self._events.put_nowait(event)
+
+    def end(self) -> None:
+        """No more events: `get` says so (None) once what is queued has been taken."""
+        self._events.put_nowait(None)
+
+    async def get(self) -> Json | None:
+        event = await self._events.get()
+        if event is not None:
+            self._held -= 1
+        return event
+
+
 @dataclass
 class Call:
     """One WebRTC call: a peer connection and its session."""
@@ -444,6 +480,35 @@ class Call:
         self._overflow_told = 0.0
         self._truncate_after: dict[str, Playing] = {}  # by response: wait for its end
         self._done: deque[str] = deque(maxlen=16)  # responses whose response.done has gone
+        self.sidebands: list[Sideband] = []
+        self._handling = asyncio.Lock()  # the data channel's events and the sidebands' take
+        # turns, as one WebSocket's do
+
+    def attach(self) -> Sideband:
+        """A sideband's copy of the call's server events from now on (raises LimitError when
+        `MAX_SIDEBANDS` are attached, ProtocolError when the call has ended)."""
+        if self.ended.is_set():
+            raise ProtocolError(f"call {self.id} has ended", code="call_not_found")
+        if len(self.sidebands) >= MAX_SIDEBANDS:
+            raise LimitError(f"call {self.id} has {MAX_SIDEBANDS} sidebands attached already",
+                             code="too_many_sidebands")
+        sideband = Sideband()
+        self.sidebands.append(sideband)
+        return sideband
+
+    def detach(self, sideband: Sideband) -> None:
+        if sideband in self.sidebands:
+            self.sidebands.remove(sideband)
+        sideband.end()
+
+    def sideband_intake(self) -> Intake:
+        """A sideband's client events into the call's session: the same handling as the
+        data channel's (and its own rate buckets of the same size)."""
+        return Intake(self.settings, self.session, self._from_sideband)
+
+    async def _from_sideband(self, event: p.ClientEvent) -> None:
+        self.heard()  # a backend driving the call keeps it alive, as its client would
+        await self.handle(event)
 
     def spawn(self, work: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(work)
@@ -465,8 +530,13 @@ class Call:
     # ------------------------------------------------------------------ client events
 
     async def handle(self, event: p.ClientEvent) -> None:
-        """A client event from the data channel: `output_audio_buffer.clear` is the door's,
-        everything else the session's, but audio: the microphone track carries that."""
+        """A client event from the data channel or a sideband, one at a time:
+        `output_audio_buffer.clear` is the door's, everything else the session's, but
+        audio: the microphone track carries that."""
+        async with self._handling:
+            await self._handle(event)
+
+    async def _handle(self, event: p.ClientEvent) -> None:
         if isinstance(event, p.OutputAudioClear):
             self.cut(always=True)
             return
@@ -530,6 +600,12 @@ class Call:
         self.spawn(self.send(event), "notice")
 
     async def send(self, event: Json) -> None:
+        for sideband in list(self.sidebands):
+            sideband.put(event)
+            if sideband.behind:
+                log.warning("call %s: a sideband fell %d events behind; dropped", self.id,
+                            SIDEBAND_AHEAD)
+                self.detach(sideband)
         if self.expects_channel and not self.channel_open.is_set():
             await self.channel_open.wait()
         channel = self.channel
@@ -626,6 +702,8 @@ class Call:
             return
         self.ended.set()
         self.channel_open.set()
+        for sideband in list(self.sidebands):
+            self.detach(sideband)
         self.playback.clear()
         self.playback.stop()
         # Shielded: aiortc's own close (when the peer closed) may be awaiting the same
