@@ -6,40 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aioice.ice
 import numpy as np
 import pytest
-from aiortc import (
-    MediaStreamTrack,
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
+from aiortc import RTCPeerConnection
 
+from bench import rtc_client
+from bench.rtc_client import FRAME, RATE, Client, Reply, peer, voiced
 from client.realtime import Float32, resample
 from server.edge.app import App
-from server.edge.webrtc import Clip, Playback, candidate_addresses, candidates_on
+from server.edge.webrtc import Clip, Playback, candidate_addresses
 from server.runtime.engines import Engines
 from tests.conftest import ANSWERED, TEST_SETTINGS, padded, words
 from tests.support import wire_check
 
 KEY = "sk-voxwire-rtc"
-RATE = 48000
-FRAME = 960
 Speak = Callable[..., Float32]
-Reply = tuple[int, dict[str, str], bytes]
 
 
 @contextlib.asynccontextmanager
@@ -53,169 +40,30 @@ async def serving(engines: Engines, **changes: Any) -> AsyncIterator[tuple[App, 
             await app.webrtc.close_all()
 
 
-def _post(url: str, body: bytes, headers: dict[str, str]) -> Reply:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=20) as reply:
-            return reply.status, dict(reply.headers), reply.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
 async def post(url: str, body: bytes, key: str | None = KEY,
                content_type: str = "application/sdp") -> Reply:
-    """A POST from another thread (urllib blocks; the server shares this loop)."""
-    headers = {"Content-Type": content_type}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    return await asyncio.to_thread(_post, url, body, headers)
-
-
-def multipart(sdp: str, session: dict[str, Any]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [(name, value) for name, value in (("sdp", sdp), ("session", json.dumps(session)))]
-    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                    f"{value}\r\n".encode() for name, value in parts)
-    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-class Microphone(MediaStreamTrack):
-    """The client's microphone: what `say` was given, at real-time pace, else silence."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pending = np.zeros(0, np.int16)
-        self._next: float | None = None
-        self._pts = 0
-
-    def say(self, speech: Float32) -> float:
-        """Queue ``speech`` (48 kHz); how long it takes to play, from what is queued now."""
-        pcm = (np.clip(speech, -1, 1) * 32767).astype(np.int16)
-        self._pending = np.concatenate([self._pending, pcm])
-        return len(self._pending) / RATE
-
-    async def recv(self) -> AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._next is None:
-            self._next = now
-        elif self._next > now:
-            await asyncio.sleep(self._next - now)
-        self._next += FRAME / RATE
-        chunk = np.zeros(FRAME, np.int16)
-        n = min(FRAME, len(self._pending))
-        chunk[:n], self._pending = self._pending[:n], self._pending[n:]
-        frame = AudioFrame(format="s16", layout="mono", samples=FRAME)
-        frame.planes[0].update(chunk.tobytes())
-        frame.sample_rate, frame.pts = RATE, self._pts
-        frame.time_base = fractions.Fraction(1, RATE)
-        self._pts += FRAME
-        return frame
-
-
-@dataclass
-class Client:
-    """A WebRTC caller: the microphone track, the data channel, what it heard and got."""
-
-    pc: RTCPeerConnection
-    mic: Microphone
-    channel: Any
-    events: list[dict[str, Any]] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)  # when each event arrived
-    heard: list[tuple[float, np.ndarray[Any, Any]]] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    problems: list[str] = field(default_factory=list)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def until(self, stop: Callable[[dict[str, Any]], bool], seconds: float = 60,
-                    start: int = 0) -> list[dict[str, Any]]:
-        """The events from ``start`` on, up to the first that ``stop`` takes."""
-        deadline, scanned = time.monotonic() + seconds, start
-        while True:
-            for i in range(scanned, len(self.events)):
-                if stop(self.events[i]):
-                    return self.events[start:i + 1]
-            scanned = len(self.events)
-            left = deadline - time.monotonic()
-            assert left > 0, [e["type"] for e in self.events]
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), left)
-
-    def send(self, event: dict[str, Any]) -> None:
-        self.channel.send(json.dumps(event))
-
-    def audio(self, since: float = 0.0, until: float = float("inf")) -> Float32:
-        """What the answer track brought, mono float at 48 kHz, between two times."""
-        chunks = [s for t, s in self.heard if since <= t < until]
-        return (np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks
-                else np.zeros(0, np.float32))
-
-    async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await self.pc.close()
+    return await rtc_client.post(url, body, key, content_type)
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in events]
 
 
-def peer() -> RTCPeerConnection:
-    """A caller with no STUN server (aiortc would ask Google's): host candidates only."""
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
-
-
 async def offer(pc: RTCPeerConnection) -> str:
     """The offer, its candidates on 127.0.0.1 as the server's (aioice leaves loopback out)."""
-    with candidates_on(("127.0.0.1",)):
-        await pc.setLocalDescription(await pc.createOffer())
-    sdp = str(pc.localDescription.sdp)
+    sdp = await rtc_client.offer(pc)
     assert "a=candidate:" in sdp and " 127.0.0.1 " in sdp
     return sdp
 
 
 async def connect(base: str, key: str | None = KEY, session: dict[str, Any] | None = None,
                   path: str = "/v1/realtime/calls") -> tuple[Client, Reply]:
-    """Call the server: the offer posted, the answer applied, the data channel open."""
-    pc = peer()
-    mic = Microphone()
-    pc.addTrack(mic)
-    channel = pc.createDataChannel("oai-events")
-    client = Client(pc, mic, channel)
+    """Call the server: the offer posted, the answer applied, the data channel open; every
+    event checked against the SDK's models of the dialect."""
+    def check(data: str | bytes) -> list[str]:
+        return wire_check.problems(data, "beta" if "?" in path else "ga", extensions=True)
 
-    def message(data: str | bytes) -> None:
-        client.problems += wire_check.problems(data, "beta" if "?" in path else "ga",
-                                               extensions=True)
-        client.events.append(json.loads(data))
-        client.times.append(time.monotonic())
-        client.arrived.set()
-
-    channel.on("message", message)
-
-    @pc.on("track")
-    def track(incoming: MediaStreamTrack) -> None:
-        async def hear() -> None:
-            with contextlib.suppress(MediaStreamError):
-                while True:
-                    frame = await incoming.recv()
-                    data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
-                    client.heard.append((time.monotonic(), data[:, 0].copy()))
-        client.tasks.append(asyncio.ensure_future(hear()))
-
-    sdp = await offer(pc)
-    if session is None:
-        reply = await post(base + path, sdp.encode(), key)
-    else:
-        body, kind = multipart(sdp, session)
-        reply = await post(base + path, body, key, kind)
-    if reply[0] == 201:
-        await pc.setRemoteDescription(RTCSessionDescription(reply[2].decode(), "answer"))
-        await client.until(lambda e: e["type"] == "session.created", 20)
-    return client, reply
+    return await rtc_client.connect(base, key, session, path, check)
 
 
 def webrtc_sessions(engines: Engines) -> int:
@@ -224,10 +72,6 @@ def webrtc_sessions(engines: Engines) -> int:
         if line.startswith("voxwire_sessions_webrtc_total "):
             return int(float(line.split()[1]))
     return 0
-
-
-def voiced(samples: np.ndarray[Any, Any]) -> bool:
-    return bool(np.abs(samples).max(initial=0) > 64)
 
 
 def answer_span(client: Client, since: float, until: float) -> float:
@@ -489,15 +333,11 @@ async def test_a_peer_that_vanishes_ends_its_call(engines: Engines,
         assert status == 201 and len(app.sessions) == 1
         call_id = headers["Location"].rsplit("/", 1)[1]
         await asyncio.sleep(0.5)
-        # Gone without a word: its sockets closed, no DTLS close, no SCTP abort.
-        ice = client.pc.getTransceivers()[0].sender.transport.transport
-        for protocol in ice._connection._protocols:
-            protocol.transport.close()
+        await client.vanish()  # its sockets closed, no DTLS close, no SCTP abort
         for _ in range(150):
             await asyncio.sleep(0.1)
             if not app.sessions:
                 break
-        await client.close()
         assert not app.sessions and call_id not in app.webrtc.calls
         assert all(n == 0 for n in app.per_key.values())
         assert [t for t in asyncio.all_tasks() if call_id in t.get_name()] == []
