@@ -13,7 +13,7 @@ import json
 import logging
 import signal
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib.resources import files
@@ -80,6 +80,29 @@ STATIC_TYPES = {
     ".css": "text/css; charset=utf-8", ".json": "application/json", ".svg": "image/svg+xml",
     ".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".ico": "image/x-icon",
 }
+
+
+# What a page may send with its offer: the SDK's own header included.
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, OpenAI-Beta, X-OpenAI-Agents-SDK"
+
+
+def with_cors_headers(reply: Response, origin: str) -> Response:
+    """Let a page on ``origin`` read this answer (the SDP, the call's Location, or the
+    error's body)."""
+    reply.headers["Access-Control-Allow-Origin"] = origin
+    reply.headers["Access-Control-Expose-Headers"] = "Location"
+    reply.headers["Vary"] = "Origin"
+    return reply
+
+
+def cors(reply: Reply, origin: str) -> Reply:
+    if isinstance(reply, Response):
+        return with_cors_headers(reply, origin)
+    pending = reply
+
+    async def later() -> Response:
+        return with_cors_headers(await pending, origin)
+    return later()
 
 
 @dataclass(frozen=True)
@@ -229,8 +252,29 @@ class App:
             return refused
         path = urlsplit(target).path.rstrip("/") or "/"
         if path in (CALLS_PATH, REALTIME_PATH):
-            return self.offer(method, path, target, headers, body)
+            origin = headers.get("Origin")
+            if method == "OPTIONS":
+                return self.preflight(path, headers)
+            reply = self.offer(method, path, target, headers, body)
+            if origin is None or not auth.origin_ok(headers, self.origins,
+                                                    any_by_default=bool(self.keys)):
+                return reply
+            return cors(reply, origin)
         return self.mint(method, path, headers, body)
+
+    def preflight(self, path: str, headers: Headers) -> Response:
+        """CORS for a page on another origin that posts an SDP offer (with the
+        Authorization and Content-Type headers a browser asks about first)."""
+        origin = headers.get("Origin")
+        if origin is None or not auth.origin_ok(headers, self.origins,
+                                                any_by_default=bool(self.keys)):
+            return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
+                              f"origin {origin} is not allowed")
+        reply = Response(HTTPStatus.NO_CONTENT.value, HTTPStatus.NO_CONTENT.phrase, Headers([
+            ("Access-Control-Allow-Methods", "POST"),
+            ("Access-Control-Allow-Headers", CORS_REQUEST_HEADERS),
+            ("Access-Control-Max-Age", "600"), ("Content-Length", "0")]), b"")
+        return with_cors_headers(reply, origin)
 
     def mint(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
         """Minting browser tokens (`POST /v1/realtime/client_secrets` and the beta routes)."""
@@ -287,6 +331,10 @@ class App:
                                f"{path} takes POST only (or GET for a WebSocket)")
             reply.headers["Allow"] = "POST" if path == CALLS_PATH else "GET, POST"
             return reply
+        if self.settings.no_webrtc:  # before the key: a token tried would be used up
+            return json_error(HTTPStatus.NOT_FOUND, "webrtc_disabled",
+                              "this server takes no WebRTC calls (--no-webrtc): connect "
+                              "over the WebSocket")
         offered = auth.offered_key(headers)
         grant = None
         if self.keys and not auth.key_ok(offered, self.keys):
@@ -600,17 +648,24 @@ class App:
         if sent:
             await asyncio.wait(sent)
 
-    def start_server(self) -> contextlib.AbstractAsyncContextManager[Server]:
-        return serve(self.handle, self.settings.host, self.settings.port,
-                     process_request=self.process_request,
-                     create_connection=connection_class(self.answer_http, self.guard),
-                     open_timeout=10,  # also how long a POST may take to arrive
-                     max_size=self.settings.max_message_bytes,
-                     max_queue=self.settings.input_queue,
-                     # a few KB compressed could inflate to max_size per queued message
-                     compression=None,
-                     select_subprotocol=_select_subprotocol,
-                     ping_interval=20, ping_timeout=20)
+    @contextlib.asynccontextmanager
+    async def start_server(self) -> AsyncIterator[Server]:
+        """Listening from entry to exit; the WebRTC calls, whose media does not go through
+        the listening socket, end at the exit too."""
+        async with serve(self.handle, self.settings.host, self.settings.port,
+                         process_request=self.process_request,
+                         create_connection=connection_class(self.answer_http, self.guard),
+                         open_timeout=10,  # also how long a POST may take to arrive
+                         max_size=self.settings.max_message_bytes,
+                         max_queue=self.settings.input_queue,
+                         # a few KB compressed could inflate to max_size per queued message
+                         compression=None,
+                         select_subprotocol=_select_subprotocol,
+                         ping_interval=20, ping_timeout=20) as server:
+            try:
+                yield server
+            finally:
+                await self.webrtc.close_all()
 
 
 def _select_subprotocol(connection: ServerConnection,

@@ -139,6 +139,7 @@ class Settings:
     shutdown_grace_s: float = 5.0
     # A WebRTC call whose ICE and DTLS have not completed this long after its answer is closed.
     webrtc_connect_timeout_s: float = 10.0
+    no_webrtc: bool = False  # refuse WebRTC offers (404): clients use the WebSocket
     heap_trim_s: float = 10.0  # hand freed native memory back this often; 0: never
     # Edge limits.
     max_event_bytes: int = 1024 * 1024  # events without an image; image events: max_message_bytes

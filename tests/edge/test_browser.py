@@ -126,6 +126,10 @@ async def test_the_embedded_widget_answers_a_spoken_question(
     state, log, latency, index, problems = await in_browser_thread(run)
     assert not problems
     assert not state["errors"] and state["connected"]
+    # WebRTC by default, across origins (the offer's CORS), and the panel says so.
+    assert (state["transport"], state["fallback"]) == ("webrtc", None)
+    assert state["metrics"]["transport"] == "webrtc"
+    assert re.search(r"Transport\s+WebRTC", latency), latency
     assert [words(t) for t in state["transcripts"]] == [words(question)]
     assert state["transcripts"][0] in log  # the page showed what it heard
     answer = state["answers"][0]
@@ -140,7 +144,7 @@ async def test_the_embedded_widget_answers_a_spoken_question(
     assert "Start" in index
 
 
-async def test_speaking_over_the_answer_stops_it_and_truncates(
+async def test_speaking_over_the_answer_stops_it_and_truncates_over_the_websocket(
         server_url: str, speak: Speak, tmp_path: Path) -> None:
     story = "Tell me a long story about a dragon."
     wav = mic_file(tmp_path / "mic.wav", speak, 1.0, story, 4.0, "Stop, stop. What time is it?",
@@ -151,7 +155,8 @@ async def test_speaking_over_the_answer_stops_it_and_truncates(
             page = browser.page
             await page.goto(f"{server_url}/")
             await page.locator("voxwire-widget").evaluate(
-                "el => el.setAttribute('instructions', 'Tell very long, detailed stories.')")
+                "el => { el.setAttribute('instructions', 'Tell very long, detailed stories.');"
+                " el.setAttribute('transport', 'websocket'); }")
             await page.locator(START).click()
             await browser.wait_for("state.interruptions.length > 0", 45)
             playing = bool(await page.evaluate("document.querySelector('voxwire-widget').playing"))
@@ -189,6 +194,84 @@ async def test_speaking_over_the_answer_stops_it_and_truncates(
     assert len(words(heard)) < len(words(sent)) and sent.startswith(heard)
     assert "time" in words(state["transcripts"][1])  # then the new question got its answer
     assert state["answers"][1]
+    assert state["transport"] == "websocket"
+
+
+async def test_over_webrtc_the_server_cuts_the_answer_off_and_truncates_it(
+        server_url: str, speak: Speak, tmp_path: Path) -> None:
+    story = "Tell me a long story about a dragon."
+    wav = mic_file(tmp_path / "mic.wav", speak, 1.0, story, 4.0, "Stop, stop. What time is it?",
+                   3.0)
+
+    async def run() -> tuple[dict[str, Any], bool, list[dict[str, Any]], list[str]]:
+        async with chromium(chromium_args(wav)) as browser:
+            page = browser.page
+            await page.goto(f"{server_url}/")
+            await page.locator("voxwire-widget").evaluate(
+                "el => { el.setAttribute('instructions', 'Tell very long, detailed stories.');"
+                " el.setAttribute('transport', 'webrtc'); }")
+            await page.locator(START).click()
+            await browser.wait_for("state.interruptions.length > 0", 45)
+            playing = bool(await page.evaluate("document.querySelector('voxwire-widget').playing"))
+            await browser.wait_for("state.transcripts.length >= 2", 30)
+            await browser.wait_for("state.answers.length >= 2", 30)
+            return await browser.state(), playing, await browser.events(), browser.problems
+
+    state, playing_after_cut, events, problems = await in_browser_thread(run)
+    assert not problems and not state["errors"]
+    assert state["transport"] == "webrtc"
+    names = event_types(events)
+    assert "response.output_audio.delta" not in names  # the answer came on the track
+    started = names.index("output_audio_buffer.started")
+    cleared = names.index("output_audio_buffer.cleared")
+    assert started < names.index("input_audio_buffer.speech_started", started) < cleared
+    assert not playing_after_cut
+    # The server truncated the item to what its track had played; the widget showed that.
+    truncated = [e for e in events if e["type"] == "conversation.item.truncated"]
+    assert len(truncated) == 1 and names.index("conversation.item.truncated") > cleared
+    cut = state["interruptions"][0]
+    assert (cut["itemId"], cut["audioEndMs"]) == (truncated[0]["item_id"],
+                                                  truncated[0]["audio_end_ms"])
+    first_metrics = next(e for e in events if e["type"] == "voxwire.turn.metrics")
+    assert 0 < cut["audioEndMs"] < first_metrics["audio_ms"]
+    # What the widget counted as played is what the server says was played, give or take
+    # the events' trip and the jitter buffer.
+    assert abs(state["playedSeconds"] - cut["audioEndMs"] / 1000) < 0.5, state["playedSeconds"]
+    sent = next(e["transcript"] for e in events
+                if e["type"] == "response.output_audio_transcript.done")
+    heard = state["answers"][0]
+    assert len(words(heard)) < len(words(sent)) and sent.startswith(heard)
+    assert "time" in words(state["transcripts"][1])
+    assert state["answers"][1]
+
+
+async def test_the_widget_falls_back_to_the_websocket_when_webrtc_is_refused(
+        engines: Engines, speak: Speak, tmp_path: Path) -> None:
+    question = "What is the capital of Italy?"
+    wav = mic_file(tmp_path / "mic.wav", speak, 1.0, question, 3.0)
+
+    async def run(url: str) -> tuple[dict[str, Any], str, list[str]]:
+        async with chromium(chromium_args(wav)) as browser:
+            page = browser.page
+            await page.goto(f"{url}/")
+            await page.locator(START).click()
+            await browser.wait_for("state.metrics !== null", 45)
+            latency = await browser.shadow_text(".latency")
+            return await browser.state(), latency, browser.problems
+
+    app = App(dataclasses.replace(TEST_SETTINGS, no_webrtc=True), engines=engines)
+    async with app.start_server() as server:
+        host, port = server.sockets[0].getsockname()[:2]
+        state, latency, problems = await in_browser_thread(lambda: run(f"http://{host}:{port}"))
+    # Chromium logs the refused offer; nothing else goes wrong.
+    refused = "console: Failed to load resource: the server responded with a status of 404"
+    assert [p for p in problems if not p.startswith(refused)] == [], problems
+    assert len(problems) == 1
+    assert state["transport"] == "websocket" and not state["errors"]
+    assert "404" in state["fallback"] and "--no-webrtc" in state["fallback"]
+    assert [words(t) for t in state["transcripts"]] == [words(question)]
+    assert state["metrics"]["transport"] == "websocket"
+    assert re.search(r"Transport\s+WebSocket", latency), latency
 
 
 async def test_the_kiosk_sees_hears_reconnects_and_idles(
@@ -235,9 +318,11 @@ async def test_the_kiosk_sees_hears_reconnects_and_idles(
     await turn
 
     # Chromium logs each refused reconnection while the server is down; nothing else.
-    refused = re.compile(r"console: WebSocket connection to '\S+/v1/realtime' failed")
+    refused = re.compile(r"console: (WebSocket connection to '\S+/v1/realtime' failed"
+                         r"|Failed to load resource: net::ERR_CONNECTION_REFUSED)")
     assert not [p for p in problems if not refused.match(p)], problems
     assert not state["errors"]
+    assert state["transport"] == "webrtc"  # frames went on the data channel
     assert [words(t) for t in state["transcripts"]] == [words(question), words(later)]
     assert words(heard) == words(question)
     assert state["framesSent"] >= 2

@@ -59,7 +59,11 @@ def chromium_args(wav: Path, y4m: Path | None = None) -> list[str]:
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={wav}%noloop",
-            "--autoplay-policy=no-user-gesture-required"]
+            "--autoplay-policy=no-user-gesture-required",
+            # WebRTC on loopback, where the test server offers its media: real addresses in
+            # the candidates (not mDNS names), and the loopback interface allowed.
+            "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns"]
     if y4m is not None:
         args.append(f"--use-file-for-fake-video-capture={y4m}")
     return args

@@ -3,14 +3,22 @@
  *   <script src="http://HOST:PORT/voxwire.js"></script>
  *   <voxwire-widget></voxwire-widget>
  *
- * Attributes: url (the Realtime WebSocket; default ws(s)://<this script's host>/v1/realtime),
- * instructions (the session's system prompt), key (for servers that need one: a short-lived
- * token from POST /v1/realtime/client_secrets, or an API key; sent the way browser Realtime
- * clients send it, as a WebSocket subprotocol), kiosk (full-screen, always listening, camera,
- * reconnects by itself) and idle (kiosk: seconds without speech before the idle screen, 60).
+ * Attributes: url (the Realtime WebSocket; default ws(s)://<this script's host>/v1/realtime;
+ * WebRTC calls go to the same path + "/calls" over http(s)), transport ("auto", the default:
+ * WebRTC, and the WebSocket when WebRTC cannot connect; "webrtc"; "websocket"), instructions
+ * (the session's system prompt), key (for servers that need one: a short-lived token from
+ * POST /v1/realtime/client_secrets, or an API key; sent the way browser Realtime clients send
+ * it: a Bearer header with WebRTC's offer, a subprotocol with the WebSocket), kiosk
+ * (full-screen, always listening, camera, reconnects by itself) and idle (kiosk: seconds
+ * without speech before the idle screen, 60).
  *
- * The element exposes `state` (connected, transcripts, answers, metrics, playedSeconds,
- * errors, ...), `start()`, `stop()`, `muted`, `send(event)`, and dispatches bubbling DOM
+ * With WebRTC the microphone goes out as an Opus track and the answer comes back as one,
+ * paced by the server, which also cuts it off on barge-in and truncates what was not heard;
+ * events travel on the data channel "oai-events". With the WebSocket, audio travels as
+ * base64 pcm16 in the events, and the widget schedules playback and truncates itself.
+ *
+ * The element exposes `state` (connected, transport, transcripts, answers, metrics,
+ * playedSeconds, errors, ...), `start()`, `stop()`, `muted`, `send(event)`, and dispatches bubbling DOM
  * events: voxwire-event (every server event), voxwire-state, voxwire-transcript,
  * voxwire-answer, voxwire-metrics, voxwire-interrupted and voxwire-error.
  */
@@ -22,6 +30,11 @@
   const RATE = 24000; // pcm16 mono, both ways
   const CHUNK_MS = 40;
   const START_MARGIN_S = 0.05;
+  const RTC_OPEN_MS = 10000; // offer to open data channel, at most; then the WebSocket
+  // WebRTC answers that the WebSocket would get too: no point falling back.
+  const FINAL_REFUSALS = [401, 403, 429, 503];
+  const NO_WEBRTC = [404, 405, 501]; // the server takes no WebRTC: stop asking it
+  const TRANSPORTS = { webrtc: "WebRTC", websocket: "WebSocket" };
   const MAX_LOG = 40; // entries in the widget's conversation log
   const MAX_KEEP = 100; // entries in each list of `state` (a kiosk runs for weeks)
   const STAGES = [
@@ -34,6 +47,15 @@
   function defaultUrl() {
     const url = new URL("/v1/realtime", SCRIPT_URL);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    return url.href;
+  }
+
+  /** WebRTC's offer URL for a Realtime WebSocket URL: the same path + "/calls". */
+  function callsUrl(wsUrl) {
+    const url = new URL(wsUrl);
+    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+    url.pathname = `${url.pathname.replace(/\/+$/, "")}/calls`;
+    url.search = "";
     return url.href;
   }
 
@@ -61,18 +83,169 @@
     if (list.length > MAX_KEEP) list.shift();
   }
 
+  /** The WebSocket transport: events as JSON text, audio as base64 pcm16 inside them. */
+  class SocketLink {
+    constructor(client, url, key) {
+      this.kind = "websocket";
+      this.ws = key ? new WebSocket(url, ["realtime", `openai-insecure-api-key.${key}`])
+        : new WebSocket(url);
+      this.ws.onopen = () => client.onOpen(this);
+      this.ws.onmessage = (m) => client.onMessage(this, m.data);
+      this.ws.onclose = (e) => client.onLost(this, e.reason);
+    }
+
+    get open() {
+      return this.ws.readyState === WebSocket.OPEN;
+    }
+
+    get backlog() {
+      return this.ws.bufferedAmount;
+    }
+
+    get maxMessage() {
+      return 4 << 20; // the server's default for an event with an image
+    }
+
+    send(text) {
+      this.ws.send(text);
+    }
+
+    close() {
+      this.ws.onclose = null;
+      this.ws.close(1000);
+    }
+  }
+
+  /** Why a WebRTC call did not connect; `status` is the server's HTTP answer, if any. */
+  class CallFailed extends Error {
+    constructor(message, status = 0) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  /** The WebRTC transport: the microphone as an Opus track, the answer as an Opus track that
+   * the server paces, events as JSON on the data channel "oai-events". */
+  class RtcLink {
+    constructor(client) {
+      this.kind = "webrtc";
+      this.client = client;
+      this.pc = new RTCPeerConnection();
+      this.dc = this.pc.createDataChannel("oai-events");
+      this.audio = document.createElement("audio");
+      this.audio.autoplay = true;
+      this.callId = null;
+      this.sender = null;
+      this.timer = 0;
+    }
+
+    /** Offer, answer, ICE, DTLS and the data channel: resolves once events can flow, or
+     * throws a CallFailed. Events that arrive meanwhile already reach the client. */
+    async connect(url, key, mic) {
+      const { pc, dc, client } = this;
+      this.sender = pc.addTrack(mic.getAudioTracks()[0], mic);
+      pc.ontrack = (e) => {
+        this.audio.srcObject = e.streams[0] || new MediaStream([e.track]);
+        this.audio.play().catch(() => {}); // blocked until a tap: the kiosk asks for one
+      };
+      dc.onmessage = (m) => client.onMessage(this, m.data);
+      const opened = new Promise((resolve, reject) => {
+        dc.onopen = resolve;
+        dc.onclose = () => reject(new CallFailed("the call's data channel closed"));
+        pc.onconnectionstatechange = () => {
+          if (pc.connectionState === "failed") reject(new CallFailed("ICE or DTLS failed"));
+        };
+        this.timer = setTimeout(() => reject(new CallFailed(
+          `the call did not connect within ${RTC_OPEN_MS / 1000} s`)), RTC_OPEN_MS);
+      });
+      opened.catch(() => {}); // awaited below, once the answer is in
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      const headers = { "Content-Type": "application/sdp" };
+      if (key) headers.Authorization = `Bearer ${key}`;
+      let reply;
+      try {
+        reply = await fetch(url, { method: "POST", body: offer.sdp, headers });
+      } catch (err) {
+        throw new CallFailed(`the call could not be placed (${err.message || err})`);
+      }
+      if (!reply.ok) {
+        let why = reply.statusText;
+        try {
+          why = (await reply.json()).error.message || why;
+        } catch {
+          // not the server's JSON error
+        }
+        throw new CallFailed(`the server refused the call: ${reply.status} ${why}`,
+          reply.status);
+      }
+      this.callId = (reply.headers.get("Location") || "").split("/").pop() || null;
+      await pc.setRemoteDescription({ type: "answer", sdp: await reply.text() });
+      await opened;
+      clearTimeout(this.timer);
+      dc.onclose = () => client.onLost(this, "the call ended");
+      pc.onconnectionstatechange = () => {
+        const now = pc.connectionState;
+        if (now === "failed" || now === "closed") client.onLost(this, "the connection failed");
+      };
+      client.onOpen(this);
+    }
+
+    get open() {
+      return this.dc.readyState === "open";
+    }
+
+    get backlog() {
+      return this.dc.bufferedAmount;
+    }
+
+    get maxMessage() {
+      return (this.pc.sctp && this.pc.sctp.maxMessageSize) || 65536;
+    }
+
+    set muted(muted) {
+      const track = this.sender && this.sender.track;
+      if (track) track.enabled = !muted;
+    }
+
+    resume() {
+      return this.audio.play().catch(() => {});
+    }
+
+    send(text) {
+      this.dc.send(text);
+    }
+
+    close() {
+      clearTimeout(this.timer);
+      this.dc.onclose = this.dc.onmessage = this.pc.onconnectionstatechange = null;
+      this.pc.ontrack = null;
+      try {
+        this.dc.close();
+        this.pc.close();
+      } catch {
+        // already closed
+      }
+      this.audio.srcObject = null;
+    }
+  }
+
   /** The Realtime client: microphone in, speech out, events to `target` as DOM events. */
   class VoxwireClient {
     constructor(target) {
       this.target = target;
-      this.opts = { url: defaultUrl(), instructions: "", key: "", video: null, reconnect: false };
+      this.opts = { url: defaultUrl(), transport: "auto", instructions: "", key: "", video: null,
+                    reconnect: false };
       this.state = {
-        running: false, connected: false, phase: "offline", status: "Press Start to talk",
+        running: false, connected: false, transport: null, fallback: null, phase: "offline",
+        status: "Press Start to talk",
         muted: false, idle: false, partial: "", transcripts: [], answers: [], metrics: null,
         playedSeconds: 0, errors: [], interruptions: [], framesSent: 0,
       };
       this.onlevel = null;
-      this.ctx = this.out = this.node = this.mic = this.cam = this.ws = null;
+      this.ctx = this.out = this.node = this.mic = this.cam = this.link = null;
+      this.noWebrtc = false; // the server said it takes no WebRTC calls
+      this.rtcPlaying = null; // WebRTC: since when the server has been playing an answer
       this.retryTimer = 0;
       this.frameTimer = 0;
       this.backoff = 500;
@@ -161,12 +334,7 @@
       s.connected = false;
       clearTimeout(this.retryTimer);
       clearInterval(this.frameTimer);
-      const ws = this.ws;
-      this.ws = null;
-      if (ws) ws.close(1000);
-      this.activeItems.clear();
-      this.pendingTruncate = null;
-      this.stopPlayback();
+      this.dropLink();
       VoxwireClient.release(this.mic);
       VoxwireClient.release(this.cam);
       this.mic = this.cam = null;
@@ -186,77 +354,124 @@
     }
 
     resume() {
+      if (this.link && this.link.resume) this.link.resume();
       return this.ctx ? this.ctx.resume() : Promise.resolve();
     }
 
     setMuted(muted) {
       this.state.muted = muted;
+      if (this.link && this.link.kind === "webrtc") this.link.muted = muted;
       this.setStatus(this.state.status);
     }
 
     send(event) {
-      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
-      this.ws.send(JSON.stringify(event));
+      const link = this.link;
+      if (!link || !link.open) return false;
+      const text = JSON.stringify(event);
+      if (text.length > link.maxMessage) return false;
+      link.send(text);
       return true;
     }
 
-    // ------------------------------------------------------------------ the socket
+    // ------------------------------------------------------------------ the connection
 
-    connect() {
+    /** Connect over WebRTC when it is wanted and works, else over the WebSocket. */
+    async connect() {
       clearTimeout(this.retryTimer);
-      const ws = this.opts.key
-        ? new WebSocket(this.opts.url, ["realtime", "openai-insecure-api-key." + this.opts.key])
-        : new WebSocket(this.opts.url);
-      this.ws = ws;
       this.setStatus("Connecting…", "offline");
-      ws.onopen = () => this.send(this.sessionUpdate());
-      ws.onmessage = (m) => {
-        let event;
-        try {
-          event = JSON.parse(m.data);
-        } catch {
-          return;
+      const want = this.opts.transport;
+      if (want !== "websocket" && !this.noWebrtc) {
+        if (typeof RTCPeerConnection === "undefined") {
+          this.fallBack(want, new CallFailed("this browser has no WebRTC"));
+        } else {
+          const link = new RtcLink(this);
+          this.link = link;
+          try {
+            await link.connect(callsUrl(this.opts.url), this.opts.key, this.mic);
+            return;
+          } catch (err) {
+            if (this.link !== link) return; // stopped or renewed meanwhile
+            this.link = null;
+            link.close();
+            if (!this.fallBack(want, err)) return;
+          }
         }
-        this.onEvent(event);
-      };
-      ws.onclose = (e) => this.onClose(ws, e);
+        if (want === "webrtc") return;
+      }
+      this.link = new SocketLink(this, this.opts.url, this.opts.key);
     }
 
-    /** A fresh session (a new conversation) on a new socket. */
-    renew() {
-      if (!this.state.running || !this.ws) return;
-      const ws = this.ws;
-      this.ws = null;
-      ws.close(1000);
+    /** WebRTC did not connect: say why, and whether to go on with the WebSocket. */
+    fallBack(want, err) {
+      const status = err.status || 0;
+      if (NO_WEBRTC.includes(status)) this.noWebrtc = true;
+      this.state.fallback = err.message;
+      if (want === "webrtc" || FINAL_REFUSALS.includes(status)) {
+        this.lost(`WebRTC: ${err.message}`);
+        return false;
+      }
+      return true;
+    }
+
+    dropLink() {
+      const link = this.link;
+      this.link = null;
+      if (link) link.close();
       this.activeItems.clear();
       this.pendingTruncate = null;
+      this.rtcStopped();
       this.stopPlayback();
+    }
+
+    /** A fresh session (a new conversation) on a new connection. */
+    renew() {
+      if (!this.state.running || !this.link) return;
+      this.dropLink();
       this.connect();
     }
 
-    onClose(ws, e) {
-      if (ws !== this.ws) return;
-      this.ws = null;
+    onOpen(link) {
+      if (link !== this.link) return;
+      this.state.transport = link.kind;
+      if (link.kind === "webrtc") link.muted = this.state.muted;
+      this.send(this.sessionUpdate());
+    }
+
+    onMessage(link, data) {
+      if (link !== this.link) return;
+      let event;
+      try {
+        event = JSON.parse(data);
+      } catch {
+        return;
+      }
+      this.onEvent(event);
+    }
+
+    onLost(link, reason) {
+      if (link !== this.link) return;
+      this.dropLink();
+      this.lost(`Connection lost${reason ? ` (${reason})` : ""}`);
+    }
+
+    lost(why) {
       this.state.connected = false;
-      this.activeItems.clear();
-      this.pendingTruncate = null;
-      this.stopPlayback();
       if (!this.state.running) return;
       if (this.opts.reconnect) {
         const wait = this.backoff;
         this.backoff = Math.min(this.backoff * 2, 10000);
-        this.setStatus(`Connection lost; reconnecting in ${(wait / 1000).toFixed(1)} s`,
-          "offline", true);
+        this.setStatus(`${why}; reconnecting in ${(wait / 1000).toFixed(1)} s`, "offline", true);
         this.retryTimer = setTimeout(() => this.connect(), wait);
       } else {
-        const why = e.reason ? ` (${e.reason})` : "";
-        this.stop(`Connection lost${why}. Press Start to reconnect.`);
+        this.stop(`${why}. Press Start to reconnect.`);
       }
     }
 
     sessionUpdate() {
       const format = { type: "audio/pcm", rate: RATE };
-      const session = { type: "realtime", audio: { input: { format }, output: { format } } };
+      // WebRTC's audio is Opus on the tracks, whatever the session's formats say.
+      const session = this.state.transport === "webrtc" ? { type: "realtime" }
+        : { type: "realtime", audio: { input: { format }, output: { format } } };
       if (this.opts.instructions) session.instructions = this.opts.instructions;
       // Extensions: per-turn latency (voxwire.turn.metrics) for the panel; camera frames.
       session.voxwire = { metrics: true };
@@ -266,11 +481,11 @@
 
     onChunk(data) {
       if (this.onlevel) this.onlevel(this.state.muted ? 0 : data.level);
-      const ws = this.ws;
-      if (this.state.muted || !ws || ws.readyState !== WebSocket.OPEN) return;
-      if (ws.bufferedAmount > 1 << 20) return; // the network is not keeping up: drop
+      const link = this.link; // WebRTC sends the microphone's own track
+      if (this.state.muted || !link || link.kind !== "websocket" || !link.open) return;
+      if (link.backlog > 1 << 20) return; // the network is not keeping up: drop
       const audio = toBase64(new Uint8Array(data.pcm));
-      ws.send(JSON.stringify({ type: "input_audio_buffer.append", audio }));
+      link.send(JSON.stringify({ type: "input_audio_buffer.append", audio }));
     }
 
     // ------------------------------------------------------------------ server events
@@ -281,7 +496,8 @@
         case "session.created":
           s.connected = true;
           this.backoff = 500;
-          this.setStatus(`Connected to ${this.opts.url}`, "listening");
+          this.setStatus(`Connected to ${this.opts.url} over ${TRANSPORTS[s.transport]}`,
+            "listening");
           break;
         case "input_audio_buffer.speech_started":
           this.interrupt();
@@ -323,7 +539,17 @@
           break;
         }
         case "conversation.item.truncated": // show what the listener actually heard
+          if (s.transport === "webrtc") this.cutOff(ev.item_id, ev.audio_end_ms);
           this.send({ type: "conversation.item.retrieve", item_id: ev.item_id });
+          break;
+        case "output_audio_buffer.started": // WebRTC: the server plays the answer
+          if (this.rtcPlaying === null) this.rtcPlaying = performance.now();
+          this.setPhase("speaking");
+          break;
+        case "output_audio_buffer.stopped":
+        case "output_audio_buffer.cleared":
+          this.rtcStopped();
+          if (s.phase === "speaking") this.setPhase("listening");
           break;
         case "conversation.item.retrieved": {
           const item = ev.item || {};
@@ -449,14 +675,26 @@
       if (this.interrupted.size > MAX_KEEP) {
         this.interrupted.delete(this.interrupted.values().next().value);
       }
-      keep(this.state.interruptions, { itemId, audioEndMs });
-      this.emit("interrupted", { itemId, audioEndMs });
+      this.cutOff(itemId, audioEndMs);
       // The server settles an item's audio when its response ends, so truncate after that.
       this.pendingTruncate = {
         type: "conversation.item.truncate", item_id: itemId, content_index: 0,
         audio_end_ms: audioEndMs,
       };
       this.flushTruncate();
+    }
+
+    /** An answer cut off after `audioEndMs` of it was heard. */
+    cutOff(itemId, audioEndMs) {
+      keep(this.state.interruptions, { itemId, audioEndMs });
+      this.emit("interrupted", { itemId, audioEndMs });
+    }
+
+    /** WebRTC: the server's playback stopped; count what it played. */
+    rtcStopped() {
+      if (this.rtcPlaying === null) return;
+      this.state.playedSeconds += (performance.now() - this.rtcPlaying) / 1000;
+      this.rtcPlaying = null;
     }
 
     flushTruncate() {
@@ -468,7 +706,7 @@
     }
 
     get playing() {
-      return this.sources.length > 0;
+      return this.sources.length > 0 || this.rtcPlaying !== null;
     }
 
     // ------------------------------------------------------------------ camera
@@ -503,9 +741,14 @@
       canvas.width = width;
       canvas.height = height;
       canvas.getContext("2d").drawImage(video, 0, 0, width, height);
-      const sent = this.send({ type: "voxwire.input_image.append",
-                               image_url: canvas.toDataURL("image/jpeg", 0.7) });
-      if (sent) this.state.framesSent += 1;
+      const room = this.link ? this.link.maxMessage - 256 : 0; // WebRTC's: 64 KiB or so
+      for (const quality of [0.7, 0.5, 0.3]) {
+        const imageUrl = canvas.toDataURL("image/jpeg", quality);
+        if (imageUrl.length > room) continue;
+        const sent = this.send({ type: "voxwire.input_image.append", image_url: imageUrl });
+        if (sent) this.state.framesSent += 1;
+        return;
+      }
     }
   }
 
@@ -573,7 +816,7 @@ video.cam{grid-column:2;grid-row:2/6;align-self:end;width:100%;border-radius:18p
   <ol class="log" aria-live="polite"><li class="empty">Press Start and ask a question.</li></ol>
   <section class="latency" aria-label="Latency of the last turn">
     <div class="v2v"><b data-stage="voice_to_voice">–</b><span>voice-to-voice</span></div>
-    <dl>${STAGES.map(([k, label]) => `<dt>${label}</dt><dd data-stage="${k}">–</dd>`).join("")}</dl>
+    <dl>${STAGES.map(([k, label]) => `<dt>${label}</dt><dd data-stage="${k}">–</dd>`).join("")}<dt>Transport</dt><dd class="transport">–</dd></dl>
   </section>
   <div class="status" role="status"></div>
 </div>`;
@@ -637,6 +880,7 @@ video.cam{grid-column:2;grid-row:2/6;align-self:end;width:100%;border-radius:18p
     start() {
       return this.client.start({
         url: this.getAttribute("url") || defaultUrl(),
+        transport: this.getAttribute("transport") || "auto",
         instructions: this.getAttribute("instructions") || "",
         key: this.getAttribute("key") || "",
         video: this.kiosk ? this.$(".cam") : null,
@@ -752,11 +996,14 @@ video.cam{grid-column:2;grid-row:2/6;align-self:end;width:100%;border-radius:18p
     onMetrics(m) {
       const stages = m.stages_ms || {};
       const fmt = (v) => (typeof v === "number" ? `${Math.round(v)} ms` : "–");
+      const transport = TRANSPORTS[m.transport || this.state.transport] || "–";
       if (this.kiosk) {
         this.$(".k-lat").textContent = `voice-to-voice ${fmt(stages.voice_to_voice)} · ` +
-          STAGES.map(([k, label]) => `${label} ${fmt(stages[k])}`).join(" · ");
+          STAGES.map(([k, label]) => `${label} ${fmt(stages[k])}`).join(" · ") +
+          ` · ${transport}`;
         return;
       }
+      this.$(".transport").textContent = transport;
       for (const el of this.shadowRoot.querySelectorAll("[data-stage]")) {
         el.textContent = fmt(stages[el.dataset.stage]);
       }
