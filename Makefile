@@ -37,7 +37,7 @@ node-clients: sysdeps $(NODE_CLIENTS)
 
 # Test fixtures are spoken by piper and by espeak-ng (a second, different voice); the widget
 # and kiosk tests run in headless Chromium; the history tests start their own PostgreSQL; a
-# third-party client runs in Node.js.
+# third-party client runs in Node.js; the WebRTC relay test starts its own TURN server (coturn).
 sysdeps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -55,6 +55,10 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; \
 	  else echo "tests need node and npm: sudo apt-get install nodejs npm"; exit 1; fi; }
+	@command -v turnserver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q coturn; \
+	  else echo "tests need coturn: sudo apt-get install coturn"; exit 1; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check realtime voxwire server client models tests bench

@@ -42,6 +42,7 @@ from server.edge.tokens import Grant, Shape, Tokens, mint_request
 from server.edge.webrtc import (
     CALLS_PATH,
     MAX_SIDEBANDS,
+    NO_FREE_PORT,
     Call,
     Offer,
     Sideband,
@@ -365,7 +366,8 @@ class App:
         try:
             sdp, call_id = await self.webrtc.answer(offer, engines, key, grant, dialect, model)
         except LimitError as exc:
-            return json_error(HTTPStatus.TOO_MANY_REQUESTS, exc.code, str(exc))
+            return json_error(HTTPStatus.SERVICE_UNAVAILABLE if exc.code == NO_FREE_PORT
+                              else HTTPStatus.TOO_MANY_REQUESTS, exc.code, str(exc))
         except ProtocolError as exc:
             return json_error(HTTPStatus.BAD_REQUEST, exc.code, str(exc))
         reply = response(HTTPStatus.CREATED, sdp.encode(), "application/sdp")

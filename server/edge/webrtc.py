@@ -17,6 +17,10 @@ played, without waiting for the client to say it.
 A sideband WebSocket (`/v1/realtime?call_id=...`, see server.edge.app) attaches to a live
 call: it gets a copy of the events the data channel gets, in a bounded queue of its own
 (`Sideband`), and its client events go to the same `Call.handle`.
+
+Networks: the calls gather their candidates with the STUN and TURN servers of
+`--ice-servers` (server-reflexive and relayed candidates), host candidates on the address
+the server listens on only, their UDP sockets on the ports of `--rtc-ports` when it is set.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import contextlib
 import contextvars
 import email.parser
 import email.policy
+import errno
 import fractions
 import ipaddress
 import json
@@ -35,7 +40,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import aioice.ice
 import numpy as np
@@ -44,6 +49,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCDataChannel,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -58,7 +64,7 @@ from realtime import server_events as se
 from server.edge.intake import Intake
 from server.edge.tokens import Grant
 from server.errors import LimitError, ProtocolError
-from server.runtime.config import Settings
+from server.runtime.config import Settings, ice_servers, port_range
 from server.runtime.engines import Engines
 from server.session.core import Session
 from server.session.outbox import FLUSHED, OnSent
@@ -81,6 +87,7 @@ CLOSE_S = 5.0  # at shutdown, how long the calls' sessions may take to close
 EVENTS_AHEAD = 64  # client events waiting for the session; more are dropped, with an error
 MAX_SIDEBANDS = 2  # sideband WebSockets attached to one call at most
 SIDEBAND_AHEAD = 512  # server events a sideband may fall behind by; beyond, it is dropped
+NO_FREE_PORT = "no_free_udp_port"  # the LimitError's code when --rtc-ports is all taken
 Int16 = npt.NDArray[np.int16]
 
 
@@ -125,6 +132,68 @@ def candidate_addresses(host: str) -> tuple[str, ...] | None:
     except ValueError:
         return None
     return None if ip.is_unspecified else (str(ip),)
+
+
+# ---------------------------------------------------------------------------- ports
+
+# aioice binds each host candidate's UDP socket to an ephemeral port and takes no range.
+# With --rtc-ports, the loop's create_datagram_endpoint is wrapped (once per loop): a socket
+# asked for on port 0 while a range is chosen, in a context variable set around the
+# gathering as the addresses above, is bound to the first free port of the range instead.
+# When none is free, the bind fails as aioice expects a bind to fail (it gathers on without
+# that candidate), and the call is refused.
+@dataclass
+class Ports:
+    """The UDP ports one call's gathering may bind, and whether a bind found none free."""
+
+    span: range
+    full: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.span.start}-{self.span.stop - 1}"
+
+
+_PORTS: contextvars.ContextVar[Ports | None] = contextvars.ContextVar(
+    "voxwire_candidate_ports", default=None)
+_IN_RANGE = "_voxwire_in_range"  # marks a loop's create_datagram_endpoint as wrapped
+
+
+def _bind_in_range(loop: asyncio.AbstractEventLoop) -> None:
+    original = loop.create_datagram_endpoint
+    if getattr(original, _IN_RANGE, False):
+        return
+
+    async def create_datagram_endpoint(protocol_factory: Callable[[], Any],
+                                       local_addr: tuple[str, int] | None = None,
+                                       remote_addr: Any = None, **kwargs: Any) -> Any:
+        ports = _PORTS.get()
+        if ports is None or local_addr is None or local_addr[1] != 0 or remote_addr:
+            return await original(protocol_factory, local_addr, remote_addr, **kwargs)
+        for port in ports.span:
+            try:
+                return await original(protocol_factory, (local_addr[0], port), **kwargs)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        ports.full = True
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {ports} on {local_addr[0]}")
+
+    setattr(create_datagram_endpoint, _IN_RANGE, True)
+    setattr(loop, "create_datagram_endpoint", create_datagram_endpoint)  # noqa: B010 (mypy)
+
+
+@contextlib.contextmanager
+def ports_in(span: range | None) -> Iterator[Ports | None]:
+    """Host candidates gathered in this block bind a UDP port of ``span`` (None: any
+    ephemeral port); what is yielded says, after the block, whether any bind found none."""
+    ports = None if span is None else Ports(span)
+    if ports is not None:
+        _bind_in_range(asyncio.get_running_loop())
+    token = _PORTS.set(ports)
+    try:
+        yield ports
+    finally:
+        _PORTS.reset(token)
 
 
 # ---------------------------------------------------------------------------- the offer
@@ -726,6 +795,10 @@ class WebRtcDoor:
         self.sessions = sessions
         self.calls: dict[str, Call] = {}
         self._runs: set[asyncio.Task[None]] = set()
+        settings = sessions.settings
+        self.ice_servers = [RTCIceServer(list(server.urls), server.username, server.credential)
+                            for server in ice_servers(settings.ice_servers)]
+        self.ports = port_range(settings.rtc_ports)
 
     async def answer(self, offer: Offer, engines: Engines, key: str, grant: Grant | None,
                      dialect: p.Dialect, model: str) -> tuple[str, str]:
@@ -737,7 +810,8 @@ class WebRtcDoor:
         session = self.sessions.open_session(engines, key, grant, transport="webrtc",
                                              dialect=dialect, model=model,
                                              transport_format=TRANSPORT_FORMAT)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only
+        # --ice-servers, or none: aiortc would ask Google's STUN server
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
         call = Call("rtc_" + secrets.token_hex(12), session, key, pc, dialect,
                     self.sessions.settings, "\r\nm=application " in offer.sdp)
         try:
@@ -747,6 +821,7 @@ class WebRtcDoor:
         except BaseException:
             await call.close()
             await self.sessions.close_session(session, key)
+            await call.stop_tasks()  # the microphone's, when the offer's track came
             raise
         self.calls[call.id] = call
         run = asyncio.create_task(self._run(call), name=f"call {call.id}")
@@ -796,8 +871,12 @@ class WebRtcDoor:
                 if c.mimeType.lower() == "audio/opus"]
         audio[0].setCodecPreferences(opus)
         pc.addTrack(call.playback)
-        with candidates_on(candidate_addresses(self.sessions.settings.host)):
+        with candidates_on(candidate_addresses(self.sessions.settings.host)), \
+                ports_in(self.ports) as ports:
             await pc.setLocalDescription(await pc.createAnswer())
+        if ports is not None and ports.full:
+            raise LimitError(f"no free UDP port in the range {ports} (--rtc-ports): every "
+                             "port is taken by a call; try again later", code=NO_FREE_PORT)
         return str(pc.localDescription.sdp)
 
     async def _run(self, call: Call) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -140,6 +142,15 @@ class Settings:
     # A WebRTC call whose ICE and DTLS have not completed this long after its answer is closed.
     webrtc_connect_timeout_s: float = 10.0
     no_webrtc: bool = False  # refuse WebRTC offers (404): clients use the WebSocket
+    # STUN and TURN servers for every WebRTC call, behind NAT: a JSON array of RTCIceServer
+    # objects as a browser takes them ([{"urls": "turn:HOST:3478", "username": "...",
+    # "credential": "..."}]), better from VOXWIRE_ICE_SERVERS than from the command line,
+    # which every user of the machine can read. aiortc uses the first STUN URL and the first
+    # TURN URL; host candidates stay on --host.
+    ice_servers: str = field(default="", repr=False)
+    # UDP ports for the calls' media, LOW-HIGH (a call takes one; when all are taken, the
+    # next offer is refused with 503); "": any ephemeral port
+    rtc_ports: str = ""
     heap_trim_s: float = 10.0  # hand freed native memory back this often; 0: never
     # Edge limits.
     max_event_bytes: int = 1024 * 1024  # events without an image; image events: max_message_bytes
@@ -189,6 +200,8 @@ class Settings:
         if self.turn_detection == "semantic_vad" and self.turn_engine == "none":
             raise ConfigError("--turn-detection semantic_vad needs a turn model "
                               "(--turn-engine smart-turn)")
+        ice_servers(self.ice_servers)
+        port_range(self.rtc_ports)
         for name, ok in (
             ("port", 0 <= self.port < 65536),
             ("token_ttl_s", 1.0 <= self.token_ttl_s <= 3600.0),
@@ -249,6 +262,88 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One STUN or TURN server entry of --ice-servers (an RTCIceServer)."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = field(default=None, repr=False)
+
+
+# What aiortc takes (aiortc.rtcicetransport): stun:HOST[:PORT], turn:HOST[:PORT] over UDP or
+# TCP (?transport=tcp), turns:HOST[:PORT] over TCP; it skips the rest without a word.
+_ICE_URL = re.compile(r"(?P<scheme>[a-z]+):(?P<host>[^?:/\s]+)(:(?P<port>[0-9]{1,5}))?"
+                      r"(\?transport=(?P<transport>[a-z]+))?")
+_ICE_TRANSPORTS = {"stun": (None,), "turn": (None, "udp", "tcp"), "turns": (None, "tcp")}
+
+
+def ice_servers(text: str) -> tuple[IceServer, ...]:
+    """The servers --ice-servers names (raises ConfigError saying what is wrong)."""
+    if not text.strip():
+        return ()
+    try:
+        entries = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"--ice-servers (VOXWIRE_ICE_SERVERS) is not JSON: {exc}") from exc
+    if not isinstance(entries, list):
+        raise ConfigError('--ice-servers must be a JSON array of objects like {"urls": '
+                          '"turn:turn.example.com:3478", "username": "...", "credential": '
+                          '"..."}')
+    return tuple(_ice_server(i, entry) for i, entry in enumerate(entries))
+
+
+def _ice_server(i: int, entry: Any) -> IceServer:
+    where = f"--ice-servers[{i}]"
+    if not isinstance(entry, dict) or "urls" not in entry:
+        raise ConfigError(f'{where} must be an object with "urls"')
+    urls = entry["urls"] if isinstance(entry["urls"], list) else [entry["urls"]]
+    unknown = set(entry) - {"urls", "username", "credential", "credentialType"}
+    if unknown:
+        raise ConfigError(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    if entry.get("credentialType", "password") != "password":
+        raise ConfigError(f'{where}: only "credentialType": "password" is supported')
+    username, credential = entry.get("username"), entry.get("credential")
+    for name, value in (("username", username), ("credential", credential)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where}.{name} must be a string")
+    if not urls:
+        raise ConfigError(f'{where}: "urls" is empty')
+    for url in urls:
+        if not isinstance(url, str):
+            raise ConfigError(f"{where}: every URL must be a string, not {url!r}")
+        match = _ICE_URL.fullmatch(url)
+        if match is None:
+            raise ConfigError(f"{where}: {url!r} is not a STUN or TURN URL "
+                              "(stun:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp], "
+                              "turns:HOST[:PORT])")
+        scheme, port = match["scheme"], match["port"]
+        if scheme not in _ICE_TRANSPORTS:
+            raise ConfigError(f"{where}: {url!r} has the scheme {scheme!r}; use stun, turn "
+                              "or turns")
+        if match["transport"] not in _ICE_TRANSPORTS[scheme]:
+            raise ConfigError(f"{where}: {url!r}: {scheme} does not take transport="
+                              f"{match['transport']}")
+        if port is not None and not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: {url!r} has no valid port")
+        if scheme != "stun" and not (username and credential):
+            raise ConfigError(f'{where}: the TURN server {url!r} needs a "username" and a '
+                              '"credential"')
+    return IceServer(tuple(urls), username, credential)
+
+
+def port_range(text: str) -> range | None:
+    """The ports --rtc-ports names (None: ephemeral ports; raises ConfigError)."""
+    if not text.strip():
+        return None
+    match = re.fullmatch(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*", text)
+    low, high = (int(match[1]), int(match[2])) if match else (0, -1)
+    if not 0 < low <= high < 65536:
+        raise ConfigError(f"--rtc-ports must be LOW-HIGH, two UDP ports from 1 to 65535, the "
+                          f"first not above the second (like 40000-40100), not {text!r}")
+    return range(low, high + 1)
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
