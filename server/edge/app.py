@@ -252,6 +252,8 @@ class App:
         if refused is not None:
             return refused
         path = urlsplit(target).path.rstrip("/") or "/"
+        if path.startswith(CALLS_PATH + "/"):
+            return self.hangup(method, path, headers)
         if path in (CALLS_PATH, REALTIME_PATH):
             origin = headers.get("Origin")
             if method == "OPTIONS":
@@ -283,10 +285,7 @@ class App:
         if shape is None:
             return json_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {path}")
         if method != "POST":
-            reply = json_error(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
-                               f"{path} takes POST only")
-            reply.headers["Allow"] = "POST"
-            return reply
+            return post_only(path)
         if not self.keys:
             return json_error(HTTPStatus.NOT_FOUND, "tokens_disabled",
                               "this server has no API keys, so it mints no tokens: "
@@ -374,18 +373,42 @@ class App:
         reply.headers["Location"] = f"{CALLS_PATH}/{call_id}"
         return reply
 
+    def hangup(self, method: str, path: str, headers: Headers) -> Reply:
+        """Ending a call by its id, as OpenAI does: `POST /v1/realtime/calls/{id}/hangup`,
+        with an API key (a browser token is not enough)."""
+        call_id, _, action = path.removeprefix(CALLS_PATH + "/").partition("/")
+        if action != "hangup":
+            return json_error(HTTPStatus.NOT_FOUND, "not_found", f"no route for {method} {path}")
+        if method != "POST":
+            return post_only(path)
+        refused = self.refuse_backend(headers, "hanging up a call")
+        return refused if refused is not None else self._hangup(call_id)
+
+    async def _hangup(self, call_id: str) -> Response:
+        if not await self.webrtc.hangup(call_id):
+            return json_error(HTTPStatus.NOT_FOUND, "call_not_found", f"no live call {call_id!r}")
+        return response(HTTPStatus.OK, b"", "text/plain")
+
+    def refuse_backend(self, headers: Headers, what: str) -> Response | None:
+        """What only a backend may do to a live call: with an API key, never a browser
+        token (and from an allowed origin)."""
+        if self.keys and not auth.key_ok(auth.offered_key(headers), self.keys):
+            return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
+                              f"{what} needs Authorization: Bearer <API key> (a browser "
+                              "token is not enough)")
+        if not auth.origin_ok(headers, self.origins, any_by_default=bool(self.keys)):
+            return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
+                              f"origin {headers.get('Origin')} is not allowed")
+        return None
+
     # ------------------------------------------------------------------ sidebands
 
     def refuse_sideband(self, call_id: str, headers: Headers) -> Response | None:
         """A sideband's handshake (`/v1/realtime?call_id=rtc_...`): an API key, never a
         browser token, and a live call with room for one more."""
-        if self.keys and not auth.key_ok(auth.offered_key(headers), self.keys):
-            return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
-                              "a sideband needs Authorization: Bearer <API key> (a browser "
-                              "token is not enough)")
-        if not auth.origin_ok(headers, self.origins, any_by_default=bool(self.keys)):
-            return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
-                              f"origin {headers.get('Origin')} is not allowed")
+        refused = self.refuse_backend(headers, "a sideband")
+        if refused is not None:
+            return refused
         call = self.webrtc.calls.get(call_id)
         if call is None or call.ended.is_set():
             return json_error(HTTPStatus.NOT_FOUND, "call_not_found",
@@ -668,6 +691,13 @@ class App:
                 yield server
             finally:
                 await self.webrtc.close_all()
+
+
+def post_only(path: str) -> Response:
+    reply = json_error(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
+                       f"{path} takes POST only")
+    reply.headers["Allow"] = "POST"
+    return reply
 
 
 def _select_subprotocol(connection: ServerConnection,

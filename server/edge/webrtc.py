@@ -16,7 +16,8 @@ played, without waiting for the client to say it.
 
 A sideband WebSocket (`/v1/realtime?call_id=...`, see server.edge.app) attaches to a live
 call: it gets a copy of the events the data channel gets, in a bounded queue of its own
-(`Sideband`), and its client events go to the same `Call.handle`.
+(`Sideband`), and its client events go to the same `Call.handle`. A backend with the API
+key ends a call by its id (`POST /v1/realtime/calls/{id}/hangup`, `WebRtcDoor.hangup`).
 
 Networks: the calls gather their candidates with the STUN and TURN servers of
 `--ice-servers` (server-reflexive and relayed candidates), host candidates on the address
@@ -794,7 +795,7 @@ class WebRtcDoor:
     def __init__(self, sessions: Sessions) -> None:
         self.sessions = sessions
         self.calls: dict[str, Call] = {}
-        self._runs: set[asyncio.Task[None]] = set()
+        self._runs: dict[str, asyncio.Task[None]] = {}  # by call id
         settings = sessions.settings
         self.ice_servers = [RTCIceServer(list(server.urls), server.username, server.credential)
                             for server in ice_servers(settings.ice_servers)]
@@ -825,8 +826,8 @@ class WebRtcDoor:
             raise
         self.calls[call.id] = call
         run = asyncio.create_task(self._run(call), name=f"call {call.id}")
-        self._runs.add(run)
-        run.add_done_callback(self._runs.discard)
+        self._runs[call.id] = run
+        run.add_done_callback(lambda _: self._runs.pop(call.id, None))
         log.info("call %s: session %s answered (%s dialect)", call.id, session.id, dialect)
         return sdp, call.id
 
@@ -894,9 +895,22 @@ class WebRtcDoor:
             self.calls.pop(call.id, None)
             log.info("call %s ended", call.id)
 
+    async def hangup(self, call_id: str) -> bool:
+        """End a live call by its id: True once it has ended and its session closed (or
+        `CLOSE_S` has passed), False when there is no such call."""
+        call = self.calls.get(call_id)
+        if call is None or call.ended.is_set():
+            return False
+        log.info("call %s: hung up", call_id)
+        await call.close()
+        run = self._runs.get(call_id)
+        if run is not None:
+            await asyncio.wait({run}, timeout=CLOSE_S)
+        return True
+
     async def close_all(self) -> None:
         """At shutdown: every call ends, and its session closes."""
         for call in list(self.calls.values()):
             await call.close()
         if self._runs:
-            await asyncio.wait(set(self._runs), timeout=CLOSE_S)
+            await asyncio.wait(set(self._runs.values()), timeout=CLOSE_S)

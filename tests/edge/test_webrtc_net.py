@@ -1,5 +1,6 @@
 """The WebRTC door's networks: a call through a real TURN server (coturn), the calls' UDP
-ports held to --rtc-ports, and the network flags checked at start."""
+ports held to --rtc-ports, ending a call by its id (`POST /v1/realtime/calls/{id}/hangup`),
+and the network flags checked at start."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 from aioice import stun
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from bench import rtc_client
 from bench.rtc_client import Client
@@ -23,7 +26,7 @@ from server import cli
 from server.edge.webrtc import NO_FREE_PORT
 from server.runtime import config
 from server.runtime.engines import Engines
-from tests.edge.test_webrtc import connect, serving
+from tests.edge.test_webrtc import KEY, connect, post, serving
 
 TURN_USER, TURN_PASSWORD = "u", "p"
 
@@ -167,6 +170,46 @@ async def test_the_calls_ports_stay_in_the_range(engines: Engines) -> None:
         client, (status, _, answer) = await connect(base)  # and a port is free again
         await client.close()
         assert status == 201 and all(low <= port <= low + 1 for port in host_ports(answer))
+
+
+async def test_hangup_ends_a_live_call(engines: Engines) -> None:
+    async with serving(engines) as (app, base):
+        client, (status, headers, _) = await connect(base)
+        try:
+            assert status == 201
+            call_id = headers["Location"].rsplit("/", 1)[1]
+            hangup = f"{base}/v1/realtime/calls/{call_id}/hangup"
+            sideband = await ws_connect(
+                base.replace("http://", "ws://") + f"/v1/realtime?call_id={call_id}",
+                additional_headers={"Authorization": f"Bearer {KEY}"})
+            # Refused: no key, or a browser token (a backend hangs up, with the API key).
+            status, _, body = await post(hangup, b"", key=None)
+            assert (status, json.loads(body)["error"]["code"]) == (401, "invalid_api_key")
+            _, _, minted = await post(base + "/v1/realtime/client_secrets", b"{}",
+                                      content_type="application/json")
+            status, _, _ = await post(hangup, b"", key=json.loads(minted)["value"])
+            assert status == 401
+            status, _, body = await post(f"{base}/v1/realtime/calls/rtc_unknown/hangup", b"")
+            assert (status, json.loads(body)["error"]["code"]) == (404, "call_not_found")
+            assert call_id in app.webrtc.calls and len(app.sessions) == 1
+            status, _, body = await post(hangup, b"")
+            assert (status, body) == (200, b"")
+            # Answered once the call has ended: its session closed, its sideband with 1000.
+            assert not app.sessions and call_id not in app.webrtc.calls
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(sideband.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+            for _ in range(100):  # the caller hears the call end (DTLS close_notify)
+                if client.pc.connectionState == "closed":
+                    break
+                await asyncio.sleep(0.1)
+            assert client.pc.connectionState == "closed"
+            assert client.channel.readyState == "closed"
+            status, _, body = await post(hangup, b"")
+            assert (status, json.loads(body)["error"]["code"]) == (404, "call_not_found")
+        finally:
+            await client.close()
 
 
 @pytest.mark.parametrize(("flag", "value", "said"), [
