@@ -70,14 +70,24 @@ def chromium_args(wav: Path, y4m: Path | None = None) -> list[str]:
 
 
 @contextmanager
-def other_site(html: str) -> Iterator[str]:
-    """Another origin on loopback serving one page, `html`, at its root: yields its URL."""
-    body = html.encode()
+def other_site(html: str, assets: Path | None = None) -> Iterator[str]:
+    """Another origin on loopback serving one page, `html`, at its root, and the files
+    directly in `assets` (scripts) under /assets/: yields its URL."""
+    page = html.encode()
+    scripts = {f"/assets/{f.name}": f for f in assets.iterdir()
+               if f.suffix in (".js", ".mjs")} if assets is not None else {}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            path = self.path.partition("?")[0]
+            script = scripts.get(path)
+            if path != "/" and script is None:
+                self.send_error(404)
+                return
+            body = page if script is None else script.read_bytes()
+            kind = "text/html" if script is None else "text/javascript"
             self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Type", f"{kind}; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

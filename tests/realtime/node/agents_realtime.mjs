@@ -6,6 +6,8 @@
 //   spoken   stream the file (a spoken question) and wait for the spoken answer
 //   tool     ask in text for something the agent's tool does; the session runs the tool
 //   barge-in ask in text for a long answer, speak the file over it once audio arrives
+//   validate check the server events in the JSON file (a list) against the client's schemas;
+//            WS_URL is not used
 //
 // Prints one JSON line: what the server sent and everything that went wrong in the client.
 // The client drops silently any server event its own schemas refuse (parseRealtimeEvent in
@@ -62,6 +64,13 @@ function check(raw) {
   } else if (raw.type === 'conversation.item.truncated') {
     report.truncated.push(raw.audio_end_ms);
   }
+}
+
+if (scenario === 'validate') {
+  // Server events recorded elsewhere (a browser page), checked against this client's schemas.
+  for (const raw of JSON.parse(readFileSync(audioPath, 'utf8'))) check(raw);
+  process.stdout.write(`${JSON.stringify(report)}\n`);
+  process.exit(0);
 }
 
 const setLights = tool({
