@@ -564,3 +564,61 @@ async def test_the_kiosk_talks_only_to_its_own_server(engines: Engines, tmp_path
 def test_edge_limits_are_validated(name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings(store="none", **{name: 0})
+
+
+# ---------------------------------------------------------------- CORS for WebRTC offers
+
+
+def request(method: str, path: str, *headers: str, body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", *headers, f"Content-Length: {len(body)}",
+             "Connection: close", "", ""]
+    return "\r\n".join(lines).encode() + body
+
+
+def headers_of(reply: bytes) -> dict[str, str]:
+    head = reply.partition(b"\r\n\r\n")[0].decode()
+    return {k.lower(): v.strip() for k, _, v in
+            (line.partition(":") for line in head.split("\r\n")[1:])}
+
+
+async def test_a_page_on_an_allowed_origin_may_post_an_offer_and_read_the_answer(
+        engines: Engines) -> None:
+    shop, evil = "https://shop.example", "https://evil.example"
+    async with edge(engines, api_keys=KEY, allowed_origins=shop) as (_, hostport):
+        host = f"Host: {hostport}"
+        asks = ("Access-Control-Request-Method: POST",
+                "Access-Control-Request-Headers: authorization,content-type")
+        reply = await raw(hostport, request("OPTIONS", "/v1/realtime/calls", host,
+                                            f"Origin: {shop}", *asks))
+        seen = headers_of(reply)
+        assert status_of(reply)[0] == 204
+        assert seen["access-control-allow-origin"] == shop
+        assert seen["access-control-allow-methods"] == "POST"
+        allowed = {h.strip().lower() for h in seen["access-control-allow-headers"].split(",")}
+        assert {"authorization", "content-type", "x-openai-agents-sdk"} <= allowed
+        status, body = status_of(await raw(hostport, request(
+            "OPTIONS", "/v1/realtime/calls", host, f"Origin: {evil}", *asks)))
+        assert status == 403 and body["error"]["code"] == "origin_not_allowed"
+        # The offer's answer, an error here, is readable by the allowed page only.
+        for origin, readable in ((shop, True), (evil, False)):
+            reply = await raw(hostport, request(
+                "POST", "/v1/realtime/calls", host, f"Origin: {origin}",
+                f"Authorization: Bearer {KEY}", "Content-Type: application/sdp",
+                body=b"not sdp"))
+            seen = headers_of(reply)
+            assert ("access-control-allow-origin" in seen) == readable, origin
+            if readable:
+                assert seen["access-control-expose-headers"] == "Location"
+                assert status_of(reply)[0] == 400
+            else:
+                assert status_of(reply)[0] == 403
+
+
+async def test_no_webrtc_refuses_offers_without_using_up_a_token(engines: Engines) -> None:
+    async with edge(engines, api_keys=KEY, no_webrtc=True) as (app, hostport):
+        token, _ = app.tokens.mint("k", {}, 60)
+        status, body = status_of(await raw(hostport, request(
+            "POST", "/v1/realtime/calls", f"Host: {hostport}", f"Authorization: Bearer {token}",
+            "Content-Type: application/sdp", body=b"v=0\r\n")))
+        assert status == 404 and body["error"]["code"] == "webrtc_disabled"
+        assert app.tokens.redeem(token) is not None  # still good for the WebSocket
