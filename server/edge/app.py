@@ -65,6 +65,8 @@ MINT_PATHS: dict[str, Shape] = {"/v1/realtime/client_secrets": "ga",
                                 "/v1/realtime/transcription_sessions": "beta"}
 TRANSCRIPTION_MINT = "/v1/realtime/transcription_sessions"  # beta: transcription only
 CLOSE_TRY_AGAIN = 1013
+CLOSE_SERVICE_RESTART = 1012
+DRAINING = "this server is shutting down: connect again (a balancer sends you elsewhere)"
 # A client that takes in nothing for this long is dropped. Its socket backed up, so the
 # keepalive pings, queued behind the same writes, would never time out: without this it
 # would be held forever, its answer waiting for it.
@@ -148,6 +150,7 @@ class App:
     # what a token granted its connection, from the handshake to the session's start
     grants: weakref.WeakKeyDictionary[ServerConnection, Grant] = field(
         default_factory=weakref.WeakKeyDictionary)
+    draining: bool = False  # shutting down: no new session, /readyz says 503
 
     def __post_init__(self) -> None:
         self.keys = auth.load_keys(self.settings)
@@ -211,6 +214,8 @@ class App:
             query = parse_qs(urlsplit(request.path).query)
             if "call_id" in query:
                 return self.refuse_sideband(query["call_id"][0], request.headers)
+            if self.draining:
+                return json_error(HTTPStatus.SERVICE_UNAVAILABLE, "server_draining", DRAINING)
             offered = auth.offered_key(request.headers)
             if self.keys and not auth.key_ok(offered, self.keys):
                 grant = self.tokens.redeem(offered)  # a token is used up by trying it
@@ -227,6 +232,13 @@ class App:
                 reason = self.load_error or "models are still loading"
                 return response(HTTPStatus.SERVICE_UNAVAILABLE, reason.encode(), "text/plain")
             return None  # upgrade to a WebSocket
+        if path == "/livez":  # the process is alive and its event loop answers
+            return response(HTTPStatus.OK, b"ok\n", "text/plain")
+        if path == "/readyz":  # for balancers: send new users here, or not
+            why = self.not_ready()
+            if why is None:
+                return response(HTTPStatus.OK, b"ready\n", "text/plain")
+            return response(HTTPStatus.SERVICE_UNAVAILABLE, f"{why}\n".encode(), "text/plain")
         if path == "/healthz":
             if self.engines is not None:
                 return response(HTTPStatus.OK, b"ok\n", "text/plain")
@@ -331,6 +343,8 @@ class App:
                                f"{path} takes POST only (or GET for a WebSocket)")
             reply.headers["Allow"] = "POST" if path == CALLS_PATH else "GET, POST"
             return reply
+        if self.draining:
+            return json_error(HTTPStatus.SERVICE_UNAVAILABLE, "server_draining", DRAINING)
         if self.settings.no_webrtc:  # before the key: a token tried would be used up
             return json_error(HTTPStatus.NOT_FOUND, "webrtc_disabled",
                               "this server takes no WebRTC calls (--no-webrtc): connect "
@@ -514,6 +528,14 @@ class App:
             return grant.key_id
         return auth.key_id(auth.offered_key(headers)) if self.keys else ""
 
+    def not_ready(self) -> str | None:
+        """Why a balancer should send no new session here now; None when it may."""
+        if self.engines is None:
+            return self.load_error or "models are still loading"
+        if self.draining:
+            return DRAINING
+        return self.full("")
+
     def full(self, key: str) -> str | None:
         """Why no new session may open now for ``key``; None when one may."""
         if len(self.sessions) >= self.settings.max_sessions:
@@ -636,11 +658,14 @@ class App:
             self.store.close()
 
     async def drain(self, server: Server) -> None:
-        """Stop accepting, let answers in flight finish (up to the grace period), then close
-        every session (what is still running is cancelled and saved) and every connection."""
-        server.close(close_connections=False)
+        """Take no new session (/readyz says 503 at once; the port still answers, so that
+        balancers see why), let answers in flight finish (up to the grace period), then
+        close every session (what is still running is cancelled and saved) and every
+        connection: WebSockets with 1012 (service restart), for their clients to reconnect,
+        through the balancer, to another replica."""
+        self.draining = True
         grace = self.settings.shutdown_grace_s
-        log.info("stopping: %d sessions, up to %g s for answers in flight",
+        log.info("draining: %d sessions, up to %g s for answers in flight",
                  len(self.sessions), grace)
         pending = {asyncio.create_task(s.answer_ended()) for s in self.sessions
                    if s.response is not None}
@@ -653,9 +678,10 @@ class App:
         with contextlib.suppress(TimeoutError):  # the last response.done, for one
             await asyncio.wait_for(self._flush(), CLOSE_ON_EXIT_S)
         await self.webrtc.close_all()
-        # The server is already closing (close() only counts its first call): close each
-        # connection here, or a connected client would keep the process alive.
-        closing = [asyncio.create_task(ws.close(1001, "server shutting down"))
+        server.close(close_connections=False)
+        # close() only counts its first call: close each connection here, or a connected
+        # client would keep the process alive.
+        closing = [asyncio.create_task(ws.close(CLOSE_SERVICE_RESTART, "server restarting"))
                    for ws in server.connections]
         if closing:
             await asyncio.wait(closing, timeout=CLOSE_ON_EXIT_S)

@@ -469,8 +469,47 @@ async def test_drain_closes_connected_clients(engines: Engines) -> None:
             assert time.monotonic() - started < 4
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)
-            assert ws.close_code == 1001
+            assert ws.close_code == 1012
             half[0].close()
+
+
+async def test_livez_and_readyz_tell_a_balancer_where_to_send_new_users(
+        engines: Engines) -> None:
+    async with edge(engines, max_sessions=1) as (app, hostport):
+        host = f"Host: {hostport}"
+
+        async def status(path: str) -> tuple[int, bytes]:
+            reply = await raw(hostport, get(path, host))
+            return int(reply.split(b" ", 2)[1]), reply.partition(b"\r\n\r\n")[2]
+
+        assert await status("/livez") == (200, b"ok\n")
+        assert await status("/readyz") == (200, b"ready\n")
+        async with connect(f"ws://{hostport}/v1/realtime") as ws:
+            await next_of(ws, "session.created")
+            code, why = await status("/readyz")  # full: new users go elsewhere
+            assert code == 503 and b"session limit" in why
+            assert (await status("/livez"))[0] == 200
+        for _ in range(50):  # the session closes once its client has gone
+            if not app.sessions:
+                break
+            await asyncio.sleep(0.1)
+        assert (await status("/readyz"))[0] == 200
+        app.draining = True
+        code, why = await status("/readyz")
+        assert code == 503 and b"shutting down" in why
+        assert (await status("/livez"))[0] == 200
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"ws://{hostport}/v1/realtime"):
+                pass
+        assert refused.value.response.status_code == 503
+        assert b"server_draining" in refused.value.response.body
+    loading = App(TEST_SETTINGS, engines=None)
+    async with loading.start_server() as server:
+        hostport = "{}:{}".format(*server.sockets[0].getsockname()[:2])
+        reply = await raw(hostport, get("/readyz", f"Host: {hostport}"))
+        assert reply.startswith(b"HTTP/1.1 503") and b"loading" in reply
+        assert (await raw(hostport, get("/livez", f"Host: {hostport}"))).startswith(
+            b"HTTP/1.1 200")
 
 
 GRACE_S = 2.0
@@ -504,7 +543,7 @@ async def test_sigterm_closes_connected_clients_and_exits_0(
             while True:
                 await asyncio.wait_for(ws.recv(), GRACE_S + 10)
     code = await asyncio.to_thread(proc.wait, GRACE_S + 10)
-    assert ws.close_code == 1001
+    assert ws.close_code == 1012
     assert code == 0
     assert time.monotonic() - started < GRACE_S + 5
 
