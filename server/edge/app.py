@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import signal
+import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -49,12 +50,12 @@ from server.edge.webrtc import (
     WebRtcDoor,
     read_offer,
 )
-from server.errors import LimitError, ProtocolError
+from server.errors import LimitError, ProtocolError, StoreError
 from server.runtime.config import Settings
 from server.runtime.engines import Engines
 from server.runtime.heap import trim_every
 from server.runtime.metrics import TurnMetrics
-from server.runtime.store import SqlStore, Store, open_store
+from server.runtime.store import Resumable, SqlStore, Store, open_store
 from server.session.core import Session
 from server.session.outbox import FLUSHED
 
@@ -66,6 +67,7 @@ MINT_PATHS: dict[str, Shape] = {"/v1/realtime/client_secrets": "ga",
 TRANSCRIPTION_MINT = "/v1/realtime/transcription_sessions"  # beta: transcription only
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SERVICE_RESTART = 1012
+RESUME_PARAM = "voxwire_resume"  # extension: go on with a stored session (its id)
 DRAINING = "this server is shutting down: connect again (a balancer sends you elsewhere)"
 # A client that takes in nothing for this long is dropped. Its socket backed up, so the
 # keepalive pings, queued behind the same writes, would never time out: without this it
@@ -151,6 +153,9 @@ class App:
     grants: weakref.WeakKeyDictionary[ServerConnection, Grant] = field(
         default_factory=weakref.WeakKeyDictionary)
     draining: bool = False  # shutting down: no new session, /readyz says 503
+    # the session a connection resumes, from its handshake to the session's start
+    resumes: weakref.WeakKeyDictionary[ServerConnection, Resumable] = field(
+        default_factory=weakref.WeakKeyDictionary)
 
     def __post_init__(self) -> None:
         self.keys = auth.load_keys(self.settings)
@@ -217,6 +222,7 @@ class App:
             if self.draining:
                 return json_error(HTTPStatus.SERVICE_UNAVAILABLE, "server_draining", DRAINING)
             offered = auth.offered_key(request.headers)
+            grant = None
             if self.keys and not auth.key_ok(offered, self.keys):
                 grant = self.tokens.redeem(offered)  # a token is used up by trying it
                 if grant is None:
@@ -231,6 +237,12 @@ class App:
             if self.engines is None:
                 reason = self.load_error or "models are still loading"
                 return response(HTTPStatus.SERVICE_UNAVAILABLE, reason.encode(), "text/plain")
+            if RESUME_PARAM in query:
+                found = await self.resumable(query[RESUME_PARAM][0],
+                                             self.key_of(request.headers, grant))
+                if isinstance(found, Response):
+                    return found
+                self.resumes[connection] = found
             return None  # upgrade to a WebSocket
         if path == "/livez":  # the process is alive and its event loop answers
             return response(HTTPStatus.OK, b"ok\n", "text/plain")
@@ -505,7 +517,8 @@ class App:
         # `?intent=transcription` (the beta way): a transcription-only session
         kind = "transcription" if query.get("intent") == ["transcription"] else "realtime"
         session = self.open_session(engines, key, grant, dialect=dialect, model=model,
-                                    kind=kind, transport="websocket")
+                                    kind=kind, transport="websocket",
+                                    resume=self.resumes.pop(ws, None))
         if query.get("voxwire_metrics", [""])[0] in ("1", "true"):
             session.configure({"voxwire": {"metrics": True}})  # the extension, by URL
         log.info("session %s opened (%s dialect, %s)", session.id, dialect, ws.remote_address)
@@ -528,6 +541,34 @@ class App:
             return grant.key_id
         return auth.key_id(auth.offered_key(headers)) if self.keys else ""
 
+    async def resumable(self, session_id: str, key: str) -> Resumable | Response:
+        """The stored session ``session_id`` if the connecting ``key`` may go on with it
+        (the key that opened it, or a token it minted, within --resume-ttl-s); else why
+        not, as the handshake's answer."""
+        if not isinstance(self.store, SqlStore):
+            return json_error(HTTPStatus.BAD_REQUEST, "resume_unavailable",
+                              "this server keeps no history (--store none), so no session "
+                              "can be resumed: connect without voxwire_resume")
+        try:
+            found = await self.store.resumable(session_id[:200])
+        except StoreError as exc:
+            log.warning("resuming %s: %s", session_id[:200], exc)
+            return json_error(HTTPStatus.SERVICE_UNAVAILABLE, "store_unavailable",
+                              "the history store is unavailable: try again, or connect "
+                              "without voxwire_resume")
+        if found is None or found.key_id != key:  # another key's: as if there were none
+            return json_error(HTTPStatus.NOT_FOUND, "session_not_found",
+                              f"no session {session_id[:200]!r} to resume with this key")
+        if time.time() - found.last_active > self.settings.resume_ttl_s:
+            return json_error(HTTPStatus.GONE, "session_expired",
+                              f"session {found.session_id} was last used more than "
+                              f"{self.settings.resume_ttl_s:g} s ago (--resume-ttl-s): "
+                              "connect without voxwire_resume for a new one")
+        if any(s.id == found.session_id for s in self.sessions):
+            return json_error(HTTPStatus.CONFLICT, "session_active",
+                              f"session {found.session_id} is still open on this server")
+        return found
+
     def not_ready(self) -> str | None:
         """Why a balancer should send no new session here now; None when it may."""
         if self.engines is None:
@@ -547,14 +588,21 @@ class App:
     def open_session(self, engines: Engines, key: str, grant: Grant | None, *,
                      transport: str, dialect: p.Dialect = "ga", model: str = "voxwire",
                      kind: str = "realtime",
-                     transport_format: p.AudioFormat | None = None) -> Session:
-        """A new session, counted in (against ``key`` too), configured as ``grant`` says."""
+                     transport_format: p.AudioFormat | None = None,
+                     resume: Resumable | None = None) -> Session:
+        """A new session, counted in (against ``key`` too), configured as ``grant`` says;
+        or, with ``resume``, a stored one going on with its conversation."""
         session = Session(engines, self.settings, dialect=dialect, model=model,
                           store=self.store, kind=kind,
                           sinks=(TurnMetrics(engines.registry, transport),),
-                          transport_format=transport_format, transport=transport)
+                          transport_format=transport_format, transport=transport,
+                          session_id=resume.session_id if resume else None, owner=key)
         if grant is not None and grant.session:
             session.configure(grant.session)  # validated at minting; session.created shows it
+        if resume is not None:
+            session.restore(resume.turns)
+            engines.registry.inc("sessions_resumed_total")
+            log.info("session %s resumed with %d turns", resume.session_id, len(resume.turns))
         self.sessions.add(session)
         self.per_key[key] = self.per_key.get(key, 0) + 1
         engines.registry.gauge("sessions_active", len(self.sessions))

@@ -142,6 +142,8 @@ class Settings:
     # A WebRTC call whose ICE and DTLS have not completed this long after its answer is closed.
     webrtc_connect_timeout_s: float = 10.0
     no_webrtc: bool = False  # refuse WebRTC offers (404): clients use the WebSocket
+    # A session may be resumed (?voxwire_resume=sess_...) this long after it was last used.
+    resume_ttl_s: float = 900.0
     # STUN and TURN servers for every WebRTC call, behind NAT: a JSON array of RTCIceServer
     # objects as a browser takes them ([{"urls": "turn:HOST:3478", "username": "...",
     # "credential": "..."}]), better from VOXWIRE_ICE_SERVERS than from the command line,
@@ -206,6 +208,7 @@ class Settings:
             ("port", 0 <= self.port < 65536),
             ("token_ttl_s", 1.0 <= self.token_ttl_s <= 3600.0),
             ("webrtc_connect_timeout_s", 0.1 <= self.webrtc_connect_timeout_s <= 120.0),
+            ("resume_ttl_s", 0.0 <= self.resume_ttl_s <= 30 * 86400.0),
             ("asr_threads", self.asr_threads >= 1),
             ("asr_window_s", 0.0 <= self.asr_window_s <= 30.0),
             ("asr_beam_size", 1 <= self.asr_beam_size <= 10),

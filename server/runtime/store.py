@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     model TEXT NOT NULL,
     dialect TEXT NOT NULL,
     started_at {real} NOT NULL,
-    ended_at {real}
+    ended_at {real},
+    key_id TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS turns (
     response_id TEXT PRIMARY KEY,
@@ -68,6 +69,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     PRIMARY KEY (response_id, role)
 );
 """
+# Columns added since the first schema: (table, column, definition), added where missing.
+ADDED_COLUMNS = [("sessions", "key_id", "TEXT NOT NULL DEFAULT ''")]
 SQLITE_TYPES = {"real": "REAL", "bool": "INTEGER", "json": "TEXT", "blob": "BLOB"}
 POSTGRES_TYPES = {"real": "DOUBLE PRECISION", "bool": "BOOLEAN", "json": "JSONB",
                   "blob": "BYTEA"}
@@ -110,8 +113,22 @@ class Recording:
         return out.getvalue()
 
 
+@dataclass(frozen=True)
+class Resumable:
+    """A stored session that a client may go on with: who owns it, when it was last used,
+    and its turns, oldest first."""
+
+    session_id: str
+    key_id: str  # fingerprint of the key (or the key that minted the token) that opened it
+    model: str
+    dialect: str
+    last_active: float  # wall clock (Unix seconds): its last turn, its start or its end
+    turns: tuple[Row, ...]  # response_id, user_item_id, user_text, assistant_text, status
+
+
 class Store(Protocol):
-    async def open_session(self, session_id: str, model: str, dialect: str) -> None: ...
+    async def open_session(self, session_id: str, model: str, dialect: str,
+                           key_id: str = "") -> None: ...
 
     async def close_session(self, session_id: str) -> None: ...
 
@@ -123,7 +140,8 @@ class Store(Protocol):
 class NullStore:
     """`--store none`: nothing is kept."""
 
-    async def open_session(self, session_id: str, model: str, dialect: str) -> None:
+    async def open_session(self, session_id: str, model: str, dialect: str,
+                           key_id: str = "") -> None:
         return None
 
     async def close_session(self, session_id: str) -> None:
@@ -137,8 +155,15 @@ class NullStore:
 
 
 _COLUMNS = [f.name for f in fields(Turn)]
-_ADD_SESSION = ("INSERT INTO sessions (id, model, dialect, started_at) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (id) DO NOTHING")
+# A session opened again (resumed) is no longer ended.
+_ADD_SESSION = ("INSERT INTO sessions (id, model, dialect, started_at, key_id) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET ended_at = NULL")
+_RESUMABLE = ("SELECT s.id, s.key_id, s.model, s.dialect, s.started_at, s.ended_at, "
+              "MAX(t.finished_at) AS last_turn FROM sessions s "
+              "LEFT JOIN turns t ON t.session_id = s.id WHERE s.id = %s "
+              "GROUP BY s.id, s.key_id, s.model, s.dialect, s.started_at, s.ended_at")
+_RESUMED_TURNS = ("SELECT response_id, user_item_id, user_text, assistant_text, status "
+                  "FROM turns WHERE session_id = %s ORDER BY finished_at")
 _END_SESSION = "UPDATE sessions SET ended_at = %s WHERE id = %s"
 _ADD_TURN = (f"INSERT INTO turns ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * 11)}) "
              "ON CONFLICT (response_id) DO UPDATE SET "
@@ -193,9 +218,24 @@ class SqlStore:
 
     # Writing, per session and per turn.
 
-    async def open_session(self, session_id: str, model: str, dialect: str) -> None:
+    async def open_session(self, session_id: str, model: str, dialect: str,
+                           key_id: str = "") -> None:
         await self._lane.run(lambda: self._write(
-            [(_ADD_SESSION, (session_id, model, dialect, time.time()))]))
+            [(_ADD_SESSION, (session_id, model, dialect, time.time(), key_id))]))
+
+    async def resumable(self, session_id: str) -> Resumable | None:
+        """The stored session ``session_id`` with its turns, or None if there is none."""
+        def read() -> Resumable | None:
+            found = self._read(_RESUMABLE, (session_id,))
+            if not found:
+                return None
+            row = found[0]
+            last = max(x for x in (row["started_at"], row["ended_at"], row["last_turn"])
+                       if x is not None)
+            return Resumable(row["id"], row["key_id"], row["model"], row["dialect"],
+                             float(last), tuple(self._read(_RESUMED_TURNS, (session_id,))))
+
+        return await self._lane.run(read)
 
     async def close_session(self, session_id: str) -> None:
         await self._lane.run(lambda: self._write([(_END_SESSION, (time.time(), session_id))]))
@@ -277,6 +317,10 @@ class SQLiteStore(SqlStore):
                 db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
                 db.execute("PRAGMA foreign_keys=ON")
                 db.executescript(SCHEMA.format(**SQLITE_TYPES))
+                for table, column, definition in ADDED_COLUMNS:
+                    have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
                 self._db = db
                 _private_files(self.path)
             yield self._db
@@ -342,6 +386,8 @@ class PostgresStore(SqlStore):
             self._db = None
             db = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
             db.execute(SCHEMA.format(**POSTGRES_TYPES))
+            for table, column, definition in ADDED_COLUMNS:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
             self._db = db
         return self._db
 
@@ -434,13 +480,14 @@ class SessionHistory:
         self.store, self.tell = store, tell
         self.max_text, self.max_bytes, self.max_total = max_text, max_bytes, max_total
         self.written = 0
-        self._session: tuple[str, str, str] | None = None
+        self._session: tuple[str, str, str, str] | None = None
         self._opened = False
         self._told_unavailable = False
         self._told_quota = False
 
-    async def open_session(self, session_id: str, model: str, dialect: str) -> None:
-        self._session = (session_id, model, dialect)
+    async def open_session(self, session_id: str, model: str, dialect: str,
+                           key_id: str = "") -> None:
+        self._session = (session_id, model, dialect, key_id)
         await self._open()
 
     async def _open(self) -> bool:

@@ -68,7 +68,8 @@ class Session:
                  model: str = "voxwire", store: Store | None = None,
                  kind: str = "realtime", clock: Clock = SYSTEM,
                  sinks: Sequence[TurnSink] = (), transport: str = "websocket",
-                 transport_format: AudioFormat | None = None) -> None:
+                 transport_format: AudioFormat | None = None, session_id: str | None = None,
+                 owner: str = "") -> None:
         self.engines = engines
         self.clock = clock
         self.store = SessionHistory(
@@ -79,7 +80,9 @@ class Session:
         self._sinks: tuple[TurnSink, ...] = (TurnStore(self.store), *sinks)
         self.settings = settings
         self.dialect = dialect
-        self.id = p.new_id("sess")
+        self.id = session_id or p.new_id("sess")
+        self.owner = owner  # fingerprint of the key it counts against, kept with its history
+        self._restored: list[tuple[str | None, Json]] = []  # items of a resumed session
         self.outbox = Outbox(settings.send_queue, settings.max_outbox_bytes)
         self.cfg = SessionConfig(
             model=model, instructions=settings.instructions, voice=engines.voice,
@@ -113,11 +116,42 @@ class Session:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def restore(self, turns: Sequence[Json]) -> None:
+        """Before start: the conversation so far of a resumed session, from its stored turns
+        (their words: the audio is not kept). Oldest turns are left out if the conversation's
+        bounds would be crossed."""
+        items: list[Json] = []
+        for turn in turns:
+            if turn["user_text"]:
+                items.append(se.item(turn["user_item_id"] or p.new_id("item"), "message",
+                                     role="user", content=[{"type": "input_text",
+                                                            "text": turn["user_text"]}]))
+            if turn["assistant_text"]:
+                status = "completed" if turn["status"] in ("completed", "incomplete") \
+                    else "incomplete"
+                items.append(se.item(p.new_id("item"), "message", status, role="assistant",
+                                     content=[{"type": "output_text",
+                                               "text": turn["assistant_text"]}]))
+        kept: list[Json] = []
+        room = self.conv.max_bytes
+        for item in reversed(items):
+            room -= self.conv.size_of(item)
+            if room < 0 or len(kept) >= self.conv.max_items:
+                break
+            kept.append(item)
+        for item in reversed(kept):
+            with contextlib.suppress(ProtocolError):  # an id seen twice: keep the first
+                self._restored.append((self.conv.add(item), item))
+
     async def start(self) -> None:
         self.worker.start()
         await self.emit(se.session_created(self._session_wire()))
+        for previous, item in self._restored:  # a resumed session: what it holds
+            await self.emit(se.conversation_item_added(previous, item))
+            await self.emit(se.conversation_item_done(item, previous))
+        self._restored.clear()
         # After session.created: a store that is down is reported, and the session goes on.
-        await self.store.open_session(self.id, self.cfg.model, self.dialect)
+        await self.store.open_session(self.id, self.cfg.model, self.dialect, self.owner)
 
     async def close(self) -> None:
         self._closed = True
