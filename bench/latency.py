@@ -3,8 +3,15 @@
 For each Whisper model: start `voxwire serve` in its own process, stream spoken
 questions at real-time pace (one fresh session each, so every prompt is the same as
 in the direct run), and collect the server's per-turn metrics plus the client's own
-clock. Then call the same models directly, without the server, on the same audio and
-prompts: the difference between the two is the server's own overhead.
+clock. The same questions go over WebRTC too (`bench.webrtc`, which says what its clock
+measures), alternating with the WebSocket question by question, and the server's CPU per
+call is measured for each transport. Then call the same models directly, without the
+server, on the same audio and prompts: the difference between the two is the server's own
+overhead.
+
+On the WebSocket, `client_v2v_ms` runs from the moment the end of the speech was spoken,
+on the sender's pacing clock (the first chunk's send time plus the speech's end in the
+fixture), to the arrival of the first `response.output_audio.delta`.
 """
 
 from __future__ import annotations
@@ -96,17 +103,20 @@ async def turn_on(conn: Any, fx: Fixture, metrics_event: str = "voxwire.turn.met
     stopped: float | None = None
     metrics: dict[str, Any] = {}
     transcript = ""
-    async for ev in conn:
-        if ev.type == "input_audio_buffer.speech_stopped" and stopped is None:
-            stopped = time.monotonic()
-        elif ev.type == "response.output_audio.delta" and first_audio is None:
-            first_audio = time.monotonic()
-        elif ev.type == "conversation.item.input_audio_transcription.completed":
-            transcript = ev.transcript
-        elif ev.type == metrics_event:
-            metrics = ev.model_dump()
-            break
-    await sender
+    try:
+        async for ev in conn:
+            if ev.type == "input_audio_buffer.speech_stopped" and stopped is None:
+                stopped = time.monotonic()
+            elif ev.type == "response.output_audio.delta" and first_audio is None:
+                first_audio = time.monotonic()
+            elif ev.type == "conversation.item.input_audio_transcription.completed":
+                transcript = ev.transcript
+            elif ev.type == metrics_event:
+                metrics = ev.model_dump()
+                break
+        await sender
+    finally:  # a turn cut short (cancelled, the connection lost) stops sending too
+        sender.cancel()
     # Pacing is anchored at `start`, so the speech end left the client at this moment.
     spoken_end = start + fx.speech_end_s
     return {"question": fx.text, "transcript": transcript, "status": metrics.get("status"),
@@ -156,11 +166,22 @@ def server_process(port: int, args: list[str]) -> Iterator[tuple[str, int]]:
             proc.kill()
 
 
-async def through_server(url: str, fixtures: list[Fixture], warmup: int = 1
-                         ) -> list[dict[str, Any]]:
+async def through_server(url: str, fixtures: list[Fixture], warmup: int = 1,
+                         transports: tuple[str, ...] = ("websocket",)
+                         ) -> dict[str, list[dict[str, Any]]]:
+    """Every fixture over each transport, one fresh session (or call) each, the transports
+    taking turns question by question, so that a machine that drifts moves both rows."""
+    from bench import webrtc
+
+    doors = {"websocket": one_turn, "webrtc": webrtc.turn}
     for fx in fixtures[:warmup]:
-        await one_turn(url, fx)
-    return [await one_turn(url, fx) for fx in fixtures]
+        for transport in transports:
+            await doors[transport](url, fx)
+    turns: dict[str, list[dict[str, Any]]] = {t: [] for t in transports}
+    for fx in fixtures:
+        for transport in transports:
+            turns[transport].append(await doors[transport](url, fx))
+    return turns
 
 
 # ---------------------------------------------------------------------- models alone
@@ -266,6 +287,10 @@ def summarize(turns: list[dict[str, Any]], alone: list[dict[str, float]]) -> dic
                     if compute else None)
     # ... of which the server's own software (hand-offs, queues, encoding, socket) is:
     own = [t["overhead_ms"] for t in turns if t.get("overhead_ms") is not None]
+    started = [t["started_ms"] for t in turns if t.get("started_ms") is not None]
+    if started:  # over WebRTC: the server's output_audio_buffer.started, on the client's clock
+        table["client_buffer_started"] = {"p50": pct(started, 50), "p95": pct(started, 95),
+                                          "max": max(started)}
     return {"stages_ms": table, "direct_compute_ms": compute,
             "beyond_alone_ms": beyond_alone,
             "server_overhead_ms": statistics.median(own) if own else None,
@@ -302,28 +327,53 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"of which outside any model call (hand-offs, queues, encoding, socket):"
                          f" p50 {res['server_overhead_ms']:.1f} ms,"
                          f" p95 {res['server_overhead_p95_ms']:.1f} ms")
+    for name, cost in results.get("cpu_per_call", {}).items():
+        rates = cost["cpu_s_per_s"]
+        lines.append(f"\n## {name}: server CPU seconds per second of call "
+                     f"({cost['window_s']:g} s windows, nobody connected: "
+                     f"{cost['nobody_cpu_s_per_s']:.3f} subtracted)")
+        for state in ("idle", "talking"):
+            lines.append(f"{state:8} websocket {rates[f'websocket_{state}']:.3f}  webrtc "
+                         f"{rates[f'webrtc_{state}']:.3f}  webrtc - websocket "
+                         f"{cost['webrtc_over_websocket'][state]:+.3f}")
     return "\n".join(lines)
 
 
 def run(asr_models: list[str], asr_mode: str, device: str, questions: int, port: int,
-        url: str | None, out: Path) -> dict[str, Any]:
+        url: str | None, out: Path, transports: tuple[str, ...] = ("websocket", "webrtc"),
+        cost_window_s: float = 15.0) -> dict[str, Any]:
+    """Each model through one server, over each of ``transports``; then, with a server of
+    its own (not ``url``) and WebRTC among them, the server's CPU per call
+    (``cost_window_s`` a window; 0 leaves it out)."""
+    from bench import webrtc
+
     fixtures = [fx for voice in VOICE_ORDER for fx in make_fixtures(QUESTIONS[:questions], voice)]
     results: dict[str, Any] = {"machine": machine(), "settings": {
         "asr_mode": asr_mode, "device": device, "questions": questions,
-        "turns": len(fixtures), "voices": list(VOICE_ORDER),
-        "pacing": "real time, 40 ms chunks, one fresh session per question"}, "runs": {}}
+        "turns": len(fixtures), "voices": list(VOICE_ORDER), "transports": list(transports),
+        "pacing": "real time, 40 ms chunks (WebSocket) or 20 ms Opus frames (WebRTC), one "
+                  "fresh session per question"}, "runs": {}}
     for model in asr_models:
         args = ["--asr-model", model, "--asr-mode", asr_mode, "--device", device,
                 "--log-level", "WARNING"]
+        name = f"{model} ({asr_mode}, {device})"
+        cost = None
         if url:
-            turns = asyncio.run(through_server(url, fixtures))
+            by = asyncio.run(through_server(url, fixtures, transports=transports))
         else:
-            with server(port, args) as live:
-                turns = asyncio.run(through_server(live, fixtures))
+            with server_process(port, args) as (live, pid):
+                by = asyncio.run(through_server(live, fixtures, transports=transports))
+                if "webrtc" in transports and cost_window_s > 0:
+                    cost = asyncio.run(webrtc.cpu_per_call(live, pid, fixtures[:4],
+                                                           cost_window_s))
         alone = direct(fixtures, model, asr_mode, device)
-        summary = summarize(turns, alone)
-        summary["raw"] = turns
-        results["runs"][f"{model} ({asr_mode}, {device})"] = summary
+        for transport, turns in by.items():
+            summary = summarize(turns, alone)
+            summary["transport"] = transport
+            summary["raw"] = turns
+            results["runs"][name if transport == "websocket" else f"{name} over WebRTC"] = summary
+        if cost is not None:
+            results.setdefault("cpu_per_call", {})[name] = cost
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     return results

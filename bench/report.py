@@ -20,7 +20,9 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 def latency_section(lat: dict[str, Any]) -> list[str]:
     m = lat["machine"]
-    names = list(lat["runs"])
+    # The stage table holds the WebSocket runs; the WebRTC ones are beside them below.
+    names = [n for n, r in lat["runs"].items()
+             if r.get("transport", "websocket") == "websocket"] or list(lat["runs"])
     lines = ["## Voice-to-voice latency, stage by stage", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
@@ -54,7 +56,50 @@ def latency_section(lat: dict[str, Any]) -> list[str]:
             lines.append(f"- {n}: LLM time to first token alone, median: "
                          f"{alone['llm_ttft_cold']:.0f} ms cold (llama.cpp's cache empty), "
                          f"{alone['llm_ttft_warm']:.0f} ms warm (system prompt cached).")
-    return [*lines, ""]
+    return [*lines, "", *transport_lines(lat)]
+
+
+def transport_lines(lat: dict[str, Any]) -> list[str]:
+    """The same questions over the WebSocket and over WebRTC, and the server's CPU per call."""
+    if not any(r.get("transport") == "webrtc" for r in lat["runs"].values()):
+        return []
+
+    def cell(run: dict[str, Any], stage: str) -> str:
+        v = run["stages_ms"].get(stage)
+        return f"{v['p50']:.0f} / {v['p95']:.0f}" if v else ""
+
+    lines = ["### Over the WebSocket and over WebRTC", "",
+             "The same questions through the same server in the same run, the two transports "
+             "taking turns question by question, one fresh session or call each. Over WebRTC "
+             "the question is played on the call's microphone track (Opus, 20 ms frames at "
+             "48 kHz, real-time pace), and the client's clock runs from the end of the speech "
+             "on the microphone's pacing clock to the first voiced frame of the answer track "
+             "(above -54 dBFS, after aiortc's jitter buffer and Opus decoder); over the "
+             "WebSocket, from the end of the speech on the sender's pacing clock to the first "
+             "`response.output_audio.delta`. `buffer started` is the arrival of "
+             "`output_audio_buffer.started` on the data channel, on the same clock.", "",
+             "| run | transport | turns completed | voice to voice p50 / p95 ms (server) | "
+             "client's clock p50 / p95 ms | buffer started p50 / p95 ms |",
+             "|---|---|---|---|---|---|"]
+    for name, r in lat["runs"].items():
+        lines.append(f"| {name} | {r.get('transport', 'websocket')} | "
+                     f"{r['completed']}/{r['turns']} | {cell(r, 'voice_to_voice')} | "
+                     f"{cell(r, 'client_voice_to_voice')} | {cell(r, 'client_buffer_started')} |")
+    lines.append("")
+    for name, cost in lat.get("cpu_per_call", {}).items():
+        rates, extra = cost["cpu_s_per_s"], cost["webrtc_over_websocket"]
+        lines += [f"The server's CPU seconds per second of call, {name}: one call at a time, "
+                  f"{cost['window_s']:g} s windows, less the server with nobody connected "
+                  f"({cost['nobody_cpu_s_per_s']:.3f}). Idle: connected, nothing said (over "
+                  "WebRTC both tracks still carry Opus-coded silence); talking: the questions "
+                  "spoken one after another, each answered. The difference is Opus, SRTP and "
+                  "the track's pacing against base64 and JSON.", "",
+                  "| call | WebSocket | WebRTC | WebRTC - WebSocket |", "|---|---|---|---|"]
+        for state in ("idle", "talking"):
+            lines.append(f"| {state} | {rates[f'websocket_{state}']:.3f} | "
+                         f"{rates[f'webrtc_{state}']:.3f} | {extra[state]:+.3f} |")
+        lines.append("")
+    return lines
 
 
 def load_section(load: dict[str, Any]) -> list[str]:
@@ -133,6 +178,37 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
         lines.append(f"| {stage} ({names}) | {vox['stages_ms'][stage]['p50']:.0f} | "
                      f"{pc['stages_ms'][stage]['p50']:.0f} |")
     return [*lines, ""]
+
+
+def splice(page: Path, section: list[str]) -> Path:
+    """Put ``section`` (its first line a `## ` heading) in place of the section of ``page``
+    under the same heading, up to the next `## ` heading, leaving the rest as it is; at the
+    end of the page when it has no such section."""
+    heading = section[0]
+    lines = page.read_text().split("\n") if page.is_file() else []
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        lines[start:end] = section
+    else:
+        lines += ["", *section] if lines else section
+    page.write_text("\n".join(lines))
+    return page
+
+
+def splice_latency(results: Path, docs: Path) -> Path:
+    """docs/benchmarks.md's latency section (and its plot) from latency.json, nothing else."""
+    lat = json.loads((results / "latency.json").read_text())
+    (docs / "img").mkdir(parents=True, exist_ok=True)
+    stage_bars(lat, docs / "img" / "stages.png")
+    return splice(docs / "benchmarks.md", latency_section(lat))
+
+
+def splice_soak(results: Path, docs: Path) -> Path:
+    """docs/benchmarks.md's soak section from soak.json, nothing else."""
+    return splice(docs / "benchmarks.md",
+                  soak_section(json.loads((results / "soak.json").read_text())))
 
 
 def write(results: Path, docs: Path, eval_markdown: str | None = None) -> Path:

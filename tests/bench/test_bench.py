@@ -43,3 +43,40 @@ async def test_concurrency_step_and_report(server_url: str, tmp_path: Path) -> N
     page = report.write(tmp_path, tmp_path / "docs")
     text = page.read_text()
     assert "| 2 | 2 |" in text and (tmp_path / "docs/img/sessions.png").stat().st_size > 1000
+
+
+def test_a_short_latency_run_over_both_transports(tmp_path: Path) -> None:
+    """Two questions over the WebSocket and over WebRTC from one server, the server's CPU per
+    call, the JSON and its report: the WebRTC row beside the WebSocket one."""
+    import json
+
+    from bench import latency, report
+    from tests.bench.test_peers import free_port
+
+    out = tmp_path / "latency.json"
+    latency.run(["tiny.en"], "short", "cpu", 1, free_port(), None, out, cost_window_s=2.0)
+    results = json.loads(out.read_text())
+    assert results["settings"]["transports"] == ["websocket", "webrtc"]
+    runs = results["runs"]
+    assert {r["transport"] for r in runs.values()} == {"websocket", "webrtc"}
+    for run in runs.values():
+        assert run["completed"] == run["turns"] == 2
+        assert all(t["client_v2v_ms"] > 0 for t in run["raw"]), run["raw"]
+        assert run["stages_ms"]["client_voice_to_voice"]["p50"] > 0
+    rtc = next(r for r in runs.values() if r["transport"] == "webrtc")
+    assert all(t["transport"] == "webrtc" and t["started_ms"] > 0 for t in rtc["raw"])
+    # The answer's first voiced frame comes after the server said it started playing it.
+    assert all(t["client_v2v_ms"] >= t["started_ms"] for t in rtc["raw"]), rtc["raw"]
+    (cost,) = results["cpu_per_call"].values()
+    assert set(cost["cpu_s_per_s"]) == {"websocket_idle", "webrtc_idle", "websocket_talking",
+                                        "webrtc_talking"}
+    assert cost["cpu_s_per_s"]["webrtc_talking"] > 0 and cost["cpu_s_per_s"]["webrtc_idle"] > 0
+    # Spliced into a page that has other sections: they stay as they were.
+    page = tmp_path / "docs" / "benchmarks.md"
+    page.parent.mkdir()
+    page.write_text("# Title\n\n## Voice-to-voice latency, stage by stage\n\n"
+                    "the last run's figures\n\n## Concurrent sessions\n\nkept\n")
+    text = report.splice_latency(tmp_path, tmp_path / "docs").read_text()
+    assert "the last run's figures" not in text
+    assert text.startswith("# Title\n") and text.endswith("## Concurrent sessions\n\nkept\n")
+    assert "| webrtc | 2/2 |" in text and "| idle |" in text and "| talking |" in text
