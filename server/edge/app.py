@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import secrets
 import signal
 import time
 import weakref
@@ -39,13 +40,12 @@ from server.edge.http import (
     response,
 )
 from server.edge.intake import Intake
-from server.edge.tokens import Grant, Shape, Tokens, mint_request
+from server.edge.tokens import Grant, Shape, SharedTokens, Tokens, mint_request
 from server.edge.webrtc import (
     CALLS_PATH,
     MAX_SIDEBANDS,
     NO_FREE_PORT,
     Call,
-    Offer,
     Sideband,
     WebRtcDoor,
     read_offer,
@@ -55,7 +55,7 @@ from server.runtime.config import Settings
 from server.runtime.engines import Engines
 from server.runtime.heap import trim_every
 from server.runtime.metrics import TurnMetrics
-from server.runtime.store import Resumable, SqlStore, Store, open_store
+from server.runtime.store import PostgresStore, Resumable, SqlStore, Store, open_store
 from server.session.core import Session
 from server.session.outbox import FLUSHED
 
@@ -67,6 +67,9 @@ MINT_PATHS: dict[str, Shape] = {"/v1/realtime/client_secrets": "ga",
 TRANSCRIPTION_MINT = "/v1/realtime/transcription_sessions"  # beta: transcription only
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SERVICE_RESTART = 1012
+# A replica tells the others it lives every BEAT_S; its sessions stop counting against
+# their keys LEASE_TTL_S after its last word, and it is forgotten after FORGET_REPLICA_S.
+BEAT_S, LEASE_TTL_S, FORGET_REPLICA_S = 5.0, 15.0, 600.0
 RESUME_PARAM = "voxwire_resume"  # extension: go on with a stored session (its id)
 DRAINING = "this server is shutting down: connect again (a balancer sends you elsewhere)"
 # A client that takes in nothing for this long is dropped. Its socket backed up, so the
@@ -175,6 +178,11 @@ class App:
         if self.store is None:
             self.store = open_store(self.settings.store)
         self.webrtc = WebRtcDoor(self)
+        # Replicas sharing a PostgreSQL store share tokens and per-key session counts.
+        self.replica = "replica_" + secrets.token_hex(6)
+        self.shared = self.store if isinstance(self.store, PostgresStore) else None
+        self.shared_tokens = (SharedTokens(self.shared, self.tokens)
+                              if self.shared is not None else None)
 
     async def load(self) -> Engines:
         """Load the models in a thread, so /healthz answers (503) while they load."""
@@ -214,22 +222,19 @@ class App:
             return refused
         path = urlsplit(request.path).path.rstrip("/") or "/"
         if path in MINT_PATHS:
-            return self.mint(request.method, path, request.headers, b"")
+            return await self.mint(request.method, path, request.headers, b"")
         if path == REALTIME_PATH:
             query = parse_qs(urlsplit(request.path).query)
             if "call_id" in query:
                 return self.refuse_sideband(query["call_id"][0], request.headers)
             if self.draining:
                 return json_error(HTTPStatus.SERVICE_UNAVAILABLE, "server_draining", DRAINING)
-            offered = auth.offered_key(request.headers)
-            grant = None
-            if self.keys and not auth.key_ok(offered, self.keys):
-                grant = self.tokens.redeem(offered)  # a token is used up by trying it
-                if grant is None:
-                    log.info("refused a connection without a valid key from %s",
-                             connection.remote_address)
-                    return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
-                                      "missing or invalid API key")
+            grant = await self.redeem(request.headers)
+            if isinstance(grant, Response):
+                log.info("refused a connection without a valid key from %s",
+                         connection.remote_address)
+                return grant
+            if grant is not None:
                 self.grants[connection] = grant
             if not auth.origin_ok(request.headers, self.origins, any_by_default=bool(self.keys)):
                 return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
@@ -303,7 +308,7 @@ class App:
             ("Access-Control-Max-Age", "600"), ("Content-Length", "0")]), b"")
         return with_cors_headers(reply, origin)
 
-    def mint(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
+    async def mint(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
         """Minting browser tokens (`POST /v1/realtime/client_secrets` and the beta routes)."""
         shape = MINT_PATHS.get(path)
         if shape is None:
@@ -334,20 +339,41 @@ class App:
             probe = Session(self.engines, self.settings, dialect=shape)
             probe.configure(config)  # what is in effect: a voice it has not is not shown
             wire = p.session_to_wire(probe.cfg, probe.id, shape)
-            token, expires_at = self.tokens.mint(auth.key_id(offered), config, ttl_s)
+            if self.shared_tokens is not None:
+                token, expires_at = await self.shared_tokens.mint(auth.key_id(offered), config,
+                                                                  ttl_s)
+            else:
+                token, expires_at = self.tokens.mint(auth.key_id(offered), config, ttl_s)
         except LimitError as exc:
             return json_error(HTTPStatus.TOO_MANY_REQUESTS, exc.code, str(exc))
         except ProtocolError as exc:
             return json_error(HTTPStatus.BAD_REQUEST, exc.code, str(exc))
-        log.info("minted a token for %g s (%d live)", ttl_s, len(self.tokens))
+        except StoreError as exc:
+            return store_down(exc)
+        log.info("minted a token for %g s", ttl_s)
         secret = {"value": token, "expires_at": expires_at}
         return json_response(HTTPStatus.OK, {**wire, "client_secret": secret}
                              if shape == "beta" else {**secret, "session": wire})
 
     # ------------------------------------------------------------------ WebRTC
 
-    def offer(self, method: str, path: str, target: str, headers: Headers,
-              body: bytes) -> Reply:
+    async def redeem(self, headers: Headers) -> Grant | Response | None:
+        """None for an API key (or a server without keys); the grant of a valid token, used
+        up by trying it (on any replica when they share a PostgreSQL store); else the
+        refusal."""
+        offered = auth.offered_key(headers)
+        if not self.keys or auth.key_ok(offered, self.keys):
+            return None
+        try:
+            grant = (await self.shared_tokens.redeem(offered) if self.shared_tokens is not None
+                     else self.tokens.redeem(offered))
+        except StoreError as exc:
+            return store_down(exc)
+        return grant if grant is not None else json_error(
+            HTTPStatus.UNAUTHORIZED, "invalid_api_key", "missing or invalid API key")
+
+    async def offer(self, method: str, path: str, target: str, headers: Headers,
+                    body: bytes) -> Response:
         """A WebRTC call's SDP offer: `POST /v1/realtime/calls` (GA), or the beta
         `POST /v1/realtime?model=...`; checked as a WebSocket's handshake is."""
         if method != "POST":
@@ -361,13 +387,9 @@ class App:
             return json_error(HTTPStatus.NOT_FOUND, "webrtc_disabled",
                               "this server takes no WebRTC calls (--no-webrtc): connect "
                               "over the WebSocket")
-        offered = auth.offered_key(headers)
-        grant = None
-        if self.keys and not auth.key_ok(offered, self.keys):
-            grant = self.tokens.redeem(offered)  # a token is used up by trying it
-            if grant is None:
-                return json_error(HTTPStatus.UNAUTHORIZED, "invalid_api_key",
-                                  "missing or invalid API key")
+        grant = await self.redeem(headers)
+        if isinstance(grant, Response):
+            return grant
         if not auth.origin_ok(headers, self.origins, any_by_default=bool(self.keys)):
             return json_error(HTTPStatus.FORBIDDEN, "origin_not_allowed",
                               f"origin {headers.get('Origin')} is not allowed")
@@ -384,12 +406,16 @@ class App:
         query = parse_qs(urlsplit(target).query)
         model = query.get("model", ["voxwire"])[0][:200]
         dialect: p.Dialect = "ga" if path == CALLS_PATH else "beta"
-        return self._call(offer, engines, self.key_of(headers, grant), grant, dialect, model)
-
-    async def _call(self, offer: Offer, engines: Engines, key: str, grant: Grant | None,
-                    dialect: p.Dialect, model: str) -> Response:
+        key = self.key_of(headers, grant)
+        resume = None
+        if RESUME_PARAM in query:
+            found = await self.resumable(query[RESUME_PARAM][0], key)
+            if isinstance(found, Response):
+                return found
+            resume = found
         try:
-            sdp, call_id = await self.webrtc.answer(offer, engines, key, grant, dialect, model)
+            sdp, call_id = await self.webrtc.answer(offer, engines, key, grant, dialect, model,
+                                                    resume)
         except LimitError as exc:
             return json_error(HTTPStatus.SERVICE_UNAVAILABLE if exc.code == NO_FREE_PORT
                               else HTTPStatus.TOO_MANY_REQUESTS, exc.code, str(exc))
@@ -507,7 +533,9 @@ class App:
         headers = request.headers if request is not None else Headers()
         grant = self.grants.pop(ws, None)
         key = self.key_of(headers, grant)
-        refused = self.full(key)
+        resume = self.resumes.pop(ws, None)
+        session_id = resume.session_id if resume is not None else p.new_id("sess")
+        refused = await self.admit(key, session_id)
         if refused is not None:
             await ws.close(CLOSE_TRY_AGAIN, refused)
             return
@@ -517,8 +545,8 @@ class App:
         # `?intent=transcription` (the beta way): a transcription-only session
         kind = "transcription" if query.get("intent") == ["transcription"] else "realtime"
         session = self.open_session(engines, key, grant, dialect=dialect, model=model,
-                                    kind=kind, transport="websocket",
-                                    resume=self.resumes.pop(ws, None))
+                                    kind=kind, transport="websocket", resume=resume,
+                                    session_id=session_id)
         if query.get("voxwire_metrics", [""])[0] in ("1", "true"):
             session.configure({"voxwire": {"metrics": True}})  # the extension, by URL
         log.info("session %s opened (%s dialect, %s)", session.id, dialect, ws.remote_address)
@@ -578,25 +606,44 @@ class App:
         return self.full("")
 
     def full(self, key: str) -> str | None:
-        """Why no new session may open now for ``key``; None when one may."""
+        """Why no new session may open now for ``key`` on this replica; None when one may
+        (the per-key limit is counted here unless replicas share it)."""
         if len(self.sessions) >= self.settings.max_sessions:
             return "server is at its session limit"
-        if key and self.per_key.get(key, 0) >= self.settings.max_sessions_per_key:
+        if (key and self.shared is None
+                and self.per_key.get(key, 0) >= self.settings.max_sessions_per_key):
             return "this key is at its session limit"
         return None
+
+    async def admit(self, key: str, session_id: str) -> str | None:
+        """Why ``session_id`` may not open now for ``key``; None when it may. Replicas
+        sharing a PostgreSQL store count ``key``'s sessions across them all, each session
+        by a lease that lives while its replica does; if the store cannot be reached, this
+        replica's own count decides."""
+        refused = self.full(key)
+        if refused is not None or not key or self.shared is None:
+            return refused
+        limit = self.settings.max_sessions_per_key
+        try:
+            taken = await self.shared.take_lease(self.replica, key, session_id, limit,
+                                                 LEASE_TTL_S)
+        except StoreError as exc:
+            log.warning("session leases unavailable (%s): counting this replica's only", exc)
+            taken = self.per_key.get(key, 0) < limit
+        return None if taken else "this key is at its session limit (across replicas)"
 
     def open_session(self, engines: Engines, key: str, grant: Grant | None, *,
                      transport: str, dialect: p.Dialect = "ga", model: str = "voxwire",
                      kind: str = "realtime",
                      transport_format: p.AudioFormat | None = None,
-                     resume: Resumable | None = None) -> Session:
+                     resume: Resumable | None = None, session_id: str | None = None) -> Session:
         """A new session, counted in (against ``key`` too), configured as ``grant`` says;
         or, with ``resume``, a stored one going on with its conversation."""
         session = Session(engines, self.settings, dialect=dialect, model=model,
                           store=self.store, kind=kind,
                           sinks=(TurnMetrics(engines.registry, transport),),
                           transport_format=transport_format, transport=transport,
-                          session_id=resume.session_id if resume else None, owner=key)
+                          session_id=resume.session_id if resume else session_id, owner=key)
         if grant is not None and grant.session:
             session.configure(grant.session)  # validated at minting; session.created shows it
         if resume is not None:
@@ -616,6 +663,9 @@ class App:
         if session in self.sessions:
             self.sessions.discard(session)
             self.per_key[key] -= 1
+            if self.shared is not None and key:
+                with contextlib.suppress(StoreError):  # else it goes when its replica does
+                    await self.shared.drop_lease(self.replica, session.id)
             if self.engines is not None:
                 self.engines.registry.gauge("sessions_active", len(self.sessions))
             log.info("session %s closed", session.id)
@@ -761,10 +811,33 @@ class App:
                          compression=None,
                          select_subprotocol=_select_subprotocol,
                          ping_interval=20, ping_timeout=20) as server:
+            beating = (asyncio.create_task(self._beat(self.shared), name="replica heartbeat")
+                       if self.shared is not None else None)
             try:
                 yield server
             finally:
                 await self.webrtc.close_all()
+                if beating is not None and self.shared is not None:
+                    beating.cancel()
+                    with contextlib.suppress(StoreError, asyncio.CancelledError):
+                        await beating
+                    with contextlib.suppress(StoreError):
+                        await self.shared.leave(self.replica)
+
+    async def _beat(self, shared: PostgresStore) -> None:
+        """Tell the other replicas this one lives, so that its sessions' leases count."""
+        while True:
+            try:
+                await shared.beat(self.replica, FORGET_REPLICA_S)
+            except StoreError as exc:
+                log.warning("replica heartbeat: %s", exc)
+            await asyncio.sleep(BEAT_S)
+
+
+def store_down(exc: StoreError) -> Response:
+    log.warning("shared state unavailable: %s", exc)
+    return json_error(HTTPStatus.SERVICE_UNAVAILABLE, "store_unavailable",
+                      "the store the replicas share is unavailable: try again")
 
 
 def post_only(path: str) -> Response:

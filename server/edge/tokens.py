@@ -4,7 +4,10 @@ An app's backend mints one with a real key (`POST /v1/realtime/client_secrets`, 
 `POST /v1/realtime/sessions`) and hands it to the page, which connects with it where it
 would pass a key. A token opens one connection, before it expires; the session it opens
 starts with the configuration given at minting and counts against the minting key's
-session limit. Only a hash of each token is kept, in memory.
+session limit. Only a hash of each token is kept: in memory (`Tokens`), or, when replicas
+share a PostgreSQL store, in its `tokens` table (`SharedTokens`), where a token minted on
+one replica is redeemed once on any other: the redemption deletes its row in one
+transaction.
 
 The table is bounded in all (MAX_LIVE) and per key (a quota of live tokens and a minting
 rate), so that one key cannot fill it and lock every other key out until its tokens expire.
@@ -21,6 +24,7 @@ from typing import Literal
 
 from realtime import Json, without_nulls
 from server.errors import LimitError, ProtocolError
+from server.runtime.store import PostgresStore
 
 PREFIX = "ek_"
 MAX_LIVE = 1024
@@ -60,9 +64,7 @@ class Tokens:
     def mint(self, key_id: str, session: Json, ttl_s: float) -> tuple[str, int]:
         """A new token and when it expires (Unix seconds)."""
         self.sweep()
-        if not self._may_mint(key_id):
-            raise LimitError(f"this key mints at most {self.mints_per_s:g} tokens a second",
-                             code="token_rate_limited")
+        self.check_rate(key_id)
         if self._per_key[key_id] >= self.per_key:
             raise LimitError(f"this key holds {self.per_key} live tokens; wait for some to be "
                              "used or to expire", code="too_many_tokens_for_key")
@@ -74,14 +76,17 @@ class Tokens:
         self._per_key[key_id] += 1
         return token, int(time.time() + ttl_s)
 
-    def _may_mint(self, key_id: str) -> bool:
-        """A token bucket per key (only real keys mint, so there are few)."""
+    def check_rate(self, key_id: str) -> None:
+        """A token bucket per key (only real keys mint, so there are few); LimitError when
+        it is empty."""
         now, burst = time.monotonic(), self.mints_per_s * BURST_S
         left, at = self._allowance.get(key_id, (burst, now))
         left = min(burst, left + (now - at) * self.mints_per_s)
         ok = left >= 1
         self._allowance[key_id] = (left - 1 if ok else left, now)
-        return ok
+        if not ok:
+            raise LimitError(f"this key mints at most {self.mints_per_s:g} tokens a second",
+                             code="token_rate_limited")
 
     def _forget(self, digest: str) -> Grant | None:
         grant = self._live.pop(digest, None)
@@ -135,3 +140,28 @@ def mint_request(shape: Shape, body: object, default_ttl_s: float) -> tuple[Json
                             f"[{MIN_TTL_S}, {MAX_TTL_S}]", code="invalid_value",
                             param="expires_after.seconds")
     return session, float(seconds)
+
+
+class SharedTokens:
+    """Tokens kept in PostgreSQL, for replicas behind one balancer. The limits are those of
+    ``local`` (live tokens per key and in all, counted in the table; the minting rate per
+    key, counted by each replica)."""
+
+    def __init__(self, store: PostgresStore, local: Tokens) -> None:
+        self.store, self.local = store, local
+
+    async def mint(self, key_id: str, session: Json, ttl_s: float) -> tuple[str, int]:
+        self.local.check_rate(key_id)
+        token = PREFIX + secrets.token_urlsafe(32)
+        expires_at = await self.store.put_token(_digest(token), key_id, session, ttl_s,
+                                                self.local.per_key, self.local.max_live)
+        return token, int(expires_at)
+
+    async def redeem(self, token: str | None) -> Grant | None:
+        if not token or not token.startswith(PREFIX):
+            return None
+        found = await self.store.take_token(_digest(token))
+        if found is None:
+            return None
+        key_id, session, left_s = found
+        return Grant(key_id, session, time.monotonic() + left_s)

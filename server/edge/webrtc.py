@@ -67,6 +67,7 @@ from server.edge.tokens import Grant
 from server.errors import LimitError, ProtocolError
 from server.runtime.config import Settings, ice_servers, port_range
 from server.runtime.engines import Engines
+from server.runtime.store import Resumable
 from server.session.core import Session
 from server.session.outbox import FLUSHED, OnSent
 
@@ -483,13 +484,15 @@ class Sessions(Protocol):
 
     settings: Settings
 
-    def full(self, key: str) -> str | None: ...
+    async def admit(self, key: str, session_id: str) -> str | None: ...
 
     def open_session(self, engines: Engines, key: str, grant: Grant | None, *,
                      transport: str,
                      dialect: p.Dialect = "ga", model: str = "voxwire",
                      kind: str = "realtime",
-                     transport_format: p.AudioFormat | None = None) -> Session: ...
+                     transport_format: p.AudioFormat | None = None,
+                     resume: Resumable | None = None,
+                     session_id: str | None = None) -> Session: ...
 
     async def close_session(self, session: Session, key: str) -> None: ...
 
@@ -802,15 +805,19 @@ class WebRtcDoor:
         self.ports = port_range(settings.rtc_ports)
 
     async def answer(self, offer: Offer, engines: Engines, key: str, grant: Grant | None,
-                     dialect: p.Dialect, model: str) -> tuple[str, str]:
-        """Start a call for ``offer``: its SDP answer and its id (raises ProtocolError for
-        an offer it cannot answer, LimitError when the server or key is full)."""
-        refused = self.sessions.full(key)
+                     dialect: p.Dialect, model: str,
+                     resume: Resumable | None = None) -> tuple[str, str]:
+        """Start a call for ``offer`` (going on with ``resume``'s conversation, if given):
+        its SDP answer and its id (raises ProtocolError for an offer it cannot answer,
+        LimitError when the server or key is full)."""
+        session_id = resume.session_id if resume is not None else p.new_id("sess")
+        refused = await self.sessions.admit(key, session_id)
         if refused is not None:
             raise LimitError(refused, code="too_many_sessions")
         session = self.sessions.open_session(engines, key, grant, transport="webrtc",
                                              dialect=dialect, model=model,
-                                             transport_format=TRANSPORT_FORMAT)
+                                             transport_format=TRANSPORT_FORMAT,
+                                             resume=resume, session_id=session_id)
         # --ice-servers, or none: aiortc would ask Google's STUN server
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
         call = Call("rtc_" + secrets.token_hex(12), session, key, pc, dialect,

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from realtime import Json
 from server.audio import RATE, to_pcm16
-from server.errors import ConfigError, StoreError, StoreQuotaError, StoreUnavailable
+from server.errors import ConfigError, LimitError, StoreError, StoreQuotaError, StoreUnavailable
 from server.response.record import TurnRecord, When
 from server.runtime.lanes import Lane
 
@@ -69,6 +70,29 @@ CREATE TABLE IF NOT EXISTS recordings (
     PRIMARY KEY (response_id, role)
 );
 """
+# What replicas share through PostgreSQL: browser tokens, and the sessions open on each live
+# replica (leases), counted per key. Times are the database's clock (Unix seconds).
+SHARED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    digest TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    session JSONB NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_by_key ON tokens(key_id);
+CREATE TABLE IF NOT EXISTS replicas (
+    id TEXT PRIMARY KEY,
+    seen_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    session_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    replica TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_by_key ON leases(key_id);
+"""
+NOW = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"
+
 # Columns added since the first schema: (table, column, definition), added where missing.
 ADDED_COLUMNS = [("sessions", "key_id", "TEXT NOT NULL DEFAULT ''")]
 SQLITE_TYPES = {"real": "REAL", "bool": "INTEGER", "json": "TEXT", "blob": "BLOB"}
@@ -385,9 +409,15 @@ class PostgresStore(SqlStore):
         if self._db is None or self._db.closed:
             self._db = None
             db = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
-            db.execute(SCHEMA.format(**POSTGRES_TYPES))
-            for table, column, definition in ADDED_COLUMNS:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
+            # Replicas starting together would race on CREATE TABLE IF NOT EXISTS (which
+            # is not atomic in PostgreSQL): one at a time.
+            with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(hashtext('voxwire schema'))")
+                db.execute(SCHEMA.format(**POSTGRES_TYPES))
+                db.execute(SHARED_SCHEMA)
+                for table, column, definition in ADDED_COLUMNS:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} "
+                               f"{definition}")
             self._db = db
         return self._db
 
@@ -430,6 +460,97 @@ class PostgresStore(SqlStore):
             return _rows([d.name for d in cur.description or ()], cur.fetchall())
 
         return self._run(work)
+
+    async def _transact(self, work: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
+        """``work`` in one transaction, in the store's thread."""
+        def run(db: psycopg.Connection[tuple[Any, ...]]) -> T:
+            with db.transaction():
+                return work(db)
+
+        return await self._lane.run(lambda: self._run(run))
+
+    # Browser tokens, minted on any replica and redeemed once on any.
+
+    async def put_token(self, digest: str, key_id: str, session: Json, ttl_s: float,
+                        per_key: int, max_live: int) -> float:
+        """Keep a new token's grant; when it expires. LimitError when the key holds
+        ``per_key`` live tokens, or all keys ``max_live``."""
+        def work(db: psycopg.Connection[tuple[Any, ...]]) -> float:
+            db.execute("SELECT pg_advisory_xact_lock(hashtext('voxwire tokens'))")
+            db.execute(f"DELETE FROM tokens WHERE expires_at <= {NOW}")
+            row = db.execute("SELECT COUNT(*), COUNT(*) FILTER (WHERE key_id = %s) "
+                             "FROM tokens", (key_id,)).fetchone()
+            live, of_key = row if row is not None else (0, 0)
+            if of_key >= per_key:
+                raise LimitError(f"this key holds {per_key} live tokens; wait for some to be "
+                                 "used or to expire", code="too_many_tokens_for_key")
+            if live >= max_live:
+                raise LimitError(f"{max_live} tokens are live; wait for some to expire",
+                                 code="too_many_tokens")
+            found = db.execute(f"INSERT INTO tokens VALUES (%s, %s, %s, {NOW} + %s) "
+                               "RETURNING expires_at",
+                               (digest, key_id, self._json(session), ttl_s)).fetchone()
+            return float(found[0]) if found is not None else time.time() + ttl_s
+
+        return await self._transact(work)
+
+    async def take_token(self, digest: str) -> tuple[str, Json, float] | None:
+        """A live token's key, session and seconds left, removed: it is used up."""
+        def work(db: psycopg.Connection[tuple[Any, ...]]) -> tuple[str, Json, float] | None:
+            row = db.execute(f"DELETE FROM tokens WHERE digest = %s RETURNING key_id, session, "
+                             f"expires_at - {NOW}", (digest,)).fetchone()
+            if row is None or row[2] <= 0:
+                return None
+            return str(row[0]), dict(row[1]), float(row[2])
+
+        return await self._transact(work)
+
+    # Leases: the sessions open on each replica, counted per key while the replica lives.
+
+    async def take_lease(self, replica: str, key_id: str, session_id: str, limit: int,
+                         ttl_s: float) -> bool:
+        """Count ``session_id`` against ``key_id`` on ``replica``, unless the key already
+        has ``limit`` sessions on replicas seen within ``ttl_s``. A lease the session held
+        before (on a replica that died) is taken over."""
+        def work(db: psycopg.Connection[tuple[Any, ...]]) -> bool:
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key_id,))
+            row = db.execute(f"SELECT COUNT(*) FROM leases l JOIN replicas r ON r.id = l.replica "
+                             f"WHERE l.key_id = %s AND l.session_id <> %s "
+                             f"AND r.seen_at > {NOW} - %s", (key_id, session_id, ttl_s)
+                             ).fetchone()
+            if row is not None and row[0] >= limit:
+                return False
+            db.execute("INSERT INTO leases VALUES (%s, %s, %s) ON CONFLICT (session_id) "
+                       "DO UPDATE SET key_id = excluded.key_id, replica = excluded.replica",
+                       (session_id, key_id, replica))
+            return True
+
+        return await self._transact(work)
+
+    async def drop_lease(self, replica: str, session_id: str) -> None:
+        await self._transact(lambda db: db.execute(
+            "DELETE FROM leases WHERE session_id = %s AND replica = %s", (session_id, replica)))
+
+    async def beat(self, replica: str, forget_s: float) -> None:
+        """``replica`` is alive; replicas not seen for ``forget_s`` are forgotten, with
+        their leases, and so are expired tokens."""
+        def work(db: psycopg.Connection[tuple[Any, ...]]) -> None:
+            db.execute(f"INSERT INTO replicas VALUES (%s, {NOW}) ON CONFLICT (id) "
+                       "DO UPDATE SET seen_at = excluded.seen_at", (replica,))
+            db.execute(f"DELETE FROM leases WHERE replica IN (SELECT id FROM replicas "
+                       f"WHERE seen_at < {NOW} - %s)", (forget_s,))
+            db.execute(f"DELETE FROM replicas WHERE seen_at < {NOW} - %s", (forget_s,))
+            db.execute(f"DELETE FROM tokens WHERE expires_at <= {NOW}")
+
+        await self._transact(work)
+
+    async def leave(self, replica: str) -> None:
+        """``replica`` stops: its leases go at once."""
+        def work(db: psycopg.Connection[tuple[Any, ...]]) -> None:
+            db.execute("DELETE FROM leases WHERE replica = %s", (replica,))
+            db.execute("DELETE FROM replicas WHERE id = %s", (replica,))
+
+        await self._transact(work)
 
     def _size(self) -> int:
         rows = self._read("SELECT pg_database_size(current_database()) AS n")

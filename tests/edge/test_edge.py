@@ -446,7 +446,7 @@ def test_no_page_or_client_puts_a_key_in_a_url() -> None:
     root = Path(__file__).parents[2]
     in_url = re.compile(r"[?&](key|api_key|token|access_token)=")
     from_query = re.compile(r"""(query|search\w*)\.(get|has)\(["'](key|api_key|token)""")
-    names = ["idle", "instructions", "url"]  # what the kiosk takes from its query
+    names = ["idle", "instructions", "url", "transport"]  # what the kiosk takes from its query
     for path in [*(root / "server" / "edge" / "static").iterdir(), *(root / "client").glob("*.py")]:
         text = path.read_text()
         assert not in_url.search(text) and not from_query.search(text), path
@@ -581,7 +581,7 @@ async def test_the_kiosk_talks_only_to_its_own_server(engines: Engines, tmp_path
             text, problems = await in_browser_thread(
                 lambda: visit(f"http://{hostport}/kiosk?url={target}"))
             assert KIOSK_REFUSED in text and not problems
-            assert not opened
+            assert not opened and not other.webrtc.calls
             own = f"ws://{hostport}/v1/realtime"
             text, problems = await in_browser_thread(
                 lambda: visit(f"http://{hostport}/kiosk?url={own}"))
@@ -590,7 +590,7 @@ async def test_the_kiosk_talks_only_to_its_own_server(engines: Engines, tmp_path
             text, problems = await in_browser_thread(
                 lambda: visit(f"http://{hostport}/kiosk?url={target}"))
             assert KIOSK_REFUSED not in text and not problems
-            assert len(opened) == 1
+            assert len(opened) + len(other.webrtc.calls) == 1  # a call, or a WebSocket
         async with edge(engines, api_keys=KEY) as (_, hostport):  # the key after "#"
             text, problems = await in_browser_thread(
                 lambda: visit(f"http://{hostport}/kiosk#key={KEY}"))
