@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
@@ -34,10 +35,15 @@ from realtime import AudioAppend, FrameAppend, ItemTruncate, SessionUpdate, dump
 Duplex = Literal["half", "full"]
 ECHO_TAIL_S = 0.3
 MAX_BACKOFF_S = 10.0
+RESUME_PARAM = "voxwire_resume"  # the server's extension: go on with a stored session
 
 
 class TalkError(Exception):
     """A problem the user must fix (wrong URL, no microphone); not worth retrying."""
+
+
+class NotResumable(Exception):
+    """The server will not go on with the last session (gone, expired, or no history)."""
 
 
 @dataclass
@@ -58,6 +64,7 @@ class TalkClient:
     instructions: str | None = None
     frames: Callable[[], bytes | None] | None = None  # the latest camera JPEG, if any
     turns: int = 0  # completed responses so far
+    session_id: str | None = None  # the session to go on with after a lost connection
     truncated: list[tuple[str, int]] = field(default_factory=list)  # (item, ms) sent
     _turn: TurnState = field(default_factory=TurnState)
     _mic: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(100))
@@ -85,6 +92,10 @@ class TalkClient:
                 except TalkError as exc:
                     self.out(f"error: {exc}")
                     return 2
+                except NotResumable as exc:
+                    self.out(f"the conversation could not go on ({exc}); starting a new one")
+                    self.session_id = None
+                    continue
                 except (OSError, ConnectionClosed, TimeoutError) as exc:
                     self.out(f"connection: {describe(exc, self.url)}")
                 if attempts is not None and tries >= attempts:
@@ -97,8 +108,13 @@ class TalkClient:
 
     async def _connect_once(self, max_turns: int | None, drain: bool) -> None:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        url = self.url
+        if self.session_id is not None:  # go on with the conversation (a Voxwire extension)
+            parts = urlsplit(url)
+            query = [*parse_qsl(parts.query), (RESUME_PARAM, self.session_id)]
+            url = urlunsplit(parts._replace(query=urlencode(query)))
         try:
-            ws = await connect(self.url, additional_headers=headers, max_size=None,
+            ws = await connect(url, additional_headers=headers, max_size=None,
                                open_timeout=10)
         except InvalidURI as exc:
             raise TalkError(f"{self.url!r} is not a WebSocket URL (ws://host:port/v1/realtime)"
@@ -108,6 +124,8 @@ class TalkClient:
             if code in (401, 403):
                 raise TalkError(f"the server refused the key (HTTP {code}); set --key or "
                                 "VOXWIRE_API_KEY") from exc
+            if self.session_id is not None and code in (400, 404, 410):
+                raise NotResumable(f"HTTP {code}") from exc
             if code == 404:
                 raise TalkError(f"nothing at {self.url} (HTTP 404); the path is "
                                 "/v1/realtime") from exc
@@ -192,7 +210,12 @@ class TalkClient:
 
     async def _on_event(self, ws: ClientConnection, ev: dict[str, Any]) -> None:
         kind = ev.get("type", "")
-        if kind in ("response.output_audio.delta", "response.audio.delta"):
+        if kind == "session.created":
+            resumed = ev.get("session", {}).get("id") == self.session_id
+            self.session_id = ev.get("session", {}).get("id")
+            if resumed:
+                self.out("the conversation goes on where it was")
+        elif kind in ("response.output_audio.delta", "response.audio.delta"):
             if ev.get("item_id") != self._turn.item_id:  # a new answer starts playing here
                 self._turn.item_id = ev.get("item_id")
                 self._turn.item_start_frame = self.audio.queued_frames

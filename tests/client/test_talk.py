@@ -20,6 +20,7 @@ from client.realtime import Float32, from_pcm16, pcm16, silence
 from client.talk import TalkClient
 from server.edge.app import App
 from server.runtime.engines import Engines
+from server.runtime.store import SqlStore
 from tests.conftest import TEST_SETTINGS, words
 
 Speak = Callable[..., Float32]
@@ -141,3 +142,33 @@ async def test_clear_messages_for_refused_and_wrong_urls(server_url: str, speak:
         client = TalkClient(url, WavIO(wav, RATE), out=lines.append)
         assert await client.run(attempts=2) == code, lines
         assert any(message in line for line in lines), lines
+
+
+async def test_talk_goes_on_with_its_conversation_after_a_lost_connection(
+        engines: Engines, speak: Speak, tmp_path: Path) -> None:
+    settings = dataclasses.replace(TEST_SETTINGS, store=f"sqlite:///{tmp_path}/h.db")
+    wav = write_wav(tmp_path / "q.wav", silence(500, RATE),
+                    speak("My name is Alice.", rate=RATE), silence(500, RATE))
+    lines: list[str] = []
+    app = App(settings, engines=engines)
+    async with app.start_server() as server:
+        url = "ws://{}:{}/v1/realtime".format(*server.sockets[0].getsockname()[:2])
+        client = TalkClient(url, WavIO(wav, RATE), out=lines.append)
+        assert await talk(client, 1, lines) == 0
+        first = client.session_id
+        # The connection was lost (here: the first run ended); the next one resumes.
+        client.audio = WavIO(write_wav(tmp_path / "quiet.wav", silence(300, RATE)), RATE)
+        assert await client.run(max_turns=0, attempts=1, drain=False) == 0
+        assert isinstance(app.store, SqlStore)
+        stored = [(s["id"], s["turns"]) for s in app.store.sessions()]
+    assert first is not None and client.session_id == first
+    assert stored == [(first, 1)]  # one conversation, not two
+    assert "the conversation goes on where it was" in lines
+    # A server that keeps no history cannot resume it: a new conversation starts.
+    lines.clear()
+    async with App(TEST_SETTINGS, engines=engines).start_server() as server:
+        client.url = "ws://{}:{}/v1/realtime".format(*server.sockets[0].getsockname()[:2])
+        assert await client.run(max_turns=0, attempts=2, drain=False) == 0
+    assert any(line.startswith("the conversation could not go on (HTTP 400)") for line in lines)
+    assert client.session_id not in (None, first)
+
