@@ -37,7 +37,8 @@ node-clients: sysdeps $(NODE_CLIENTS)
 
 # Test fixtures are spoken by piper and by espeak-ng (a second, different voice); the widget
 # and kiosk tests run in headless Chromium; the history tests start their own PostgreSQL; a
-# third-party client runs in Node.js; the WebRTC relay test starts its own TURN server (coturn).
+# third-party client runs in Node.js; the WebRTC relay test starts its own TURN server (coturn);
+# the deploy tests scrape a test server with their own Prometheus (deploy/prometheus.yml).
 sysdeps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -59,6 +60,10 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q coturn; \
 	  else echo "tests need coturn: sudo apt-get install coturn"; exit 1; fi; }
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; \
+	  else echo "tests need prometheus: sudo apt-get install prometheus"; exit 1; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check realtime voxwire server client models tests bench
