@@ -40,10 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from server.edge.app import App
+        from server.runtime import tracing
         from server.runtime.heap import limit_arenas
 
         limit_arenas()  # before the models' threads start
-        asyncio.run(App(settings).serve())
+        tracing.from_environment()  # OTEL_*: off unless an OTLP endpoint is set
+        try:
+            asyncio.run(App(settings).serve())
+        finally:
+            tracing.stop()  # what is queued goes out
         return 0
     except VoxwireError as exc:
         print(f"voxwire: {exc}", file=sys.stderr)

@@ -51,6 +51,7 @@ from server.edge.webrtc import (
     read_offer,
 )
 from server.errors import LimitError, ProtocolError, StoreError
+from server.runtime import tracing
 from server.runtime.config import Settings
 from server.runtime.engines import Engines
 from server.runtime.heap import trim_every
@@ -641,7 +642,8 @@ class App:
         or, with ``resume``, a stored one going on with its conversation."""
         session = Session(engines, self.settings, dialect=dialect, model=model,
                           store=self.store, kind=kind,
-                          sinks=(TurnMetrics(engines.registry, transport),),
+                          sinks=(TurnMetrics(engines.registry, transport),
+                                 *tracing.turn_sinks(engines.responder.name)),
                           transport_format=transport_format, transport=transport,
                           session_id=resume.session_id if resume else session_id, owner=key)
         if grant is not None and grant.session:

@@ -5,14 +5,18 @@ get the record."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from realtime import Json
 from server.errors import VoxwireError
 from server.stages import Float32
+
+if TYPE_CHECKING:
+    from server.runtime.metrics import TurnClock
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,29 @@ class TurnSink(Protocol):
     def when(self) -> When: ...
 
     async def take(self, turn: TurnRecord) -> None: ...
+
+
+@runtime_checkable
+class TurnWatcher(Protocol):
+    """A sink that also sees each response start (the traces' turn span): what ``begin``
+    returns is held open while the response runs, in the response's own task."""
+
+    def begin(self, session_id: str, response_id: str,
+              turn: TurnClock) -> contextlib.AbstractContextManager[None]: ...
+
+
+def watched(sinks: Sequence[TurnSink], session_id: str, response_id: str,
+            turn: TurnClock) -> contextlib.ExitStack:
+    """Each watching sink's ``begin`` for one response, entered; one that fails is logged
+    and the response goes on without it."""
+    stack = contextlib.ExitStack()
+    for sink in sinks:
+        if isinstance(sink, TurnWatcher):
+            try:
+                stack.enter_context(sink.begin(session_id, response_id, turn))
+            except Exception:
+                log.exception("turn %s: %s failed", response_id, type(sink).__name__)
+    return stack
 
 
 async def hand_over(sinks: Sequence[TurnSink], turn: TurnRecord, when: When,

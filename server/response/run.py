@@ -26,7 +26,7 @@ from realtime import server_events as se
 from server.errors import ProtocolError, StageError, VoxwireError
 from server.response.gate import Gate
 from server.response.output import BYTES_PER_TOKEN, OutputItems
-from server.response.record import TurnRecord, TurnSink, hand_over
+from server.response.record import TurnRecord, TurnSink, hand_over, watched
 from server.response.speech import SpeechOut
 from server.response.stream import answer_events, usage
 from server.response.text import SentenceSplitter
@@ -211,7 +211,8 @@ class Response:
 
     async def _run(self, on_end: Callable[[Response], None] | None) -> None:
         try:
-            await self._respond()
+            with watched(self._ctx.sinks, self._ctx.session_id, self._id, self._turn):
+                await self._respond()
         finally:
             if on_end is not None:
                 on_end(self)

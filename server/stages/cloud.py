@@ -30,6 +30,7 @@ from anthropic.types import (
 from anthropic.types import TextDelta as AnthropicTextDelta
 
 from server.errors import BackendError
+from server.runtime import tracing
 from server.runtime.config import Settings
 from server.runtime.lanes import Lane
 from server.stages import (
@@ -142,38 +143,42 @@ class OpenAIResponder:
                                    if request.tool_choice == "function"
                                    else request.tool_choice)
         args["stream_options"] = {"include_usage": True}  # a last chunk with token counts
-        try:
-            stream = await self.client.chat.completions.create(
-                model=self.name, messages=openai_messages(request.messages, self.can_see),
-                stream=True, **args)
-        except openai.OpenAIError as exc:
-            raise backend_error(self.provider, exc, self._key) from exc
-        calls: dict[int, str] = {}
-        finished = Finished()
-        try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    details = chunk.usage.prompt_tokens_details
-                    finished = replace(finished, input_tokens=chunk.usage.prompt_tokens,
-                                       output_tokens=chunk.usage.completion_tokens,
-                                       cached_tokens=details.cached_tokens if details else None)
-                for choice in chunk.choices:
-                    if choice.finish_reason:
-                        finished = replace(finished, reason=choice.finish_reason)
-                    delta = choice.delta
-                    if delta.content:
-                        yield TextDelta(delta.content)
-                    for call in delta.tool_calls or ():
-                        if call.index not in calls:
-                            name = call.function.name if call.function else ""
-                            calls[call.index] = call.id or f"call_{call.index}"
-                            yield ToolCallStart(call.index, calls[call.index], name or "")
-                        if call.function and call.function.arguments:
-                            yield ToolCallArguments(call.index, call.function.arguments)
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise backend_error(self.provider, exc, self._key) from exc
-        finally:
-            await stream.close()
+        with tracing.llm_call("openai-compatible" if self.compatible else "openai", self.name,
+                              str(self.client.base_url), request.max_tokens) as traced:
+            try:
+                stream = await self.client.chat.completions.create(
+                    model=self.name, messages=openai_messages(request.messages, self.can_see),
+                    stream=True, extra_headers=traced.headers, **args)
+            except openai.OpenAIError as exc:
+                raise backend_error(self.provider, exc, self._key) from exc
+            calls: dict[int, str] = {}
+            finished = Finished()
+            try:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        details = chunk.usage.prompt_tokens_details
+                        finished = replace(finished, input_tokens=chunk.usage.prompt_tokens,
+                                           output_tokens=chunk.usage.completion_tokens,
+                                           cached_tokens=(details.cached_tokens
+                                                          if details else None))
+                    for choice in chunk.choices:
+                        if choice.finish_reason:
+                            finished = replace(finished, reason=choice.finish_reason)
+                        delta = choice.delta
+                        if delta.content:
+                            yield TextDelta(delta.content)
+                        for call in delta.tool_calls or ():
+                            if call.index not in calls:
+                                name = call.function.name if call.function else ""
+                                calls[call.index] = call.id or f"call_{call.index}"
+                                yield ToolCallStart(call.index, calls[call.index], name or "")
+                            if call.function and call.function.arguments:
+                                yield ToolCallArguments(call.index, call.function.arguments)
+            except (openai.OpenAIError, httpx2.HTTPError) as exc:
+                raise backend_error(self.provider, exc, self._key) from exc
+            finally:
+                await stream.close()
+            traced.finished(finished.reason, finished.input_tokens, finished.output_tokens)
         yield finished
 
 
@@ -252,38 +257,43 @@ class AnthropicResponder:
             args["tools"] = [{"name": t.name, "description": t.description,
                               "input_schema": t.parameters} for t in request.tools]
             args["tool_choice"] = anthropic_tool_choice(request)
-        try:
-            stream: AsyncStream[RawMessageStreamEvent] = await self.client.messages.create(
-                model=self.name, max_tokens=request.max_tokens, messages=cast(Any, messages),
-                stream=True, **args)
-        except anthropic.AnthropicError as exc:
-            raise backend_error("Anthropic", exc, self._key) from exc
-        finished = Finished()
-        try:
-            async for event in stream:
-                if isinstance(event, RawMessageStartEvent):
-                    start = event.message.usage
-                    cached = start.cache_read_input_tokens or 0
-                    # Anthropic counts cached and newly cached input apart from the rest.
-                    finished = replace(finished, cached_tokens=cached, input_tokens=(
-                        start.input_tokens + cached + (start.cache_creation_input_tokens or 0)))
-                elif isinstance(event, RawMessageDeltaEvent):
-                    finished = replace(finished, output_tokens=event.usage.output_tokens,
-                                       reason=_ANTHROPIC_REASONS.get(
-                                           event.delta.stop_reason or "", "stop"))
-                elif isinstance(event, RawContentBlockStartEvent):
-                    if isinstance(event.content_block, ToolUseBlock):
-                        block = event.content_block
-                        yield ToolCallStart(event.index, block.id, block.name)
-                elif isinstance(event, RawContentBlockDeltaEvent):
-                    if isinstance(event.delta, AnthropicTextDelta):
-                        yield TextDelta(event.delta.text)
-                    elif isinstance(event.delta, InputJSONDelta):
-                        yield ToolCallArguments(event.index, event.delta.partial_json)
-        except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
-            raise backend_error("Anthropic", exc, self._key) from exc
-        finally:
-            await stream.close()
+        with tracing.llm_call("anthropic", self.name, str(self.client.base_url),
+                              request.max_tokens) as traced:
+            try:
+                stream: AsyncStream[RawMessageStreamEvent] = await self.client.messages.create(
+                    model=self.name, max_tokens=request.max_tokens,
+                    messages=cast(Any, messages), stream=True, extra_headers=traced.headers,
+                    **args)
+            except anthropic.AnthropicError as exc:
+                raise backend_error("Anthropic", exc, self._key) from exc
+            finished = Finished()
+            try:
+                async for event in stream:
+                    if isinstance(event, RawMessageStartEvent):
+                        start = event.message.usage
+                        cached = start.cache_read_input_tokens or 0
+                        # Anthropic counts cached and newly cached input apart from the rest.
+                        finished = replace(finished, cached_tokens=cached, input_tokens=(
+                            start.input_tokens + cached
+                            + (start.cache_creation_input_tokens or 0)))
+                    elif isinstance(event, RawMessageDeltaEvent):
+                        finished = replace(finished, output_tokens=event.usage.output_tokens,
+                                           reason=_ANTHROPIC_REASONS.get(
+                                               event.delta.stop_reason or "", "stop"))
+                    elif isinstance(event, RawContentBlockStartEvent):
+                        if isinstance(event.content_block, ToolUseBlock):
+                            block = event.content_block
+                            yield ToolCallStart(event.index, block.id, block.name)
+                    elif isinstance(event, RawContentBlockDeltaEvent):
+                        if isinstance(event.delta, AnthropicTextDelta):
+                            yield TextDelta(event.delta.text)
+                        elif isinstance(event.delta, InputJSONDelta):
+                            yield ToolCallArguments(event.index, event.delta.partial_json)
+            except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
+                raise backend_error("Anthropic", exc, self._key) from exc
+            finally:
+                await stream.close()
+            traced.finished(finished.reason, finished.input_tokens, finished.output_tokens)
         yield finished
 
 
