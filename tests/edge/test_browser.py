@@ -305,17 +305,22 @@ async def test_the_kiosk_sees_hears_reconnects_and_idles(
                 "state.transcripts.length >= 2 && state.answers.length >= 2", 30)
             return await browser.state(), heard, await browser.events(), browser.problems
 
-    app = App(TEST_SETTINGS, engines=recording)
+    history = dataclasses.replace(TEST_SETTINGS, store=f"sqlite:///{tmp_path}/history.db")
+    app = App(history, engines=recording)
     async with app.start_server() as server:
         host, port = server.sockets[0].getsockname()[:2]
         browser = asyncio.create_task(in_browser_thread(lambda: run(f"http://{host}:{port}")))
         turn = asyncio.create_task(asyncio.to_thread(first_turn.wait, 60))
         await asyncio.wait({browser, turn}, return_when=asyncio.FIRST_COMPLETED)
-    # The server went away mid-answer; a new one takes its place on the same port.
-    again = App(dataclasses.replace(TEST_SETTINGS, port=port), engines=recording)
+    # The server went away mid-answer; a new one takes its place on the same port, with
+    # the same history.
+    again = App(dataclasses.replace(history, port=port), engines=recording)
     async with again.start_server():
         state, heard, events, problems = await browser
     await turn
+    for each in (app, again):
+        if each.store is not None:
+            each.store.close()
 
     # Chromium logs each refused reconnection while the server is down; nothing else.
     refused = re.compile(r"console: (WebSocket connection to '\S+/v1/realtime' failed"
@@ -330,8 +335,10 @@ async def test_the_kiosk_sees_hears_reconnects_and_idles(
     first = [m for m in llm.prompts[0] if m.role == "user"]
     assert words(first[-1].content) == words(question) and first[-1].images
     assert state["answers"][0].startswith("I can't see images")
-    # Three sessions: the first, after the restart, and a fresh one after the idle screen.
+    # Three sessions: the first, the same one again after the restart (the kiosk resumed
+    # it), and a fresh one after the idle screen.
     assert event_types(events).count("session.created") == 3
+    assert state["resumed"] == 1
     last = llm.prompts[-1]
     assert [m.role for m in last] == ["system", "user"] and last[-1].images
     assert words(last[-1].content) == words(later)

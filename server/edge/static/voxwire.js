@@ -50,6 +50,17 @@
     return url.href;
   }
 
+  const RESUME_PARAM = "voxwire_resume"; // the server's extension: go on with a session
+  const NOT_RESUMABLE = [400, 404, 410]; // no history, another key's or unknown, too old
+
+  /** ``url`` asking to go on with session ``resume`` (when there is one). */
+  function resuming(url, resume) {
+    if (!resume) return url;
+    const out = new URL(url);
+    out.searchParams.set(RESUME_PARAM, resume);
+    return out.href;
+  }
+
   /** WebRTC's offer URL for a Realtime WebSocket URL: the same path + "/calls". */
   function callsUrl(wsUrl) {
     const url = new URL(wsUrl);
@@ -89,7 +100,11 @@
       this.kind = "websocket";
       this.ws = key ? new WebSocket(url, ["realtime", `openai-insecure-api-key.${key}`])
         : new WebSocket(url);
-      this.ws.onopen = () => client.onOpen(this);
+      this.opened = false;
+      this.ws.onopen = () => {
+        this.opened = true;
+        client.onOpen(this);
+      };
       this.ws.onmessage = (m) => client.onMessage(this, m.data);
       this.ws.onclose = (e) => client.onLost(this, e.reason);
     }
@@ -137,6 +152,7 @@
       this.callId = null;
       this.sender = null;
       this.timer = 0;
+      this.opened = false;
     }
 
     /** Offer, answer, ICE, DTLS and the data channel: resolves once events can flow, or
@@ -182,6 +198,7 @@
       this.callId = (reply.headers.get("Location") || "").split("/").pop() || null;
       await pc.setRemoteDescription({ type: "answer", sdp: await reply.text() });
       await opened;
+      this.opened = true;
       clearTimeout(this.timer);
       dc.onclose = () => client.onLost(this, "the call ended");
       pc.onconnectionstatechange = () => {
@@ -237,7 +254,8 @@
       this.opts = { url: defaultUrl(), transport: "auto", instructions: "", key: "", video: null,
                     reconnect: false };
       this.state = {
-        running: false, connected: false, transport: null, fallback: null, phase: "offline",
+        running: false, connected: false, transport: null, fallback: null, sessionId: null,
+        resumed: 0, phase: "offline",
         status: "Press Start to talk",
         muted: false, idle: false, partial: "", transcripts: [], answers: [], metrics: null,
         playedSeconds: 0, errors: [], interruptions: [], framesSent: 0,
@@ -245,6 +263,8 @@
       this.onlevel = null;
       this.ctx = this.out = this.node = this.mic = this.cam = this.link = null;
       this.noWebrtc = false; // the server said it takes no WebRTC calls
+      this.resumeId = null; // the session to go on with on the next connection
+      this.resumeTries = 0; // WebSockets refused (for a reason a page cannot see) meanwhile
       this.rtcPlaying = null; // WebRTC: since when the server has been playing an answer
       this.retryTimer = 0;
       this.frameTimer = 0;
@@ -330,6 +350,7 @@
 
     stop(message) {
       const s = this.state;
+      if (!message) this.resumeId = null; // stopped on purpose: the next Start is new
       s.running = false;
       s.connected = false;
       clearTimeout(this.retryTimer);
@@ -380,6 +401,7 @@
       clearTimeout(this.retryTimer);
       this.setStatus("Connecting…", "offline");
       const want = this.opts.transport;
+      const resume = this.resumeId;
       if (want !== "websocket" && !this.noWebrtc) {
         if (typeof RTCPeerConnection === "undefined") {
           this.fallBack(want, new CallFailed("this browser has no WebRTC"));
@@ -387,18 +409,24 @@
           const link = new RtcLink(this);
           this.link = link;
           try {
-            await link.connect(callsUrl(this.opts.url), this.opts.key, this.mic);
+            await link.connect(resuming(callsUrl(this.opts.url), resume), this.opts.key,
+              this.mic);
             return;
           } catch (err) {
             if (this.link !== link) return; // stopped or renewed meanwhile
             this.link = null;
             link.close();
+            if (resume && NOT_RESUMABLE.includes(err.status)) {
+              this.resumeId = null; // that conversation cannot go on: a new one, now
+              this.connect();
+              return;
+            }
             if (!this.fallBack(want, err)) return;
           }
         }
         if (want === "webrtc") return;
       }
-      this.link = new SocketLink(this, this.opts.url, this.opts.key);
+      this.link = new SocketLink(this, resuming(this.opts.url, resume), this.opts.key);
     }
 
     /** WebRTC did not connect: say why, and whether to go on with the WebSocket. */
@@ -426,6 +454,7 @@
     /** A fresh session (a new conversation) on a new connection. */
     renew() {
       if (!this.state.running || !this.link) return;
+      this.resumeId = null;
       this.dropLink();
       this.connect();
     }
@@ -450,6 +479,11 @@
 
     onLost(link, reason) {
       if (link !== this.link) return;
+      // A WebSocket refused before it opened does not say why: after two, give up resuming.
+      if (link.kind === "websocket" && !link.opened && this.resumeId && ++this.resumeTries >= 2) {
+        this.resumeId = null;
+      }
+      if (link.opened && this.state.sessionId) this.resumeId = this.state.sessionId;
       this.dropLink();
       this.lost(`Connection lost${reason ? ` (${reason})` : ""}`);
     }
@@ -493,12 +527,18 @@
     onEvent(ev) {
       const s = this.state;
       switch (ev.type) {
-        case "session.created":
+        case "session.created": {
+          const resumed = Boolean(this.resumeId) && ev.session.id === this.resumeId;
           s.connected = true;
+          s.sessionId = ev.session.id;
+          if (resumed) s.resumed += 1;
+          this.resumeId = null;
+          this.resumeTries = 0;
           this.backoff = 500;
-          this.setStatus(`Connected to ${this.opts.url} over ${TRANSPORTS[s.transport]}`,
-            "listening");
+          this.setStatus(`Connected to ${this.opts.url} over ${TRANSPORTS[s.transport]}` +
+            (resumed ? "; the conversation goes on" : ""), "listening");
           break;
+        }
         case "input_audio_buffer.speech_started":
           this.interrupt();
           s.partial = "";
