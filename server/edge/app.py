@@ -15,7 +15,7 @@ import secrets
 import signal
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib.resources import files
@@ -71,6 +71,7 @@ CLOSE_SERVICE_RESTART = 1012
 # A replica tells the others it lives every BEAT_S; its sessions stop counting against
 # their keys LEASE_TTL_S after its last word, and it is forgotten after FORGET_REPLICA_S.
 BEAT_S, LEASE_TTL_S, FORGET_REPLICA_S = 5.0, 15.0, 600.0
+TAKE_OVER_S = 5.0  # how long a resume waits for the session's old connection to close
 RESUME_PARAM = "voxwire_resume"  # extension: go on with a stored session (its id)
 DRAINING = "this server is shutting down: connect again (a balancer sends you elsewhere)"
 # A client that takes in nothing for this long is dropped. Its socket backed up, so the
@@ -160,6 +161,8 @@ class App:
     # the session a connection resumes, from its handshake to the session's start
     resumes: weakref.WeakKeyDictionary[ServerConnection, Resumable] = field(
         default_factory=weakref.WeakKeyDictionary)
+    # how to end each open WebSocket session's connection, by session id (a resume takes over)
+    closers: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keys = auth.load_keys(self.settings)
@@ -552,10 +555,17 @@ class App:
             session.configure({"voxwire": {"metrics": True}})  # the extension, by URL
         log.info("session %s opened (%s dialect, %s)", session.id, dialect, ws.remote_address)
         writer = asyncio.create_task(self._drain(ws, session, dialect))
+
+        async def close() -> None:
+            await ws.close(1000, "the session goes on on another connection")
+
+        self.closers[session.id] = close
         try:
             await session.start()
             await self._read(ws, session)
         finally:
+            if self.closers.get(session.id) is close:
+                del self.closers[session.id]
             await self.close_session(session, key)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -594,9 +604,30 @@ class App:
                               f"{self.settings.resume_ttl_s:g} s ago (--resume-ttl-s): "
                               "connect without voxwire_resume for a new one")
         if any(s.id == found.session_id for s in self.sessions):
-            return json_error(HTTPStatus.CONFLICT, "session_active",
-                              f"session {found.session_id} is still open on this server")
+            # Still open here: its client lost the connection before this server noticed.
+            # The new connection takes over: the old one is closed, its session saved.
+            if not await self._take_over(found.session_id):
+                return json_error(HTTPStatus.CONFLICT, "session_active",
+                                  f"session {found.session_id} is still open on this server")
+            again = await self.store.resumable(found.session_id)
+            found = again if again is not None else found
         return found
+
+    async def _take_over(self, session_id: str) -> bool:
+        """Close the connection of open session ``session_id``; whether it closed in time."""
+        closer = self.closers.get(session_id)
+        calls = [c for c in self.webrtc.calls.values()
+                 if c.session.id == session_id and not c.ended.is_set()]
+        log.info("session %s: resumed on a new connection, closing the old one", session_id)
+        if closer is not None:
+            await closer()
+        for call in calls:
+            await call.close()
+        for _ in range(int(TAKE_OVER_S / 0.05)):
+            if not any(s.id == session_id for s in self.sessions):
+                return True
+            await asyncio.sleep(0.05)
+        return False
 
     def not_ready(self) -> str | None:
         """Why a balancer should send no new session here now; None when it may."""

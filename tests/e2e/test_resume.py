@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from openai import AsyncOpenAI
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
 from server.edge.app import App
 from server.runtime.engines import Engines
@@ -98,9 +98,13 @@ async def test_only_its_key_may_resume_a_session_and_only_for_a_while(
     async with serving(engines, tmp_path, resume_ttl_s=30.0) as (app, url, _):
         async with connect(url) as conn:
             session_id = (await conn.recv()).session.id
-            # still open here: not twice at once
-            status, body = await refusal(url, KEY, session_id)
-            assert status == 409 and b"session_active" in body
+            # Still open here (its client lost it before the server noticed): a new
+            # connection takes the session over, and the old one is closed.
+            async with connect(url, resume=session_id) as again:
+                assert (await again.recv()).session.id == session_id
+                with pytest.raises(ConnectionClosedOK):
+                    await conn.recv()
+                assert [s.id for s in app.sessions] == [session_id]
         for key, resume in ((OTHER, session_id), (KEY, "sess_none")):
             status, body = await refusal(url, key, resume)
             assert status == 404 and b"session_not_found" in body, (key, resume)
