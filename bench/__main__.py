@@ -3,7 +3,8 @@
 1. voice-to-voice latency per stage, through the server (over the WebSocket and over
    WebRTC, `--transports`) and with the models alone; the server's CPU per call by transport;
 2. concurrent sessions: latency, keeping up with real time, CPU and memory;
-3. the soak: many sessions, idle and misbehaving ones among them, held for minutes;
+3. the soak: many sessions, idle and misbehaving ones among them, WebRTC calls that hang up
+   or vanish, held for minutes;
 4. the evaluation suite (`voxwire eval`): WER, hallucination, turn-taking, echo, vision;
 5. the report: JSON in bench/results/, plots in docs/img/, docs/benchmarks.md.
 """
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the latency rows: websocket, webrtc or both (comma-separated)")
     ap.add_argument("--cost-window-s", type=float, default=15.0,
                     help="each window of the server's CPU per call (0: not measured)")
+    ap.add_argument("--soak-rtc-callers", type=int, default=1,
+                    help="WebRTC callers in the soak (each talks once a call, then leaves)")
     ap.add_argument("--soak-s", type=float, default=180.0, help="how long the soak lasts")
     ap.add_argument("--only", choices=["latency", "load", "soak", "eval", "report"])
     ap.add_argument("--results", type=Path, default=Path("bench/results"))
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.results / "load.json").write_text(json.dumps(swept, indent=2))
         print("\n".join(report.load_section(swept)))
     if "soak" in steps:
-        soaked = soak.run(soak.Plan(duration_s=args.soak_s), args.port,
+        soaked = soak.run(soak.Plan(duration_s=args.soak_s,
+                                    rtc_callers=args.soak_rtc_callers), args.port,
                           ["--asr-model", args.asr.split(",")[0], "--device", args.device],
                           args.results / "soak.json")
         print("\n".join(soak.section(soaked)))

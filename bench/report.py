@@ -91,7 +91,8 @@ def transport_lines(lat: dict[str, Any]) -> list[str]:
         lines += [f"The server's CPU seconds per second of call, {name}: one call at a time, "
                   f"{cost['window_s']:g} s windows, less the server with nobody connected "
                   f"({cost['nobody_cpu_s_per_s']:.3f}). Idle: connected, nothing said (over "
-                  "WebRTC both tracks still carry Opus-coded silence); talking: the questions "
+                  "WebRTC the caller's microphone track still carries Opus-coded silence, 50 "
+                  "frames a second); talking: the questions "
                   "spoken one after another, each answered. The difference is Opus, SRTP and "
                   "the track's pacing against base64 and JSON.", "",
                   "| call | WebSocket | WebRTC | WebRTC - WebSocket |", "|---|---|---|---|"]

@@ -192,15 +192,22 @@ class Client:
         await self.pc.close()
 
     async def vanish(self) -> None:
-        """Go without a word, as a tab killed or a network lost: the call's UDP sockets
-        closed first, so that nothing of the hang-up reaches the server, which finds out
+        """Go without a word, as a tab killed or a network lost: whatever the call's UDP
+        sockets send from now on is lost, the hang-up included, and the server finds out
         when its ICE consent checks go unanswered."""
-        for transceiver in self.pc.getTransceivers():
-            ice = transceiver.sender.transport.transport
+        dtls = [t.sender.transport for t in self.pc.getTransceivers()]
+        if self.pc.sctp is not None:
+            dtls.append(self.pc.sctp.transport)
+        for ice in {id(d.transport): d.transport for d in dtls}.values():
             for protocol in ice._connection._protocols:
-                protocol.transport.close()
+                sock: Any = protocol.transport
+                sock.sendto = _lost
         with contextlib.suppress(Exception):
             await self.close()
+
+
+def _lost(data: bytes, addr: Any = None) -> None:
+    """A datagram sent into a network that is gone."""
 
 
 def peer() -> RTCPeerConnection:

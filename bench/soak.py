@@ -4,6 +4,9 @@ Against a real `voxwire serve` on loopback, for a bounded time:
 - talkers: a few sessions speak the fixtures at real-time pace, several turns per
   connection, measuring voice to voice on the client's clock;
 - idle: many sessions connect and say nothing (the client library pings now and then);
+- WebRTC callers: calls that connect, ask one question each, hear the answer start and go,
+  every other one hanging up cleanly and the rest vanishing without a word (all they send
+  lost from then on: the server finds out by its ICE consent checks, some 30 s later);
 - misbehavers, one lane per kind, each repeating its misdeed and checking what the server
   answers: garbage JSON, wrong types, oversized messages, event floods, bad audio, a client
   that never reads its socket, clients leaving mid-answer, connection churn, TCP
@@ -13,10 +16,10 @@ Against a real `voxwire serve` on loopback, for a bounded time:
   requests trickled a byte at a time;
 - the server process sampled every few seconds: RSS, open file descriptors, threads and
   the sessions it holds (its `sessions_active` gauge on /metrics).
-When the clients have left, the server must hold no session and be back to the file
-descriptors and threads it had before they came; its memory must be flat under load, and
-the talkers' voice to voice within 1.5 times what the same talkers measured alone, before
-the load and after it.
+When the clients have left (the vanished calls found out), the server must hold no session
+and be back to the file descriptors and threads it had before they came; its memory must be
+flat under load, and the talkers' voice to voice within 1.5 times what the same talkers
+measured alone, before the load and after it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from bench import webrtc
 from bench.fixtures import RATE
 from bench.latency import (
     ANSWERED,
@@ -75,6 +79,9 @@ HANDSHAKE_S = 10.0  # the server's open_timeout: a handshake must be over by the
 TURNS_PER_SESSION = 4
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the server's default --max-message-bytes
 LONG_ASK = "Tell me a long story about a lighthouse keeper and the sea."
+# A vanished WebRTC peer is found when six ICE consent checks, 4-6 s apart, went unanswered.
+VANISHED_FOUND_S = 60.0
+WARM_CALLS = 4  # WebRTC calls at once in the warm-up, for each caller
 
 
 @dataclass
@@ -85,11 +92,15 @@ class Plan:
     sample_s: float = 3.0
     pause_s: float = 4.0  # between two misdeeds of one lane
     quiet_turns: int = QUIET_TURNS  # the talkers alone, before the load and again after
+    rtc_callers: int = 1  # WebRTC calls at once, each replaced when it goes
+    misdeeds: list[str] = field(default_factory=lambda: list(MISDEEDS))  # the lanes run
 
     @property
     def max_sessions(self) -> int:
-        """The server's session limit: everyone at once, with room to spare."""
-        return self.idle + self.talkers + 2 * len(MISDEEDS) + 16
+        """The server's session limit: everyone at once, with room to spare (a vanished
+        call holds its session until the server finds out)."""
+        return (self.idle + self.talkers + 2 * len(MISDEEDS) + 16
+                + self.rtc_callers * int(VANISHED_FOUND_S / 4))
 
 
 @dataclass
@@ -102,6 +113,8 @@ class Tally:
         default_factory=lambda: defaultdict(Counter))
     unexpected: list[str] = field(default_factory=list)
     slow_dropped_s: list[float] = field(default_factory=list)  # how long each took
+    rtc: Counter[str] = field(default_factory=Counter)  # WebRTC calls: made, failed, how ended
+    rtc_turns: list[dict[str, Any]] = field(default_factory=list)
 
     def fail(self, who: str, what: str) -> None:
         self.unexpected.append(f"{who}: {what}")
@@ -236,6 +249,41 @@ class Soak:
         except Exception as exc:  # a well-behaved session must not fail
             self.tally.fail(f"idle {n}", f"{type(exc).__name__}: {exc}")
             return None
+
+    async def rtc_caller(self, n: int) -> None:
+        """WebRTC calls until the deadline, one at a time: each asks one question, hears
+        its answer start, and goes; every other one hangs up (DTLS close_notify, SCTP
+        abort), the others vanish without a word."""
+        made = n
+        while time.monotonic() < self.deadline:
+            fx = self.fixtures[made % len(self.fixtures)]
+            made += 1
+            self.tally.rtc["calls"] += 1
+            try:
+                client = await asyncio.wait_for(webrtc.call(self.url), 30)
+            except Exception as exc:  # a well-behaved caller must get through
+                self.tally.rtc["failed"] += 1
+                self.tally.fail(f"webrtc caller {n}", f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1)
+                continue
+            try:
+                result = await asyncio.wait_for(webrtc.turn_on(client, fx), 120)
+                result["t_s"] = round(time.monotonic() - self._t0, 1)
+                self.tally.rtc_turns.append(result)
+                if result["status"] not in ANSWERED or result["client_v2v_ms"] is None:
+                    self.tally.rtc["failed"] += 1
+                    self.tally.fail(f"webrtc caller {n}", f"turn {result['status']}, "
+                                                          f"heard {result['client_v2v_ms']}")
+            except Exception as exc:
+                self.tally.rtc["failed"] += 1
+                self.tally.fail(f"webrtc caller {n}", f"{type(exc).__name__}: {exc}")
+            finally:
+                if made % 2:
+                    await client.vanish()
+                    self.tally.rtc["vanished"] += 1
+                else:
+                    await client.close()
+                    self.tally.rtc["hung_up"] += 1
 
     # ------------------------------------------------------------------ misbehavers
 
@@ -554,7 +602,7 @@ class Soak:
             await asyncio.sleep(self.plan.pause_s)
 
     def misdeeds(self) -> dict[str, Callable[[], Awaitable[str]]]:
-        return {kind: getattr(self, kind) for kind in MISDEEDS}
+        return {kind: getattr(self, kind) for kind in self.plan.misdeeds}
 
     async def run(self) -> dict[str, Any]:
         plan = self.plan
@@ -562,6 +610,11 @@ class Soak:
         # Warm up: a turn, and each quick misdeed once, so that lazily made threads and
         # caches exist before the baseline.
         await one_turn(self.url, self.fixtures[0])
+        # WebRTC calls at once, as many as the load holds at most (a caller's live call and
+        # its vanished ones not found yet): the pool of threads that encodes the answer
+        # tracks grows with them, and then stays.
+        await asyncio.gather(*(webrtc.turn(self.url, self.fixtures[n % len(self.fixtures)])
+                               for n in range(WARM_CALLS * plan.rtc_callers)))
         for kind, misdeed in self.misdeeds().items():
             if kind not in ("slow_reader", "half_open"):
                 await misdeed()
@@ -576,14 +629,17 @@ class Soak:
         sampler = asyncio.create_task(self.sampler())
         idle = [asyncio.create_task(self.idle(n)) for n in range(plan.idle)]
         lanes = [self.lane(kind, misdeed) for kind, misdeed in self.misdeeds().items()]
-        await asyncio.gather(*(self.talker(n) for n in range(plan.talkers)), *lanes)
+        callers = [self.rtc_caller(n) for n in range(plan.rtc_callers)]
+        await asyncio.gather(*(self.talker(n) for n in range(plan.talkers)), *lanes,
+                             *callers)
         held = await asyncio.gather(*idle)
         loaded = await self.sample()
         for ws in held:
             if ws is not None:
                 await ws.close()
         sampler.cancel()
-        held_after = await self.until_released()
+        held_after = await self.until_released(
+            VANISHED_FOUND_S if self.tally.rtc["vanished"] else 30.0)
         after = await self.until_settled(baseline)
         after["sessions"] = held_after
         self.deadline = time.monotonic() + 600  # the talkers alone again
@@ -597,9 +653,10 @@ class Soak:
         return result
 
 
-MISDEEDS = ("garbage_json", "wrong_types", "bad_audio", "huge", "flood", "slow_reader",
-            "leave_mid_answer", "churn", "half_open", "big_append", "speculation_flood",
-            "huge_prompt", "outbox_stuffing", "trickled_post")
+MISDEEDS: tuple[str, ...] = (
+    "garbage_json", "wrong_types", "bad_audio", "huge", "flood", "slow_reader",
+    "leave_mid_answer", "churn", "half_open", "big_append", "speculation_flood", "huge_prompt",
+    "outbox_stuffing", "trickled_post")
 EXPECTED: dict[str, Callable[[str], bool]] = {
     "garbage_json": lambda o: o == "errors, then the session went on",
     "wrong_types": lambda o: o == "errors, then the session went on",
@@ -653,6 +710,7 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
         fit = np.polyfit([s["t_s"] / 60 for s in settled], [s["rss_mib"] for s in settled], 1)
         slope = round(float(fit[0]), 2)
     v2v = [t["client_v2v_ms"] for t in tally.turns if t["client_v2v_ms"] is not None]
+    rtc_v2v = [t["client_v2v_ms"] for t in tally.rtc_turns if t["client_v2v_ms"] is not None]
     quiet = [t["client_v2v_ms"] for t in tally.quiet if t["client_v2v_ms"] is not None]
     ratio = (round(float(np.median(v2v) / np.median(quiet)), 2) if v2v and quiet else None)
 
@@ -672,8 +730,7 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
     return {
         "machine": machine(), "plan": {**asdict(plan), "max_sessions": plan.max_sessions,
                                        "flat_mib_per_min": FLAT_MIB_PER_MIN,
-                                       "loaded_v2v_ratio": LOADED_V2V_RATIO,
-                                       "misdeeds": list(MISDEEDS)},
+                                       "loaded_v2v_ratio": LOADED_V2V_RATIO},
         "sessions": {"peak": max(s["sessions"] for s in under_load), "end": loaded["sessions"],
                      "after": after["sessions"]},
         "turns": {"completed": sum(t["status"] in ANSWERED for t in tally.turns),
@@ -686,7 +743,12 @@ def summarize(plan: Plan, baseline: dict[str, float], samples: list[dict[str, fl
         "misbehavers": {kind: {"runs": sum(tally.outcomes[kind].values()),
                                "outcomes": dict(tally.outcomes[kind]),
                                "server_answers": dict(tally.codes[kind])}
-                        for kind in MISDEEDS},
+                        for kind in plan.misdeeds},
+        "webrtc": {"callers": plan.rtc_callers, "calls": tally.rtc["calls"],
+                   "failed": tally.rtc["failed"], "hung_up": tally.rtc["hung_up"],
+                   "vanished": tally.rtc["vanished"],
+                   "completed": sum(t["status"] in ANSWERED for t in tally.rtc_turns),
+                   "v2v_p50_ms": percentile(rtc_v2v, 50), "v2v_p95_ms": percentile(rtc_v2v, 95)},
         "unexpected": tally.unexpected,
         "slow_reader_dropped_after_s": tally.slow_dropped_s,
         "idle_sessions_replaced": tally.codes["idle"]["idle_timeout"],
@@ -724,9 +786,12 @@ def section(soak: dict[str, Any]) -> list[str]:
     """The soak's part of docs/benchmarks.md."""
     m, plan, res, v = soak["machine"], soak["plan"], soak["resources"], soak["verdict"]
     turns, held = soak["turns"], soak["sessions"]
+    rtc = soak.get("webrtc", {})
     lines = ["## Soak: many sessions for minutes, idle and misbehaving ones among them", "",
              f"`make bench-soak` holds {plan['idle']} idle sessions and {plan['talkers']} "
-             f"talking ones for {plan['duration_s']:.0f} s against one `voxwire serve` on "
+             "talking ones" + (f", with {plan['rtc_callers']} WebRTC caller(s) calling one "
+                               "question at a time," if plan.get("rtc_callers") else "")
+             + f" for {plan['duration_s']:.0f} s against one `voxwire serve` on "
              "loopback, while one lane of each misbehaviour below repeats it every "
              f"{plan['pause_s']:g} s; the talkers speak the fixtures at real-time pace, "
              f"{TURNS_PER_SESSION} turns per connection. The server process is sampled every "
@@ -751,6 +816,12 @@ def section(soak: dict[str, Any]) -> list[str]:
                  f"{turns['loaded_to_quiet_p50']}x that (held to "
                  f"{plan.get('loaded_v2v_ratio', LOADED_V2V_RATIO):g}x)."]
                 if turns.get("quiet_total") else []),
+              *([f"- WebRTC: {rtc['callers']} caller(s) made {rtc['calls']} calls, one "
+                 f"question each ({rtc['completed']} answered, voice to voice p50 "
+                 f"{rtc['v2v_p50_ms'] or 0:.0f} ms, p95 {rtc['v2v_p95_ms'] or 0:.0f} ms to the "
+                 f"first voiced frame heard); {rtc['hung_up']} hung up, {rtc['vanished']} "
+                 "vanished without a word (found by the server's ICE consent checks); "
+                 f"{rtc['failed']} failed."] if rtc.get("calls") else []),
               *([f"- Idle sessions the server closed at its idle timeout "
                  f"({IDLE_TIMEOUT_S:g} s), each replaced: {soak['idle_sessions_replaced']}."]
                 if soak["idle_sessions_replaced"] else []),

@@ -19,7 +19,8 @@ channel, on the same clock: the server's word that it began playing the answer.
 
 `cpu_per_call` measures the server process's CPU seconds per second of call (from
 /proc/<pid>/stat) over a fixed window: with nobody connected, one idle connected call
-(WebRTC: both tracks carry Opus-coded silence all along; WebSocket: nothing moves), and
+(WebRTC: the caller's microphone track carries Opus-coded silence, 50 frames a second, as
+a browser's does; WebSocket: nothing moves), and
 one call that talks (the fixtures spoken one after another, each answered), over each
 transport. The difference between the two transports for the same workload is Opus
 (encoding, decoding, resampling), SRTP and the track's pacing, against base64 and JSON.

@@ -8,7 +8,7 @@ from tests.bench.test_peers import free_port
 
 def test_a_short_soak_answers_every_misbehaviour_and_leaks_nothing(tmp_path: Path) -> None:
     plan = soak.Plan(duration_s=20.0, talkers=1, idle=4, sample_s=1.0, pause_s=1.0,
-                     quiet_turns=2)
+                     quiet_turns=2, rtc_callers=0)
     result = soak.run(plan, free_port(), ["--asr-model", "tiny.en", "--device", "cpu"],
                       tmp_path / "soak.json")
     assert result["unexpected"] == []
@@ -24,6 +24,26 @@ def test_a_short_soak_answers_every_misbehaviour_and_leaks_nothing(tmp_path: Pat
     assert verdict["sessions_released"] and verdict["fds_back"] and verdict["threads_back"]
     page = report.write(tmp_path, tmp_path / "docs").read_text()
     assert "## Soak" in page and "| sessions held | 0 |" in page
+
+
+def test_a_short_soak_with_webrtc_calls_that_hang_up_or_vanish(tmp_path: Path) -> None:
+    """WebRTC calls beside talkers and idle sessions: each asks one question and goes, some
+    without a word; when the server has found them all, it holds nothing of them."""
+    plan = soak.Plan(duration_s=30.0, talkers=1, idle=4, sample_s=1.0, quiet_turns=2,
+                     rtc_callers=1, misdeeds=[])
+    result = soak.run(plan, free_port(), ["--asr-model", "tiny.en", "--device", "cpu"],
+                      tmp_path / "soak.json")
+    assert result["unexpected"] == []
+    rtc = result["webrtc"]
+    assert rtc["calls"] >= 2 and rtc["failed"] == 0 and rtc["completed"] == rtc["calls"]
+    assert rtc["vanished"] >= 1 and rtc["hung_up"] >= 1
+    assert rtc["v2v_p50_ms"] > 0
+    assert result["sessions"]["peak"] >= plan.idle + plan.talkers + 1
+    verdict = result["verdict"]
+    assert verdict["sessions_released"] and verdict["fds_back"] and verdict["threads_back"]
+    assert result["resources"]["fds"]["max"] > result["resources"]["fds"]["start"]
+    page = report.write(tmp_path, tmp_path / "docs").read_text()
+    assert f"- WebRTC: 1 caller(s) made {rtc['calls']} calls" in page
 
 
 def test_the_verdict_sees_growth_and_leaks() -> None:
