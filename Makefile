@@ -38,7 +38,8 @@ node-clients: sysdeps $(NODE_CLIENTS)
 # Test fixtures are spoken by piper and by espeak-ng (a second, different voice); the widget
 # and kiosk tests run in headless Chromium; the history tests start their own PostgreSQL; a
 # third-party client runs in Node.js; the WebRTC relay test starts its own TURN server (coturn);
-# the deploy tests scrape a test server with their own Prometheus (deploy/prometheus.yml).
+# the deploy tests scrape a test server with their own Prometheus (deploy/prometheus.yml) and
+# put nginx (deploy/nginx/voxwire.conf) in front of three servers.
 sysdeps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -52,6 +53,10 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	  else echo "tests need postgresql: sudo apt-get install postgresql"; exit 1; fi; }
+	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx; \
+	  else echo "tests need nginx: sudo apt-get install nginx"; exit 1; fi; }
 	@{ command -v node && command -v npm; } >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; \
