@@ -82,6 +82,7 @@ CALLS_PATH = "/v1/realtime/calls"
 AHEAD_S = 30.0  # answer audio held for the track at most; beyond, the answer waits
 MIC_BEHIND_S = 2.0  # microphone audio the session may fall behind by; older audio is dropped
 RESYNC_S = 0.1  # the track this late (a busy loop): it starts over from now, not in a burst
+TAIL_FRAMES = 10  # silence sent after an answer (200 ms) before the track pauses
 CHANNEL_HIGH = 1024 * 1024  # bytes queued on the data channel before the door waits
 SEND_TIMEOUT_S = 10.0  # a client whose data channel takes nothing this long is dropped
 MAX_SDP = 32 * 1024
@@ -294,8 +295,10 @@ class Playing:
 
 class Playback(MediaStreamTrack):
     """The answer's audio track, paced in real time by the server: one 20 ms frame each
-    `recv` (silence between answers). ``notify`` is told `output_audio_buffer.started`
-    and `.stopped` as they happen."""
+    `recv`. Between answers it sends `TAIL_FRAMES` of silence and then nothing until the
+    next answer (its timestamps jump by the pause, as with Opus's discontinuous
+    transmission): an idle call costs no encoding and no packets. ``notify`` is told
+    `output_audio_buffer.started` and `.stopped` as they happen."""
 
     kind = "audio"
 
@@ -308,6 +311,8 @@ class Playback(MediaStreamTrack):
         self._room.set()
         self._next: float | None = None  # when the next frame is due (loop time)
         self._pts = 0
+        self._silent = 0  # frames sent without answer audio since the last with some
+        self._wake = asyncio.Event()  # audio to send, or the track stopped
         self.playing: Playing | None = None
         self._dropped: deque[str] = deque(maxlen=16)  # responses cut off: their audio is not
         self._finished: deque[str] = deque(maxlen=16)  # responses whose audio is all queued
@@ -324,6 +329,7 @@ class Playback(MediaStreamTrack):
             return  # audio of an answer cut off: never played
         self._clips.append(clip)
         self._queued += len(clip.samples)
+        self._wake.set()
 
     def finish(self, response_id: str) -> None:
         """All of the response's audio is queued (`output_audio.done`, `response.done`)."""
@@ -354,9 +360,27 @@ class Playback(MediaStreamTrack):
             self._notify(se.output_audio_buffer_stopped(self.playing.response_id))
             self.playing = None
 
+    def stop(self) -> None:
+        super().stop()
+        self._wake.set()
+
+    async def _pause(self) -> None:
+        """Send nothing until there is answer audio; the timeline goes on meanwhile."""
+        loop = asyncio.get_running_loop()
+        paused = loop.time()
+        while not self._clips and self.readyState == "live":
+            self._wake.clear()
+            await self._wake.wait()
+        if self.readyState != "live":
+            raise MediaStreamError
+        self._pts += int((loop.time() - paused) * OPUS_RATE) // FRAME * FRAME
+        self._next = None  # paced from now
+
     async def recv(self) -> Frame:
         if self.readyState != "live":
             raise MediaStreamError
+        if not self._clips and self._silent >= TAIL_FRAMES:
+            await self._pause()
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._next is None or now - self._next > RESYNC_S:
@@ -393,6 +417,7 @@ class Playback(MediaStreamTrack):
                 self._clips.popleft()
         if self.playing is not None and self.playing.finished and not self._clips:
             self._stopped()
+        self._silent = 0 if filled else self._silent + 1
         if before >= AHEAD_S * OPUS_RATE > self._queued:
             self._room.set()
         return out

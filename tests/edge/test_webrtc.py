@@ -15,12 +15,13 @@ import aioice.ice
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
 
 from bench import rtc_client
 from bench.rtc_client import FRAME, RATE, Client, Reply, peer, voiced
 from client.realtime import Float32, resample
 from server.edge.app import App
-from server.edge.webrtc import Clip, Playback, candidate_addresses
+from server.edge.webrtc import TAIL_FRAMES, Clip, Playback, candidate_addresses
 from server.runtime.engines import Engines
 from tests.conftest import ANSWERED, TEST_SETTINGS, padded, words
 from tests.support import wire_check
@@ -387,6 +388,31 @@ async def test_the_track_plays_answers_back_to_back_and_says_so() -> None:
     track.put(clip("r3", 100))  # what the cut-off answer still sends is never played
     assert int(np.abs((await track.recv()).to_ndarray()).max()) == 0
     track.stop()
+
+
+async def test_an_idle_track_sends_nothing_and_keeps_its_timeline() -> None:
+    track = Playback(lambda _: None)
+    track.put(Clip("r1", "item_r1", np.full(FRAME, 1000, np.int16), None))
+    track.finish("r1")
+    frames = [await track.recv() for _ in range(1 + TAIL_FRAMES)]
+    assert [int(np.abs(f.to_ndarray()).max()) > 0 for f in frames] == \
+        [True] + [False] * TAIL_FRAMES
+    waiting = asyncio.create_task(track.recv())
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # nothing to say: nothing sent
+    track.put(Clip("r2", "item_r2", np.full(FRAME, 1000, np.int16), None))
+    frame = await asyncio.wait_for(waiting, 1)
+    assert int(np.abs(frame.to_ndarray()).max()) > 0
+    assert frame.pts is not None and frames[-1].pts is not None
+    gap = (frame.pts - frames[-1].pts) / RATE  # the pause, in the track's timeline
+    assert 0.3 <= gap < 0.6, gap
+    for _ in range(TAIL_FRAMES):
+        await track.recv()
+    waiting = asyncio.create_task(track.recv())
+    await asyncio.sleep(0.05)
+    track.stop()  # a call that ends wakes it
+    with pytest.raises(MediaStreamError):
+        await asyncio.wait_for(waiting, 1)
 
 
 @pytest.mark.parametrize(("host", "addresses"), [
