@@ -117,6 +117,9 @@ class Settings:
     # turn so far sounds finished; the session's eagerness sets when it is first asked, how
     # sure it must be and the longest pause that still waits (server/stages/turns.py).
     turn_detection: TurnType = "server_vad"  # what new sessions get until they say otherwise
+    # and, with semantic_vad, their eagerness until they say otherwise
+    eagerness: str = field(default="auto", metadata={"choices": ("low", "medium", "high",
+                                                                  "auto")})
     # The turn model, loaded at start (about 9 MB). "none": not loaded; semantic_vad
     # sessions are then ended by silence alone, as server_vad ones are.
     turn_engine: str = field(default="smart-turn",

@@ -89,7 +89,8 @@ class Session:
             temperature=settings.temperature,
             turn_detection=TurnDetection(
                 threshold=settings.vad_threshold, prefix_padding_ms=settings.prefix_padding_ms,
-                silence_duration_ms=settings.silence_duration_ms, type=settings.turn_detection),
+                silence_duration_ms=settings.silence_duration_ms, type=settings.turn_detection,
+                eagerness=settings.eagerness),
             type=kind,
         )
         self.conv = Conversation(settings.max_items, settings.max_conversation_bytes)

@@ -145,6 +145,16 @@ async def test_the_session_shows_semantic_vad_as_openai_does() -> None:
         assert back["type"] == "server_vad" and back["silence_duration_ms"] == 500
 
 
+async def test_the_server_sets_new_sessions_eagerness() -> None:
+    async with harness(turn_detection="semantic_vad", eagerness="high", finals=[MOON],
+                       replies=["The moon is bright."], turn=[0.9]) as h:
+        created = h.one("session.created")["session"]["audio"]["input"]["turn_detection"]
+        assert created["eagerness"] == "high"
+        await h.speech(640)
+        await h.silence(800)
+        assert h.at("input_audio_buffer.speech_stopped") == 880  # high's first question
+
+
 def test_eagerness_is_checked_and_kept() -> None:
     cfg = p.apply_session_update(p.SessionConfig(), {
         "turn_detection": {"type": "semantic_vad", "eagerness": "low"}}, "beta")
