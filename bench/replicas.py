@@ -452,16 +452,20 @@ class Plan:
 
 
 @dataclass
+class Taken:
+    """A replica taken down, with its clients at that moment."""
+
+    replica: str  # its id
+    clients: list[int]  # on it
+    in_flight: list[int]  # on it, waiting for an answer
+    at: float = 0.0  # monotonic
+    exit: int | None = None  # its exit status, after SIGTERM
+
+
+@dataclass
 class Outcome:
-    killed: str = ""  # replica ids
-    drained: str = ""
-    killed_clients: list[int] = field(default_factory=list)
-    drained_clients: list[int] = field(default_factory=list)
-    in_flight_at_kill: list[int] = field(default_factory=list)
-    in_flight_at_drain: list[int] = field(default_factory=list)
-    kill_at: float = 0.0
-    drain_at: float = 0.0
-    drained_exit: int | None = None
+    killed: Taken | None = None
+    drained: Taken | None = None
     token: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     clients: list[Client] = field(default_factory=list)
@@ -511,6 +515,26 @@ async def token_across(f: Fleet, mint_on: Replica, use_on: Replica) -> dict[str,
     return out
 
 
+async def take_down(f: Fleet, clients: Sequence[Client], among: Sequence[Replica],
+                    sig: signal.Signals) -> tuple[Replica, Taken]:
+    """Send ``sig`` to one of ``among`` while one of its clients waits for an answer; after
+    SIGTERM, wait for it to exit; then until its clients talk on other replicas."""
+    await until(lambda: any(c.in_flight for r in among for c in on(clients, r.id)), 60,
+                "an answer in flight")
+    replica = next(r for r in among if any(c.in_flight for c in on(clients, r.id)))
+    taken = Taken(replica.id, [c.n for c in on(clients, replica.id)],
+                  [c.n for c in on(clients, replica.id) if c.in_flight])
+    before = {c.n: c.answered for c in clients}
+    taken.at = time.monotonic()
+    replica.proc.send_signal(sig)
+    if sig != signal.SIGKILL:
+        taken.exit = await asyncio.to_thread(replica.proc.wait, f.grace_s + 30)
+    moved = [clients[n] for n in taken.clients]
+    await until(lambda: all(moved_on(c, replica.id, before[c.n]) for c in moved), 120,
+                f"the clients of the replica sent {sig.name} answered elsewhere")
+    return replica, taken
+
+
 async def scenario(f: Fleet, plan: Plan) -> Outcome:
     """Clients talking through nginx; one replica killed mid-answer, another drained
     mid-answer, the token check in between; every client stopped at the end."""
@@ -525,36 +549,11 @@ async def scenario(f: Fleet, plan: Plan) -> Outcome:
         await until(lambda: all(c.answered for c in out.clients) or any(t.done() for t in tasks),
                     120 + 10 * plan.clients, "every client answered once")
         await asyncio.sleep(plan.hold_s)
-        # SIGKILL a replica while one of its clients waits for an answer.
-        await until(lambda: any(c.in_flight for c in out.clients), 60, "an answer in flight")
-        victim = next(r for r in f.replicas
-                      if any(c.in_flight for c in on(out.clients, r.id)))
-        out.killed = victim.id
-        out.killed_clients = [c.n for c in on(out.clients, victim.id)]
-        out.in_flight_at_kill = [c.n for c in on(out.clients, victim.id) if c.in_flight]
-        before = {c.n: c.answered for c in out.clients}
-        out.kill_at = time.monotonic()
-        victim.proc.send_signal(signal.SIGKILL)
-        moved = [out.clients[n] for n in out.killed_clients]
-        await until(lambda: all(moved_on(c, victim.id, before[c.n]) for c in moved), 120,
-                    "the killed replica's clients answered elsewhere")
+        victim, out.killed = await take_down(f, out.clients, f.replicas, signal.SIGKILL)
         survivors = [r for r in f.replicas if r is not victim]
         out.token = await token_across(f, survivors[0], survivors[-1])
         await asyncio.sleep(plan.hold_s)
-        # SIGTERM another while one of its clients waits for an answer.
-        await until(lambda: any(c.in_flight for r in survivors for c in on(out.clients, r.id)),
-                    60, "an answer in flight on a survivor")
-        drained = next(r for r in survivors if any(c.in_flight for c in on(out.clients, r.id)))
-        out.drained = drained.id
-        out.drained_clients = [c.n for c in on(out.clients, drained.id)]
-        out.in_flight_at_drain = [c.n for c in on(out.clients, drained.id) if c.in_flight]
-        before = {c.n: c.answered for c in out.clients}
-        out.drain_at = time.monotonic()
-        drained.proc.send_signal(signal.SIGTERM)
-        out.drained_exit = await asyncio.to_thread(drained.proc.wait, f.grace_s + 30)
-        moved = [out.clients[n] for n in out.drained_clients]
-        await until(lambda: all(moved_on(c, drained.id, before[c.n]) for c in moved), 120,
-                    "the drained replica's clients answered elsewhere")
+        _, out.drained = await take_down(f, out.clients, survivors, signal.SIGTERM)
         before = {c.n: c.answered for c in out.clients}
         await asyncio.sleep(plan.hold_s)
         await until(lambda: all(c.answered > before[c.n] for c in out.clients),
@@ -583,7 +582,7 @@ def summary(out: Outcome) -> dict[str, Any]:
     """The figures of a run, as JSON."""
     resumed = [r for c in out.clients for r in c.resumes]
     firsts = [r.first_answer_s for r in resumed if r.first_answer_s is not None]
-    moved = set(out.killed_clients) | set(out.drained_clients)
+    moved = {n for taken in (out.killed, out.drained) if taken for n in taken.clients}
     return {
         "clients": len(out.clients),
         "seconds": round(out.seconds, 1),
@@ -601,10 +600,8 @@ def summary(out: Outcome) -> dict[str, Any]:
         "failures": [f"client {c.n}: {p}" for c in out.clients for p in c.problems],
         "unexpected_disconnects": sum(len(c.resumes) for c in out.clients
                                       if c.n not in moved),
-        "killed": {"replica": out.killed, "clients": out.killed_clients,
-                   "in_flight": out.in_flight_at_kill},
-        "drained": {"replica": out.drained, "clients": out.drained_clients,
-                    "in_flight": out.in_flight_at_drain, "exit": out.drained_exit},
+        "killed": asdict(out.killed) if out.killed else None,
+        "drained": asdict(out.drained) if out.drained else None,
         "token_across_replicas": out.token,
         "resumed": [dict(asdict(r), client=c.n) for c in out.clients for r in c.resumes],
     }
