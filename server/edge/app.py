@@ -798,12 +798,19 @@ class App:
         grace = self.settings.shutdown_grace_s
         log.info("draining: %d sessions, up to %g s for answers in flight",
                  len(self.sessions), grace)
-        pending = {asyncio.create_task(s.answer_ended()) for s in self.sessions
-                   if s.response is not None}
-        if pending:
-            await asyncio.wait(pending, timeout=grace)
+        # Answers in flight, and those their sessions start meanwhile, until none is left
+        # or the grace period is over.
+        deadline = asyncio.get_running_loop().time() + grace
+        while pending := {asyncio.create_task(s.answer_ended()) for s in self.sessions
+                          if s.response is not None}:
+            left = deadline - asyncio.get_running_loop().time()
+            if left > 0:
+                await asyncio.wait(pending, timeout=left)
             for waiting in pending:  # only the waits: close() cancels what still runs
                 waiting.cancel()
+            if left <= 0:
+                break
+            await asyncio.sleep(0.05)  # a session lets go of an ended answer
         for session in list(self.sessions):
             await session.close()
         with contextlib.suppress(TimeoutError):  # the last response.done, for one

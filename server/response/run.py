@@ -47,6 +47,7 @@ from server.stages import (
 )
 
 log = logging.getLogger(__name__)
+WIRE_CANCEL_REASONS = ("turn_detected", "client_cancelled")
 
 APOLOGY = "Sorry, I couldn't get an answer just now."
 CANNOT_SEE = "I can't see images with the current model, so I'll answer from your words."
@@ -231,7 +232,11 @@ class Response:
                 details = {"type": "incomplete", "reason": "max_output_tokens"}
         except asyncio.CancelledError:
             status = "cancelled"
-            details = {"type": "cancelled", "reason": self._cancel_reason or "client_cancelled"}
+            # The API names two reasons; one it has no name for (a client gone, a server
+            # shutting down) is left out, as strict clients allow.
+            reason = self._cancel_reason or "client_cancelled"
+            details = {"type": "cancelled",
+                       **({"reason": reason} if reason in WIRE_CANCEL_REASONS else {})}
             if self._cancel_reason is None:
                 raise
         except Exception as raised:
