@@ -51,12 +51,11 @@ SITE = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "voxwire.conf"
 KEY = "sk-voxwire-replicas"
 ANSWERED = ("completed", "incomplete")  # incomplete: the token cap ended the answer
 GRACE_S = 5.0  # --shutdown-grace-s of each replica, by default
-# Light replicas: one ASR thread, short answers, and per-address limits that fit everyone
-# coming from nginx's one address. The last replica standing carries every client, each
-# answer queued behind the others': allow a first token that long.
+# Light replicas: one ASR thread, short answers, and nginx (on loopback) trusted as the
+# proxy it is. The last replica standing carries every client, each answer queued behind
+# the others': allow a first token that long.
 LIGHT = ("--asr-threads", "1", "--max-output-tokens", "16", "--first-token-timeout-s", "60",
-         "--max-sessions-per-key", "512", "--max-connections-per-ip", "1024",
-         "--max-pending-handshakes-per-ip", "256")
+         "--max-sessions-per-key", "512", "--trusted-proxies", "127.0.0.1")
 INSTRUCTIONS = "Answer in one short sentence."
 QUESTIONS = ("Name a colour.", "What is two plus two?", "Name a fruit.",
              "What day comes after Monday?", "Name an animal.", "What is the capital of Italy?",

@@ -173,7 +173,8 @@ class App:
         self.tokens.configure(self.settings.max_tokens_per_key, self.settings.token_mints_per_s)
         self.guard = EdgeGuard(self.settings.max_connections_per_ip,
                                self.settings.max_pending_handshakes_per_ip,
-                               self.settings.max_pending_handshakes)
+                               self.settings.max_pending_handshakes,
+                               exempt=self.settings.proxy_networks())
         kiosk = self.static.get("kiosk.html")
         if self.settings.kiosk_any_server and kiosk is not None:
             body = kiosk.body.replace(*KIOSK_ANY)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import ipaddress
 import json
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any, Literal
 
@@ -51,6 +52,7 @@ _HEADER = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x20-\x7e\t]*?)[ \
 
 # method, target (path and query), headers, body -> the answer, or what will give it
 Reply = Response | Awaitable[Response]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Answer = Callable[[str, str, Headers, bytes], Reply]
 
 
@@ -77,10 +79,14 @@ def duplicate_header(headers: Headers) -> str | None:
 
 class EdgeGuard:
     """Counts open connections and unfinished handshakes (no WebSocket yet, no HTTP answer
-    yet) per client address and in all, and refuses connections over the caps."""
+    yet) per client address and in all, and refuses connections over the caps. A proxy in
+    ``exempt`` (a balancer, which holds its own clients to their limits) is held to the
+    total only: every user behind it shares its address."""
 
-    def __init__(self, per_address: int, pending_per_address: int, pending: int) -> None:
+    def __init__(self, per_address: int, pending_per_address: int, pending: int,
+                 exempt: Sequence[IPNetwork] = ()) -> None:
         self.caps = per_address, pending_per_address, pending
+        self.exempt = tuple(exempt)
         self.open: Counter[str] = Counter()
         self.pending: Counter[str] = Counter()
         self.pending_total = 0
@@ -90,6 +96,8 @@ class EdgeGuard:
     def admit(self, address: str) -> str | None:
         """Count a new connection in, or say which cap it is over."""
         per_address, pending_per_address, pending = self.caps
+        if self._exempt(address):
+            per_address = pending_per_address = pending
         reason = ("connections from this address" if self.open[address] >= per_address
                   else "handshakes from this address" if self.pending[address] >=
                   pending_per_address else "handshakes" if self.pending_total >= pending
@@ -104,6 +112,15 @@ class EdgeGuard:
         self.pending[address] += 1
         self.pending_total += 1
         return None
+
+    def _exempt(self, address: str) -> bool:
+        if not self.exempt:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.exempt)
 
     def handshake_done(self, address: str) -> None:
         self.pending[address] -= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -163,6 +164,9 @@ class Settings:
     max_connections_per_ip: int = 32  # open TCP connections from one client address
     max_pending_handshakes_per_ip: int = 16  # connections not yet through their handshake
     max_pending_handshakes: int = 256  # the same, from all addresses together
+    # Proxies (a balancer: addresses or networks, comma-separated) whose connections are not
+    # held to the per-address caps above: every user behind one shares its address.
+    trusted_proxies: str = ""
     allowed_hosts: str = ""  # comma-separated Host names a keyless server also answers
     metrics_public: bool = False  # with keys configured, /metrics without a key
     kiosk_any_server: bool = False  # let /kiosk?url= point at another server
@@ -187,7 +191,20 @@ class Settings:
     max_store_bytes_per_session: int = 32 * 1024 * 1024  # history one session may write
     store_max_mb: float = 0.0  # the whole history database; 0: no limit
 
+    def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """`trusted_proxies` as networks (an address is a network of one)."""
+        out = []
+        for item in (x.strip() for x in self.trusted_proxies.split(",")):
+            if item:
+                try:
+                    out.append(ipaddress.ip_network(item, strict=False))
+                except ValueError:
+                    raise ConfigError(f"--trusted-proxies: {item!r} is not an IP address or "
+                                      "network (for example 10.0.0.5 or 10.0.0.0/8)") from None
+        return out
+
     def __post_init__(self) -> None:
+        self.proxy_networks()  # checked at start
         for name, choices in _choices().items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")

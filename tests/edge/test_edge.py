@@ -280,6 +280,21 @@ async def test_connections_per_address_are_capped(engines: Engines) -> None:
         assert status_of(reply)[0] == 200  # room again
 
 
+async def test_a_trusted_proxy_is_held_to_the_total_only(engines: Engines) -> None:
+    async with edge(engines, max_connections_per_ip=2, max_pending_handshakes_per_ip=1,
+                    trusted_proxies="127.0.0.0/30, ::1") as (_, hostport):
+        idle = await open_idle(hostport, 4)  # a balancer's users, all from its address
+        await asyncio.sleep(0.1)
+        assert not await refused_at_once(hostport)
+        idle += await open_idle(hostport, 2, source="127.0.0.5")  # not a proxy: capped
+        await asyncio.sleep(0.1)
+        assert await refused_at_once(hostport, source="127.0.0.5")
+        for writer in idle:
+            writer.close()
+    with pytest.raises(ConfigError, match="--trusted-proxies: 'nginx'"):
+        Settings(trusted_proxies="10.0.0.1,nginx")
+
+
 async def test_unfinished_handshakes_are_capped(engines: Engines) -> None:
     async with edge(engines, max_pending_handshakes_per_ip=2, max_pending_handshakes=3) as (
             _, hostport):
