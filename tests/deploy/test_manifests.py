@@ -136,6 +136,7 @@ def test_the_settings_load_as_the_pod_gets_them() -> None:
         assert settings.max_sessions == 8
         assert settings.store.startswith("postgresql://")
         assert config.port_range(settings.rtc_ports) is not None
+        assert settings.proxy_networks()  # ingress-nginx's pods
         assert not settings.insecure_public  # beyond loopback, keys are required
     assert containerfile_json("ENTRYPOINT") == ["voxwire", "serve"]
 
