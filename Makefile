@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: setup run test lint typecheck pytest bench bench-soak bench-peers models sysdeps lock clean node-clients
+.PHONY: setup run test test-container lint typecheck pytest bench bench-soak bench-peers models sysdeps lock clean node-clients
 
 setup: $(STAMP) models
 
@@ -80,6 +80,11 @@ pytest: setup sysdeps node-clients
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test: setup sysdeps lint typecheck pytest
+
+# The image built from the Containerfile and run with podman (about 5 minutes, 2.25 GB):
+# not part of `make test`. Machine-specific podman options: see tests/deploy/test_container.py.
+test-container: setup
+	VOXWIRE_CONTAINER_TEST=1 $(BIN)/python -m pytest -q tests/deploy/test_container.py
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
