@@ -182,7 +182,7 @@ def verify(spec: ModelSpec, *, force: bool = False) -> tuple[str, ...]:
             problems.append(f"{f.name}: sha256 {digest[:12]}… expected {f.sha256[:12]}…")
         else:
             fresh[f.name] = [f.sha256, *fp]
-    if folder.is_dir():
+    if folder.is_dir() and fresh != stamp:  # unchanged: nothing written (a read-only disk)
         _write_atomically(stamp_path, json.dumps(fresh))
     return tuple(problems)
 

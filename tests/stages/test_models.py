@@ -54,6 +54,19 @@ def test_a_broken_stamp_is_verified_again(tmp_path: Path, monkeypatch: pytest.Mo
     assert [p.name for p in stamp.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_second_verification_writes_nothing(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models verified once (at a container image's build) start from a read-only disk."""
+    monkeypatch.setenv("VOXWIRE_CACHE", str(tmp_path))
+    spec = registry.get_spec("silero-vad", "vad")
+    assert registry.status(spec).ok
+    stamp = registry.model_dir(spec) / ".verified.json"
+    before = stamp.stat()
+    assert registry.status(spec).ok
+    after = stamp.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
 VERIFY_LOOP = """
 import sys
 from models import registry
