@@ -52,9 +52,11 @@ from aiortc import (
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from av.frame import Frame
@@ -437,6 +439,18 @@ class Playback(MediaStreamTrack):
 
 
 # ---------------------------------------------------------------------------- audio in
+
+MIC_PREFETCH = 1  # packets aiortc's jitter buffer holds back before a microphone frame
+
+
+def prompt_microphone(receiver: RTCRtpReceiver) -> None:
+    """The microphone's frames as soon as they are whole. aiortc's audio receiver holds
+    four packets back (80 ms) for smooth playout; the session does not play the audio, it
+    listens to it, and each packet held back is that much later an end of speech is heard.
+    Packets out of order are still put back in order (the buffer keeps its 16 places)."""
+    attribute = "_RTCRtpReceiver__jitter_buffer"
+    if isinstance(getattr(receiver, attribute, None), JitterBuffer):
+        setattr(receiver, attribute, JitterBuffer(capacity=16, prefetch=MIC_PREFETCH))
 
 
 class Microphone:
@@ -903,6 +917,7 @@ class WebRtcDoor:
         opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs
                 if c.mimeType.lower() == "audio/opus"]
         audio[0].setCodecPreferences(opus)
+        prompt_microphone(audio[0].receiver)
         pc.addTrack(call.playback)
         with candidates_on(candidate_addresses(self.sessions.settings.host)), \
                 ports_in(self.ports) as ports:

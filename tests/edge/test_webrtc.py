@@ -21,7 +21,7 @@ from bench import rtc_client
 from bench.rtc_client import FRAME, RATE, Client, Reply, peer, voiced
 from client.realtime import Float32, resample
 from server.edge.app import App
-from server.edge.webrtc import TAIL_FRAMES, Clip, Playback, candidate_addresses
+from server.edge.webrtc import MIC_PREFETCH, TAIL_FRAMES, Clip, Playback, candidate_addresses
 from server.runtime.engines import Engines
 from tests.conftest import ANSWERED, TEST_SETTINGS, padded, words
 from tests.support import wire_check
@@ -100,6 +100,9 @@ async def test_a_spoken_turn_over_webrtc(engines: Engines, speak: Speak) -> None
             assert candidates and all(" 127.0.0.1 " in line for line in candidates)
             call_id = headers["Location"].removeprefix("/v1/realtime/calls/")
             assert call_id in app.webrtc.calls
+            # The microphone's packets are not held back for smooth playout.
+            receiver = app.webrtc.calls[call_id].pc.getTransceivers()[0].receiver
+            assert receiver._RTCRtpReceiver__jitter_buffer._prefetch == MIC_PREFETCH
             client.send({"type": "session.update", "session": {
                 "type": "realtime", "temperature": 0.0, "voxwire": {"metrics": True}}})
             client.mic.say(padded(speak(question, rate=RATE), RATE, 300, 1200))
