@@ -200,8 +200,12 @@ async def test_speaking_over_the_answer_stops_it_and_truncates_over_the_websocke
 async def test_over_webrtc_the_server_cuts_the_answer_off_and_truncates_it(
         server_url: str, speak: Speak, tmp_path: Path) -> None:
     story = "Tell me a long story about a dragon."
-    wav = mic_file(tmp_path / "mic.wav", speak, 1.0, story, 4.0, "Stop, stop. What time is it?",
-                   3.0)
+    # The user is not the assistant: the interruption in another voice (the echo guard
+    # tells the assistant's own voice, come back through the microphone, by its likeness).
+    wav = write_wav(tmp_path / "mic.wav", np.concatenate([
+        silence(1000, MIC_RATE), speak(story, rate=MIC_RATE), silence(2500, MIC_RATE),
+        speak("Stop, stop. What time is it?", voice="espeak", rate=MIC_RATE),
+        silence(3000, MIC_RATE)]), MIC_RATE)
 
     async def run() -> tuple[dict[str, Any], bool, list[dict[str, Any]], list[str]]:
         async with chromium(chromium_args(wav)) as browser:
