@@ -390,6 +390,21 @@ def _private_files(db: Path) -> None:
             path.chmod(0o600)
 
 
+def _schema_in_place(db: psycopg.Connection[tuple[Any, ...]]) -> bool:
+    """Whether every table, index and added column is there already."""
+    names = re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA + SHARED_SCHEMA)
+    found = db.execute("SELECT COUNT(to_regclass(name)) FROM unnest(%s::text[]) AS name",
+                       (names,)).fetchone()
+    if found is None or found[0] != len(names):
+        return False
+    columns = db.execute(
+        "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND (table_name, column_name) IN (SELECT * FROM unnest(%s::text[], "
+        "%s::text[]))", ([t for t, _, _ in ADDED_COLUMNS], [c for _, c, _ in ADDED_COLUMNS])
+    ).fetchone()
+    return columns is not None and columns[0] == len(ADDED_COLUMNS)
+
+
 class PostgresStore(SqlStore):
     """PostgreSQL through psycopg. A dropped connection (a restarted server) is opened again
     and the work retried once; the password never appears in errors, logs or repr."""
@@ -411,13 +426,16 @@ class PostgresStore(SqlStore):
             db = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
             # Replicas starting together would race on CREATE TABLE IF NOT EXISTS (which
             # is not atomic in PostgreSQL): one at a time.
+            # A schema already in place is left alone: even CREATE INDEX IF NOT EXISTS locks
+            # its table (SHARE), which deadlocked with other replicas' heartbeats.
             with db.transaction():
                 db.execute("SELECT pg_advisory_xact_lock(hashtext('voxwire schema'))")
-                db.execute(SCHEMA.format(**POSTGRES_TYPES))
-                db.execute(SHARED_SCHEMA)
-                for table, column, definition in ADDED_COLUMNS:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} "
-                               f"{definition}")
+                if not _schema_in_place(db):
+                    db.execute(SCHEMA.format(**POSTGRES_TYPES))
+                    db.execute(SHARED_SCHEMA)
+                    for table, column, definition in ADDED_COLUMNS:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} "
+                                   f"{definition}")
             self._db = db
         return self._db
 
@@ -535,6 +553,8 @@ class PostgresStore(SqlStore):
         """``replica`` is alive; replicas not seen for ``forget_s`` are forgotten, with
         their leases, and so are expired tokens."""
         def work(db: psycopg.Connection[tuple[Any, ...]]) -> None:
+            # one replica's housekeeping at a time: their deletes never cross
+            db.execute("SELECT pg_advisory_xact_lock(hashtext('voxwire heartbeat'))")
             db.execute(f"INSERT INTO replicas VALUES (%s, {NOW}) ON CONFLICT (id) "
                        "DO UPDATE SET seen_at = excluded.seen_at", (replica,))
             db.execute(f"DELETE FROM leases WHERE replica IN (SELECT id FROM replicas "

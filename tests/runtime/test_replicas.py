@@ -38,7 +38,7 @@ async def replicas(engines: Engines, url: str, n: int, **changes: Any
             server = await stack.enter_async_context(app.start_server())
             host, port = server.sockets[0].getsockname()[:2]
             out.append((app, f"{host}:{port}"))
-        for _ in range(100):  # until each has said it lives
+        for _ in range(300):  # until each has said it lives
             with psycopg.connect(url, autocommit=True) as db:
                 seen = db.execute("SELECT to_regclass('replicas') IS NOT NULL").fetchone()
                 if seen and seen[0] and (row := db.execute(
