@@ -144,28 +144,34 @@ async def test_the_embedded_widget_answers_a_spoken_question(
     assert "Start" in index
 
 
+async def barge_in(server_url: str, wav: Path, transport: str, screenshot: Path | None = None
+                   ) -> tuple[dict[str, Any], bool, list[dict[str, Any]], list[str]]:
+    """The widget on ``transport`` asking for a long story and speaking over it: its state,
+    whether it was still playing once it saw the cut, the events it saw, its problems."""
+    async with chromium(chromium_args(wav)) as browser:
+        page = browser.page
+        await page.goto(f"{server_url}/")
+        await page.locator("voxwire-widget").evaluate(
+            "(el, transport) => { el.setAttribute('instructions', 'Tell very long, detailed "
+            "stories.'); el.setAttribute('transport', transport); }", transport)
+        await page.locator(START).click()
+        await browser.wait_for("state.interruptions.length > 0", 45)
+        playing = bool(await page.evaluate("document.querySelector('voxwire-widget').playing"))
+        await browser.wait_for("state.transcripts.length >= 2", 30)
+        await browser.wait_for("state.answers.length >= 2", 30)
+        if screenshot is not None:
+            await page.screenshot(path=screenshot)
+        return await browser.state(), playing, await browser.events(), browser.problems
+
+
 async def test_speaking_over_the_answer_stops_it_and_truncates_over_the_websocket(
         server_url: str, speak: Speak, tmp_path: Path) -> None:
     story = "Tell me a long story about a dragon."
     wav = mic_file(tmp_path / "mic.wav", speak, 1.0, story, 4.0, "Stop, stop. What time is it?",
                    3.0)
 
-    async def run() -> tuple[dict[str, Any], bool, list[dict[str, Any]], list[str]]:
-        async with chromium(chromium_args(wav)) as browser:
-            page = browser.page
-            await page.goto(f"{server_url}/")
-            await page.locator("voxwire-widget").evaluate(
-                "el => { el.setAttribute('instructions', 'Tell very long, detailed stories.');"
-                " el.setAttribute('transport', 'websocket'); }")
-            await page.locator(START).click()
-            await browser.wait_for("state.interruptions.length > 0", 45)
-            playing = bool(await page.evaluate("document.querySelector('voxwire-widget').playing"))
-            await browser.wait_for("state.transcripts.length >= 2", 30)
-            await browser.wait_for("state.answers.length >= 2", 30)
-            await page.screenshot(path=tmp_path / "barge-in.png")
-            return await browser.state(), playing, await browser.events(), browser.problems
-
-    state, playing_after_cut, events, problems = await in_browser_thread(run)
+    state, playing_after_cut, events, problems = await in_browser_thread(
+        lambda: barge_in(server_url, wav, "websocket", tmp_path / "barge-in.png"))
     assert not problems and not state["errors"]
     names = event_types(events)
     first_item = next(e["item_id"] for e in events if e["type"] == "response.output_audio.delta")
@@ -200,28 +206,14 @@ async def test_speaking_over_the_answer_stops_it_and_truncates_over_the_websocke
 async def test_over_webrtc_the_server_cuts_the_answer_off_and_truncates_it(
         server_url: str, speak: Speak, tmp_path: Path) -> None:
     story = "Tell me a long story about a dragon."
-    # The user is not the assistant: the interruption in another voice (the echo guard
-    # tells the assistant's own voice, come back through the microphone, by its likeness).
+    # The interruption in another voice than the question's, 1.5 s into the answer.
     wav = write_wav(tmp_path / "mic.wav", np.concatenate([
         silence(1000, MIC_RATE), speak(story, rate=MIC_RATE), silence(2500, MIC_RATE),
         speak("Stop, stop. What time is it?", voice="espeak", rate=MIC_RATE),
         silence(3000, MIC_RATE)]), MIC_RATE)
 
-    async def run() -> tuple[dict[str, Any], bool, list[dict[str, Any]], list[str]]:
-        async with chromium(chromium_args(wav)) as browser:
-            page = browser.page
-            await page.goto(f"{server_url}/")
-            await page.locator("voxwire-widget").evaluate(
-                "el => { el.setAttribute('instructions', 'Tell very long, detailed stories.');"
-                " el.setAttribute('transport', 'webrtc'); }")
-            await page.locator(START).click()
-            await browser.wait_for("state.interruptions.length > 0", 45)
-            playing = bool(await page.evaluate("document.querySelector('voxwire-widget').playing"))
-            await browser.wait_for("state.transcripts.length >= 2", 30)
-            await browser.wait_for("state.answers.length >= 2", 30)
-            return await browser.state(), playing, await browser.events(), browser.problems
-
-    state, playing_after_cut, events, problems = await in_browser_thread(run)
+    state, playing_after_cut, events, problems = await in_browser_thread(
+        lambda: barge_in(server_url, wav, "webrtc"))
     assert not problems and not state["errors"]
     assert state["transport"] == "webrtc"
     names = event_types(events)
