@@ -125,6 +125,10 @@ class Settings:
     # sessions are then ended by silence alone, as server_vad ones are.
     turn_engine: str = field(default="smart-turn",
                              metadata={"choices": (*registry.TURN.names, "none")})
+    # The text turn model, beside it: the words of a pause's transcript hold a turn that
+    # reads unfinished open a while longer ("none": the audio decides alone).
+    turn_text_engine: str = field(default="smollm2",
+                                  metadata={"choices": (*registry.TURN_TEXT.names, "none")})
     turn_threads: int = 1
     turn_recheck_ms: int = 250  # the turn model is asked again this often while a pause lasts
     # Limits.

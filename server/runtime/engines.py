@@ -23,6 +23,7 @@ from server.stages import (
     Synthesizer,
     Transcriber,
     TurnModel,
+    TurnText,
     VoiceActivityModel,
     resolve,
 )
@@ -31,6 +32,7 @@ from server.stages import registry as engines_registry
 __all__ = ["Engines", "SessionEngines", "Speaker", "make_responder", "resolve", "voice_plan"]
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,10 @@ class SessionEngines(Protocol):
     @property
     def turn(self) -> TurnModel | None:
         """The turn model, when the server loaded one (semantic turn detection)."""
+        ...
+    @property
+    def turn_text(self) -> TurnText | None:
+        """The text turn model, when the server loaded one: it reads a pause's words."""
         ...
     @property
     def asr(self) -> Transcriber: ...
@@ -106,6 +112,7 @@ class Engines:
     denoiser: NoiseSuppressor | None = None  # for sessions that ask; runs in the VAD lane
     echo_canceller: EchoCanceller | None = None  # the same
     turn: TurnModel | None = None  # with --turn-engine none, no turn model
+    turn_text: TurnText | None = None  # with --turn-text-engine none (or no turn model), none
     turn_lane: Lane = field(default_factory=lambda: Lane("turn"))
 
     @classmethod
@@ -113,6 +120,7 @@ class Engines:
         t0 = time.monotonic()
         vad = engines_registry.VAD.loader(settings.vad_engine)(settings)
         turn = load_turn(settings)
+        turn_text = load_turn_text(settings) if turn is not None else None
         asr = engines_registry.ASR.loader(settings.asr_engine)(settings)
         speakers = load_voices(settings)
         denoiser = (None if settings.denoise_engine == "none" else
@@ -133,7 +141,7 @@ class Engines:
                    Lane("asr"), llm_lane, speakers[0].lane,
                    ImageLane(settings.image_workers, settings.max_image_jobs),
                    more_tts=tuple(speakers[1:]), denoiser=denoiser,
-                   echo_canceller=canceller, turn=turn)
+                   echo_canceller=canceller, turn=turn, turn_text=turn_text)
 
     @property
     def speakers(self) -> tuple[Speaker, ...]:
@@ -169,12 +177,22 @@ class Engines:
 
 def load_turn(settings: Settings) -> TurnModel | None:
     """The turn model, unless the server runs without one (``--turn-engine none``)."""
-    if settings.turn_engine == "none":
+    return _optional(engines_registry.TURN, settings.turn_engine, settings)
+
+
+def load_turn_text(settings: Settings) -> TurnText | None:
+    """The text turn model, unless the server runs without one (``--turn-text-engine
+    none``)."""
+    return _optional(engines_registry.TURN_TEXT, settings.turn_text_engine, settings)
+
+
+def _optional(stage: engines_registry.Stage[engines_registry.Engine, Callable[[Settings], M]],
+              name: str, settings: Settings) -> M | None:
+    if name == "none":
         return None
     t0 = time.monotonic()
-    model = engines_registry.TURN.loader(settings.turn_engine)(settings)
-    log.info("turn model %s loaded in %.0f ms", settings.turn_engine,
-             (time.monotonic() - t0) * 1000)
+    model = stage.loader(name)(settings)
+    log.info("%s engine %s loaded in %.0f ms", stage.name, name, (time.monotonic() - t0) * 1000)
     return model
 
 

@@ -273,6 +273,10 @@ class Session:
                 # start answering it; all of it is dropped if speech resumes.
                 self._spec.start(event.item_id, event.start_ms, event.end_ms, event.audio,
                                  event.speech_end)
+                spec = self._spec.current
+                if self.ears.reads_words and spec is not None:
+                    spec.reader = asyncio.create_task(self._read_words(spec),
+                                                      name=f"{self.id}-words")
             case Resumed():
                 if self._spec.current is not None:
                     self._spec.resumed()  # a pause, not the end
@@ -295,6 +299,17 @@ class Session:
                 clock.mark("speech_stopped")
                 await self._commit(event.item_id, event.audio, clock, respond, None, idle=True)
 
+    async def _read_words(self, spec: Speculation) -> None:
+        """semantic_vad: the speculation's transcript of the turn up to its pause, for the
+        ears to read (None when it failed or was dropped)."""
+        try:
+            text: str | None = (await spec.result).text
+        except (asyncio.CancelledError, Exception):
+            if not spec.result.done():
+                raise  # this task itself was cancelled
+            text = None
+        await self.ears.words(spec.end_ms, text)
+
     def quiet(self) -> bool:
         return self.response is None and self.worker.idle
 
@@ -316,6 +331,8 @@ class Session:
         clock.compute_ms["speculative_discarded"] = float(self._spec.discarded())
         if event.judged is not None:  # the turn model ended it, this sure
             clock.compute_ms["turn_complete"] = round(event.judged, 3)
+        if event.words is not None:  # and its words read this finished
+            clock.compute_ms["turn_words"] = round(event.words, 3)
         await self._commit(event.item_id, event.audio, clock, respond, None, spec)
 
     async def _commit_manual(self, ev: p.AudioCommit) -> None:

@@ -110,6 +110,7 @@ class Stopped:
     speech_end: float  # when the audio at end_ms arrived (monotonic)
     cut: bool = False
     judged: float | None = None  # the turn model's probability, where it ended the turn
+    words: float | None = None  # and the text turn model's, where the words were read
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,11 @@ class Ears:
         self._vad: VadStream = engines.vad.new_stream()
         self._semantic: Eagerness | None = None  # set by _new_detector for semantic_vad
         self._next_ask_ms = 0  # the pause length at which the turn model is asked next
+        # semantic_vad, at the pause that may end the turn (keyed by where it began): the
+        # turn model found it finished; and what the words say (`words`), once read.
+        self._sounds_done: tuple[int, float] | None = None
+        self._words: tuple[int, float | None] | None = None
+        self._paused_at: int | None = None  # the pause a speculation transcribes (words come)
         self._detector = self._new_detector(host.cfg.turn_detection)
         self._resampler = audio_codec.StreamResampler(self.input_format(host.cfg).rate, RATE)
         # The session's noise suppressor, made on demand in the VAD lane; one replaced (a new
@@ -438,6 +444,7 @@ class Ears:
         elif isinstance(event, SpeechPaused):
             self._next_ask_ms = self._semantic.min_silence_ms if self._semantic else 0
             if self.settings.speculate and self._live():
+                self._paused_at = event.audio_end_ms
                 await self._paused(event.audio_end_ms)
         elif isinstance(event, SpeechResumed):
             await self.host.heard(Resumed())
@@ -528,16 +535,45 @@ class Ears:
             self.buffer.slice_ms(self._start_ms, end_ms + ASR_TAIL_MS),
             self._wall_time_of(end_ms)))
 
+    @property
+    def reads_words(self) -> bool:
+        """Whether the words of a pause's transcript take part in ending the turn."""
+        return self._semantic is not None and self.engines.turn_text is not None
+
+    async def words(self, pause_ms: int, text: str | None) -> None:
+        """The transcript of the turn up to the pause that began at ``pause_ms`` (None or
+        empty: none), from the speculation: the text turn model reads it, in the turn lane,
+        and the next window's judgement (`_judge_pause`) weighs it."""
+        reader = self.engines.turn_text
+        if reader is None or self._detector.pause_start_ms != pause_ms:
+            return
+        probability: float | None = None
+        if text and text.strip():
+            try:
+                probability = await self.engines.turn_lane.run(
+                    lambda: reader.complete(text), owner=self.owner)
+            except Exception:  # no opinion: the audio decides, as without words
+                log.warning("the text turn model failed", exc_info=True)
+            else:
+                log.debug("text turn model: %.3f for %r", probability, text)
+        if self._detector.pause_start_ms == pause_ms:
+            self._words = (pause_ms, probability)
+
     async def _judge_pause(self) -> None:
         """semantic_vad: once a pause has lasted the eagerness's minimum silence, and again
         every `turn_recheck_ms` while it lasts (a longer silence makes an end likelier), ask
-        the turn model about the turn so far, silence included; a probability at the
-        eagerness's threshold ends the turn where the speech stopped."""
+        the turn model about the turn so far, silence included. A probability at the
+        eagerness's threshold ends the turn where the speech stopped, unless the words say
+        otherwise (`_words_agree`)."""
         model, pause_start = self.engines.turn, self._detector.pause_start_ms
         if (self._semantic is None or model is None or pause_start is None
                 or self.speaking is None):
             return
         now_ms = self._detector.position_ms
+        if self._sounds_done is not None and self._sounds_done[0] == pause_start:
+            if self._words_agree(pause_start, now_ms):  # they were all that was missing
+                await self._judged_end(pause_start, self._sounds_done[1])
+            return
         if now_ms - pause_start < self._next_ask_ms:
             return
         self._next_ask_ms = now_ms - pause_start + self.settings.turn_recheck_ms
@@ -546,8 +582,30 @@ class Ears:
         if (probability < self._semantic.threshold or self.speaking is None
                 or self._detector.pause_start_ms != pause_start):
             return
+        self._sounds_done = (pause_start, probability)
+        if self._words_agree(pause_start, self._detector.position_ms):
+            await self._judged_end(pause_start, probability)
+
+    def _words_agree(self, pause_start: int, now_ms: int) -> bool:
+        """The turn model found the turn finished: whether its words let it end now. They
+        hold it while they read unfinished ("I would like to", "and then"), and until they
+        are read; past the eagerness's `unfinished_ms` of silence the audio decides alone.
+        No words (speculation off, audio faster than real time, nothing heard, no text
+        model): the audio decides."""
+        eager = self._semantic
+        if eager is None or not self.reads_words or self._paused_at != pause_start:
+            return True
+        if now_ms - pause_start >= eager.unfinished_ms:
+            return True
+        words = self._words
+        if words is None or words[0] != pause_start:
+            return False  # not read yet
+        return words[1] is None or words[1] >= eager.text_threshold
+
+    async def _judged_end(self, pause_start: int, probability: float) -> None:
         self._detector.reset()
-        await self._end_of_speech(pause_start, judged=probability)
+        words = self._words[1] if self._words and self._words[0] == pause_start else None
+        await self._end_of_speech(pause_start, judged=probability, words=words)
 
     async def _ask(self, model: TurnModel, now_ms: int) -> float:
         audio = self.buffer.slice_ms(max(self._start_ms, now_ms - TURN_MODEL_S * 1000), now_ms)
@@ -561,12 +619,13 @@ class Ears:
         return self._budget.level >= self._budget.burst - AHEAD_S
 
     async def _end_of_speech(self, end_ms: int, cut: bool = False,
-                             judged: float | None = None) -> None:
+                             judged: float | None = None, words: float | None = None
+                             ) -> None:
         item_id, self.speaking = self.speaking or p.new_id("item"), None
         utterance = self.buffer.slice_ms(self._start_ms, end_ms + ASR_TAIL_MS)
         self.buffer.drop_before_ms(end_ms)
         await self.host.heard(Stopped(item_id, self._start_ms, end_ms, utterance,
-                                      self._wall_time_of(end_ms), cut, judged))
+                                      self._wall_time_of(end_ms), cut, judged, words))
 
     async def _enforce_utterance_limit(self) -> None:
         if self.speaking is None:

@@ -48,6 +48,7 @@ class Speculation:
     result: asyncio.Future[Transcript]
     stop: threading.Event  # set when the speculation is dropped: its ASR job is not run
     starter: asyncio.Task[None] | None = None
+    reader: asyncio.Task[None] | None = None  # semantic_vad: its words, to the ears
     answer: EarlyAnswer | None = None
 
 
@@ -137,8 +138,9 @@ class Speculator:
             return
         spec.stop.set()  # its transcription is not run, or ends at its next check
         spec.result.cancel()
-        if spec.starter is not None:
-            spec.starter.cancel()
+        for task in (spec.starter, spec.reader):
+            if task is not None:
+                task.cancel()
         if spec.answer is not None:
             spec.answer.discard()
 

@@ -100,6 +100,15 @@ class TurnModel(Protocol):
     def complete(self, audio: Float32) -> float: ...
 
 
+class TurnText(Protocol):
+    """Whether a turn reads finished, from its words: ``text`` is the transcript of the
+    turn so far; the answer is the probability, in [0, 1], that it is a finished turn."""
+
+    name: str
+
+    def complete(self, text: str) -> float: ...
+
+
 @dataclass(frozen=True)
 class Transcript:
     text: str

@@ -8,7 +8,8 @@ whose package is missing fails only when someone asks for it.
 Loaders, by stage (each engine runs in a worker lane of its own, made by ``Engines``):
 
 - vad: ``load(settings) -> VoiceActivityModel``
-- turn: ``load(settings) -> TurnModel`` (semantic turn detection)
+- turn: ``load(settings) -> TurnModel`` (semantic turn detection, from the audio)
+- turn-text: ``load(settings) -> TurnText`` (semantic turn detection, from the words)
 - asr: ``load(settings) -> Transcriber``
 - tts: ``load(settings, voices) -> list[Synthesizer]``: the named voices (each an embedded
   model's name or a path), one synthesizer per model the engine keeps; each gets a lane
@@ -40,11 +41,13 @@ if TYPE_CHECKING:
         Synthesizer,
         Transcriber,
         TurnModel,
+        TurnText,
         VoiceActivityModel,
     )
 
     VadLoader = Callable[[Settings], VoiceActivityModel]
     TurnLoader = Callable[[Settings], TurnModel]
+    TurnTextLoader = Callable[[Settings], TurnText]
     AsrLoader = Callable[[Settings], Transcriber]
     TtsLoader = Callable[[Settings, Sequence[str]], list[Synthesizer]]
     LlmLoader = Callable[[Settings, Lane, LanguageModel | None], Responder]
@@ -133,4 +136,8 @@ DENOISE: Stage[Engine, DenoiseLoader] = Stage("denoise", {
 AEC: Stage[Engine, AecLoader] = Stage("aec", {
     "webrtc": Engine("WebRTC AEC3 (the livekit wheel's audio processing module), 10 ms frames",
                      "server.stages.aec_webrtc:load"),
+})
+TURN_TEXT: Stage[Engine, TurnTextLoader] = Stage("turn-text", {
+    "smollm2": Engine("SmolLM2-135M's end-of-message probability (llama.cpp)",
+                      "server.stages.turn_text:load", "smollm2-135m"),
 })

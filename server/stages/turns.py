@@ -46,30 +46,35 @@ TurnEvent = SpeechStarted | SpeechConfirmed | SpeechPaused | SpeechResumed | Spe
 
 @dataclass(frozen=True)
 class Eagerness:
-    """How a `semantic_vad` session reads the turn model at a pause: the silence before the
-    model may end the turn, the probability of a finished turn at which it does, and the
-    longest pause that still waits for more (then the turn ends whatever the model says)."""
+    """How a `semantic_vad` session reads a pause: the silence before the turn model may end
+    the turn, the probability of a finished turn at which it does, and the longest pause
+    that still waits for more (then the turn ends whatever the model says). With a text
+    turn model, the words of the pause's transcript must read finished too (at least
+    ``text_threshold``), or the turn is held until ``unfinished_ms`` of silence."""
 
     min_silence_ms: int
     threshold: float
     max_wait_ms: int
+    text_threshold: float = 0.03
+    unfinished_ms: int = 1600
 
 
-# The longest waits are OpenAI's (low 8 s, medium 4 s, high 2 s); "auto" is "medium". The
-# model hears how a phrase ends more than what it says: a phrase that could stand alone
-# ("Turn off the lights", "I called my sister") sounds finished in a pause inside a
-# sentence, and the longer the silence, the surer it is. So when it is first asked decides
-# the cut-offs more than the threshold does (`bench/pauses.py`: 44 utterances with 300-1500
-# ms hesitations). Asked at 450 ms (0.5), "medium" cut off 25 of them; at 600 ms and 0.7,
-# 19, and finished questions ended no later (median 744 ms against 766, p95 1034 against
-# 1489). "low" waits 1.1 s: 9 cut off, against 19 at 600 ms, for finished questions ending
-# about 0.4 s later. It ends the turn at 0.5: by then the model has mostly made up its
-# mind (replayed offline on the same audio, two of the 20 finished questions were still
-# under 0.7 after 1.6 s of silence, and would wait out the 8 s).
+# The longest waits are OpenAI's (low 8 s, medium 4 s, high 2 s); "auto" is "medium". Tuned
+# on `bench/pauses.py` (44 utterances with 300-1500 ms hesitations, 20 finished questions):
+# the audio turn model hears how a phrase ends more than what it says, so a phrase that
+# could stand alone ("Turn off the lights") sounds finished inside a sentence, and the
+# longer the silence the surer it is: when it is first asked decides the cut-offs far more
+# than its threshold. The words catch what the audio cannot: an unfinished phrase ("I would
+# like to", "and then", "saying") reads below 0.001, finished questions 0.5-0.9; requests
+# read low too ("Set a timer for 10 minutes." 0.015), which is why the words only hold a
+# turn (`unfinished_ms`) and never end one. Replayed offline on the fixtures' audio and
+# transcripts, the words took the cut-offs from 34 to 17 (high), 20 to 12 (medium, which
+# now needs only 0.5: the same cut-offs, finished questions' p95 1.6 s instead of 3.1 s)
+# and 9 to 3 (low); docs/benchmarks.md has the measured figures.
 EAGERNESS = {
-    "low": Eagerness(1100, 0.5, 8000),
-    "medium": Eagerness(600, 0.7, 4000),
-    "high": Eagerness(200, 0.3, 2000),
+    "low": Eagerness(1100, 0.5, 8000, unfinished_ms=2000),
+    "medium": Eagerness(600, 0.5, 4000, unfinished_ms=1600),
+    "high": Eagerness(200, 0.3, 2000, unfinished_ms=1000),
 }
 
 

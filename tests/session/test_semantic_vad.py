@@ -12,15 +12,16 @@ import pytest
 
 import realtime as p
 from server.stages.turns import EAGERNESS
-from tests.support.harness import Harness, harness
+from tests.support.harness import FakeTurnText, Harness, harness
 
 MOON = "tell me about the moon"
 WHOLE = "tell me about the moon and the stars"
 
 
-async def semantic(h: Harness, eagerness: str) -> None:
+async def semantic(h: Harness, eagerness: str, metrics: bool = False) -> None:
     await h.send({"type": "session.update", "session": {"type": "realtime", "audio": {
-        "input": {"turn_detection": {"type": "semantic_vad", "eagerness": eagerness}}}}})
+        "input": {"turn_detection": {"type": "semantic_vad", "eagerness": eagerness}}},
+        "voxwire": {"metrics": metrics}}})
 
 
 def turn_calls(h: Harness) -> list[int]:
@@ -91,7 +92,7 @@ async def test_the_longest_wait_ends_a_turn_the_model_never_finds_finished(
 
 @pytest.mark.parametrize(("eagerness", "ends"), [("medium", False), ("high", True)])
 async def test_eagerness_sets_how_sure_the_model_must_be(eagerness: str, ends: bool) -> None:
-    async with harness(finals=[MOON], turn=[0.6]) as h:
+    async with harness(finals=[MOON], turn=[0.4]) as h:  # medium needs 0.5, high 0.3
         await semantic(h, eagerness)
         await h.speech(640)
         await h.silence(700)
@@ -166,3 +167,74 @@ def test_eagerness_is_checked_and_kept() -> None:
         p.apply_session_update(cfg, {"turn_detection": {"type": "semantic_vad",
                                                         "eagerness": "eager"}}, "beta")
     assert info.value.param == "session.turn_detection.eagerness"
+
+
+# ---------------------------------------------------------------------- the words
+
+
+def reading(h: Harness, script: list[float]) -> FakeTurnText:
+    h.engines.turn_text = FakeTurnText(script)
+    return h.engines.turn_text
+
+
+async def test_words_that_read_finished_let_the_turn_end_at_once() -> None:
+    async with harness(finals=[MOON], replies=["The moon is bright."], turn=[0.9]) as h:
+        words = reading(h, [0.6])
+        await semantic(h, "high", metrics=True)
+        await h.speech(640)
+        await h.silence(800)
+        assert words.calls == [MOON]  # the speculation's transcript, read once
+        assert h.at("input_audio_buffer.speech_stopped") == 880  # as with the audio alone
+        metrics = h.one("voxwire.turn.metrics")
+        assert metrics["compute_ms"]["turn_words"] == 0.6
+        assert metrics["compute_ms"]["turn_complete"] == 0.9
+
+
+@pytest.mark.parametrize("eagerness", ["low", "medium", "high"])
+async def test_words_that_read_unfinished_hold_the_turn_until_unfinished_ms(
+        eagerness: str) -> None:
+    hold = EAGERNESS[eagerness].unfinished_ms
+    async with harness(finals=[MOON], turn=[0.99] * 40) as h:
+        words = reading(h, [0.001])
+        await semantic(h, eagerness, metrics=True)
+        await h.speech(640)
+        await h.silence(hold - 100)  # the audio has found it finished for a while
+        assert len(turn_calls(h)) == 1  # asked once: then only the silence was awaited
+        assert "input_audio_buffer.speech_stopped" not in h.types()
+        await h.silence(200)
+        assert hold <= h.at("input_audio_buffer.speech_stopped") - 640 < hold + 100
+        assert words.calls == [MOON]
+        assert h.one("voxwire.turn.metrics")["compute_ms"]["turn_words"] == 0.001
+
+
+async def test_speech_resuming_in_a_held_pause_continues_the_turn() -> None:
+    async with harness(finals=[MOON, WHOLE], replies=["About both."], turn=[0.99, 0.99]) as h:
+        reading(h, [0.0, 0.8])
+        await semantic(h, "high")
+        await h.speech(640)
+        await h.silence(900)  # the audio alone would have ended it at 200 ms
+        await h.speech(640)
+        await h.silence(600)
+        assert h.types().count("input_audio_buffer.committed") == 1
+        assert h.one("conversation.item.input_audio_transcription.completed")[
+            "transcript"] == WHOLE
+
+
+async def test_no_words_heard_leaves_the_decision_to_the_audio() -> None:
+    async with harness(finals=[""], turn=[0.9]) as h:
+        words = reading(h, [0.0])
+        await semantic(h, "high")
+        await h.speech(640)
+        await h.silence(800)
+        assert words.calls == []  # nothing to read
+        assert h.at("input_audio_buffer.speech_stopped") == 880
+
+
+async def test_without_speculation_the_audio_decides_alone() -> None:
+    async with harness(finals=[MOON], turn=[0.9], speculate=False) as h:
+        words = reading(h, [0.0])
+        await semantic(h, "high")
+        await h.speech(640)
+        await h.silence(800)
+        assert words.calls == []
+        assert h.at("input_audio_buffer.speech_stopped") == 880

@@ -17,9 +17,10 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from server.errors import ConfigError
 from server.runtime import config
 from server.runtime.config import Settings
-from server.runtime.engines import Engines, load_turn
+from server.runtime.engines import Engines, load_turn, load_turn_text
 from server.stages import TurnModel
 from server.stages.turn_smart import SAMPLES, last_window, log_mel
+from server.stages.turns import EAGERNESS
 from tests.e2e.test_e2e import Speak
 
 FINISHED = ("Can you tell me what the weather will be like tomorrow?",
@@ -71,3 +72,33 @@ def test_the_turn_settings_and_their_flags() -> None:
     assert load_turn(Settings(turn_engine="none")) is None
     with pytest.raises(ConfigError, match="turn_engine must be one of"):
         Settings(turn_engine="nope")
+
+
+# ---------------------------------------------------------------------- the words
+
+# Transcripts as Whisper wrote them at pauses of the pause fixtures (bench/pauses.py), and
+# of finished questions.
+UNFINISHED_WORDS = ("I would like to", "Send a message to Anna saying",
+                    "I went to the shop and then", "So I was thinking", "What was the name of")
+FINISHED_WORDS = ("What is the capital of France?", "How do I make a cup of tea?",
+                  "Tell me something interesting about the moon.",
+                  "Could you tell me what the weather is like in London today?")
+
+
+def test_the_text_turn_model_reads_unfinished_phrases_from_finished_questions(
+        engines: Engines) -> None:
+    reader = engines.turn_text
+    assert reader is not None, "the server loads the text turn model with the turn model"
+    unfinished = [reader.complete(t) for t in UNFINISHED_WORDS]
+    finished = [reader.complete(t) for t in FINISHED_WORDS]
+    threshold = EAGERNESS["medium"].text_threshold
+    assert max(unfinished) < threshold / 3 and min(finished) > 0.3, (unfinished, finished)
+    # Its cache of the template's start changes nothing: the same words, the same answer.
+    assert reader.complete(FINISHED_WORDS[0]) == pytest.approx(finished[0], abs=1e-4)
+    assert reader.complete("   ") == 0.0  # no words, no opinion that it is finished
+
+
+def test_the_text_turn_model_setting() -> None:
+    assert load_turn_text(Settings(turn_text_engine="none")) is None
+    with pytest.raises(ConfigError, match="turn_text_engine must be one of"):
+        Settings(turn_text_engine="nope")

@@ -205,6 +205,20 @@ class FakeTurn:
 
 
 @dataclass
+class FakeTurnText:
+    """A text turn model giving the scripted probabilities in call order (out of script:
+    1.0, a finished turn); ``calls`` keeps the texts it was given."""
+
+    script: list[float] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    name: str = "fake-turn-text"
+
+    def complete(self, text: str) -> float:
+        self.calls.append(text)
+        return self.script.pop(0) if self.script else 1.0
+
+
+@dataclass
 class FakeResponder:
     """Streams each scripted reply word by word: the first word after ``first_ms``, the
     next ones ``token_ms`` apart, on the fake clock. The last reply repeats."""
@@ -284,6 +298,7 @@ class FakeEngines:
     responder: FakeResponder
     tts: FakeTts
     turn: FakeTurn | None = field(default_factory=FakeTurn)  # None: a server without one
+    turn_text: FakeTurnText | None = None  # None: the audio decides alone
     registry: Registry = field(default_factory=Registry)
     llm: None = None
     denoiser: FakeDenoiser | None = None
