@@ -8,11 +8,18 @@ once a pause has lasted the eagerness's minimum silence (high: 200 ms, medium: 6
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import pytest
 
 import realtime as p
+from server.runtime.lanes import InlineLane
 from server.stages.turns import EAGERNESS
 from tests.support.harness import FakeTurnText, Harness, harness
+
+T = TypeVar("T")
 
 MOON = "tell me about the moon"
 WHOLE = "tell me about the moon and the stars"
@@ -238,3 +245,36 @@ async def test_without_speculation_the_audio_decides_alone() -> None:
         await h.silence(800)
         assert words.calls == []
         assert h.at("input_audio_buffer.speech_stopped") == 880
+
+
+class HeldLane(InlineLane):
+    """The turn lane, its first job (the words) held until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__("turn")
+        self.release = asyncio.Event()
+        self._first = True
+
+    async def run(self, fn: Callable[[], T], **kwargs: Any) -> T:
+        if self._first:
+            self._first = False
+            await self.release.wait()
+        return await super().run(fn, **kwargs)
+
+
+async def test_a_turn_the_audio_finds_finished_waits_for_its_words_and_ends_on_them() -> None:
+    async with harness(finals=[MOON], turn=[0.9]) as h:
+        lane = HeldLane()
+        h.engines.turn_lane = lane
+        reading(h, [0.6])
+        await semantic(h, "high")
+        await h.speech(640)
+        await h.silence(400)  # the audio said finished at 200 ms; the words are not read
+        assert len(turn_calls(h)) == 1
+        assert "input_audio_buffer.speech_stopped" not in h.types()
+        lane.release.set()
+        await h.silence(100)
+        # read, and finished: the turn ends at the next window, without asking again
+        assert 1040 <= h.at("input_audio_buffer.speech_stopped") <= 1100
+        assert len(turn_calls(h)) == 1
+        assert h.one("input_audio_buffer.speech_stopped")["audio_end_ms"] == 640
