@@ -231,11 +231,12 @@ def summary(items: list[dict[str, Any]], ends: list[dict[str, Any]]) -> dict[str
 
 
 def check(url: str, modes: list[str] | None = None, count: int | None = None,
-          respond: bool = False) -> dict[str, Any]:
-    """Every mode (`MODES`) against the server at ``url`` (http://HOST:PORT)."""
+          respond: bool = False, words: bool | None = None) -> dict[str, Any]:
+    """Every mode (`MODES`) against the server at ``url`` (http://HOST:PORT); ``words``:
+    whether that server reads the words of a pause (None: not known)."""
     paused, questions = hesitations(count), finished(count)
     out: dict[str, Any] = {"utterances": len(paused), "questions": len(questions),
-                           "respond": respond, "modes": {},
+                           "respond": respond, "words": words, "modes": {},
                            "eagerness": {k: dataclasses.asdict(e) for k, e in EAGERNESS.items()}}
     for name in modes or list(MODES):
         out["modes"][name] = asyncio.run(measure_mode(url, MODES[name], paused, questions,
@@ -260,7 +261,13 @@ def section(c: dict[str, Any]) -> list[str]:
                    f"| {s['end_ms_p95']} ms |")
     out.append("\nsemantic_vad's eagerness as measured: " + "; ".join(
         f"{name}: first asked after {e['min_silence_ms']} ms of silence, ends the turn at "
-        f"{e['threshold']:g}" for name, e in c["eagerness"].items()) + ".")
+        f"{e['threshold']:g}"
+        + (f", words under {e['text_threshold']:g} hold it until {e['unfinished_ms']} ms"
+           if c.get("words") else "")
+        for name, e in c["eagerness"].items()) + ".")
+    if c.get("words") is not None:
+        out.append(f"The words of each pause read by the text turn model: "
+                   f"{'yes' if c['words'] else 'no (--turn-text-engine none)'}.")
     return out
 
 
@@ -273,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                     + ", ".join(MODES))
     ap.add_argument("--count", type=int, help="only the first COUNT fixtures of each set")
     ap.add_argument("--respond", action="store_true", help="answer each turn (text)")
+    ap.add_argument("--no-words", action="store_true",
+                    help="the server started here runs without the text turn model")
     ap.add_argument("--port", type=int, default=8797)
     ap.add_argument("--out", type=Path, default=Path("bench/results/pauses.json"))
     args = ap.parse_args(argv)
@@ -281,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         result = check(http_url(args.url), modes, args.count, args.respond)
     else:
-        with server(args.port, ["--asr-model", args.asr, "--log-level", "WARNING"]) as url:
-            result = check(url, modes, args.count, args.respond)
+        flags = ["--asr-model", args.asr, "--log-level", "WARNING"]
+        flags += ["--turn-text-engine", "none"] if args.no_words else []
+        with server(args.port, flags) as url:
+            result = check(url, modes, args.count, args.respond, not args.no_words)
     report = {"machine": machine(), "seconds": round(time.monotonic() - started, 1),
               "asr": args.asr, **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)

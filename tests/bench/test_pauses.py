@@ -1,5 +1,6 @@
 """The pauses check (`bench/pauses.py`) against the real server: a hesitation of a second after
-"um" ends no semantic_vad turn at medium eagerness, and ends server_vad's (500 ms of silence)."""
+"um" ends no semantic_vad turn at medium eagerness, and ends server_vad's (500 ms of silence);
+words that read unfinished hold a pause that the audio alone takes for an end."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import numpy as np
 
 from bench import pauses
 from bench.fixtures import RATE
+from server.audio import RATE as SERVER_RATE
+from server.audio import resample
+from server.runtime.engines import Engines
+from server.stages.turns import EAGERNESS
 
 UM = (["Um", "can you remind me to call the dentist?"], [1000])
 
@@ -57,3 +62,22 @@ async def test_a_second_after_um_ends_no_medium_turn_but_ends_server_vads(
     assert plain["cut_off"] and plain["turns"] == 2 and plain["cut_in_pauses_ms"] == [1000], plain
     # The turn that ends the utterance ends after server_vad's silence, give or take the VAD.
     assert plain["end_delay_ms"] is not None and 400 < plain["end_delay_ms"] < 1500, plain
+
+
+UNFINISHED = (["Send a message to Anna saying", "that I will be late."], [700])
+
+
+async def test_words_that_read_unfinished_hold_a_pause_the_audio_finds_finished(
+        server_url: str, engines: Engines) -> None:
+    fx = pauses.spoken(*UNFINISHED, voice="piper")
+    # The audio alone: Smart Turn on the first part and 200 ms of its pause (where `high`
+    # first asks) finds it finished, so `high` would end the turn there.
+    end_ms = fx.parts_ms[0][1] + 200
+    first = resample(fx.audio[:end_ms * RATE // 1000], RATE, SERVER_RATE)
+    assert engines.turn is not None and engines.turn_text is not None
+    audio_says = engines.turn.complete(first)
+    assert audio_says >= EAGERNESS["high"].threshold, audio_says
+    # The words ("Send a message to Anna saying") read unfinished, and hold it: one turn, not two.
+    high = await pauses.one_item(server_url, fx, pauses.MODES["semantic_vad high"])
+    assert high["settled"] and not high["errors"], high
+    assert not high["cut_off"] and high["turns"] == 1, high
