@@ -209,7 +209,8 @@ def direct(fixtures: list[Fixture], asr_model: str, asr_mode: str, device: str
             text = eng.asr.transcribe(utterance).text
             t1 = time.perf_counter()
             messages = [ChatMessage("system", settings.instructions), ChatMessage("user", text)]
-            splitter = SentenceSplitter(first_clause_words=settings.first_clause_words)
+            splitter = SentenceSplitter(first_clause_words=settings.first_clause_words,
+                                        first_max_words=settings.first_max_words)
             first_token = first_piece = None
             piece = ""
             stop = threading.Event()

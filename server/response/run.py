@@ -293,7 +293,8 @@ class Response:
         # Room for the whole answer (a piece is at least a token): the model's reader never
         # waits for speech, only for the client, so it is away only when the client is.
         pieces: asyncio.Queue[str | None] = asyncio.Queue(self._request.max_tokens + 2)
-        splitter = SentenceSplitter(first_clause_words=self._ctx.settings.first_clause_words)
+        splitter = SentenceSplitter(first_clause_words=self._ctx.settings.first_clause_words,
+                                    first_max_words=self._ctx.settings.first_max_words)
 
         async def on_text(delta: str) -> None:
             for piece in splitter.feed(delta):

@@ -25,6 +25,7 @@ _WORD = re.compile(r"\S+(?=\s)")  # a complete word: something follows it
 _BREAKS = frozenset((
     "and", "but", "or", "so", "because", "which", "that", "who", "when", "where", "while",
     "if", "to", "with", "in", "on", "at", "for", "from", "of", "about", "by", "as", "than",
+    "a", "an", "the",
 ))
 
 

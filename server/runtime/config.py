@@ -93,6 +93,8 @@ class Settings:
     speculate: bool = True  # transcribe at the first silence, before the turn is confirmed
     speculate_answer: bool = True  # and answer it (LLM, first clause TTS) behind a gate
     first_clause_words: int = 4
+    # A first sentence with no comma is cut for TTS after at most this many words.
+    first_max_words: int = 8
     # Speech over a playing answer that says only these (phrases, by commas) is a backchannel:
     # the answer plays on (server/session/overlap.py), as it does for a sound with no words
     # shorter than barge_in_ms. "": any speech over the answer interrupts it.
@@ -247,6 +249,8 @@ class Settings:
             ("denoise_far_db", 0.0 < self.denoise_far_db <= 100.0),
             ("silence_duration_ms", 0 < self.silence_duration_ms <= 10_000),
             ("turn_threads", self.turn_threads >= 1),
+            ("first_clause_words", self.first_clause_words >= 1),
+            ("first_max_words", self.first_max_words >= 1),
             ("turn_recheck_ms", 32 <= self.turn_recheck_ms <= 5000),
             ("max_output_tokens", self.max_output_tokens >= 1),
             ("max_sessions", self.max_sessions >= 1),

@@ -1,4 +1,8 @@
+import pytest
+
+from server.errors import ConfigError
 from server.response.text import SentenceSplitter
+from server.runtime.config import Settings
 
 
 def feed_all(text: str, step: int = 3, **kw: int) -> list[str]:
@@ -54,3 +58,19 @@ def test_a_first_sentence_with_no_natural_break_is_cut_after_the_word_limit() ->
 
 def test_a_short_first_sentence_is_not_cut() -> None:
     assert feed_all("It is sunny and warm today.") == ["It is sunny and warm today."]
+
+
+def test_a_short_first_piece_breaks_before_an_article() -> None:
+    text = "The moon is a celestial body that orbits the Earth. It has no air."
+    pieces = feed_all(text, first_clause_words=2, first_max_words=4)
+    assert pieces[0] == "The moon is"  # before "a" (word 4), not "The moon is a"
+    assert pieces[1:] == ["a celestial body that orbits the Earth.", "It has no air."]
+    # No break among the first words: cut at the limit.
+    assert feed_all("A week is approximately seven days.", first_clause_words=2,
+                    first_max_words=4) == ["A week is approximately", "seven days."]
+
+
+@pytest.mark.parametrize("name", ["first_clause_words", "first_max_words"])
+def test_first_piece_word_counts_must_be_positive(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"invalid setting {name}=0"):
+        Settings(**{name: 0})
