@@ -212,7 +212,37 @@ def splice_soak(results: Path, docs: Path) -> Path:
                   soak_section(json.loads((results / "soak.json").read_text())))
 
 
+def splice_peers(results: Path, docs: Path) -> Path:
+    """docs/benchmarks.md's Pipecat section from peers.json, nothing else."""
+    return splice(docs / "benchmarks.md",
+                  peers_section(json.loads((results / "peers.json").read_text())))
+
+
+# The sections `write` makes from the results; any other `## ` section of the page was
+# written by hand (the measurements of `bench.pauses`, `bench.overlap` ...) and is kept.
+GENERATED = ("## Voice-to-voice latency", "## Concurrent sessions", "## Soak",
+             "## Beside Pipecat", "## Voxwire evaluation", "## GPU")
+
+
+def kept_sections(page: Path) -> list[str]:
+    """The `## ` sections of ``page`` that `write` does not make, in their order."""
+    if not page.is_file():
+        return []
+    kept: list[str] = []
+    keep = False
+    for line in page.read_text().split("\n"):
+        if line.startswith("## "):
+            keep = not line.startswith(GENERATED)
+        if keep:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return kept
+
+
 def write(results: Path, docs: Path, eval_markdown: str | None = None) -> Path:
+    """The whole page from the results, with the sections written by hand kept (before
+    the GPU section)."""
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     lat, load = _load(results / "latency.json"), _load(results / "load.json")
@@ -236,9 +266,11 @@ def write(results: Path, docs: Path, eval_markdown: str | None = None) -> Path:
         parts += peers_section(peers)
     if eval_markdown:  # one heading level down, under this page's title
         parts += [re.sub(r"^(#+) ", r"#\1 ", eval_markdown, flags=re.M), ""]
+    out = docs / "benchmarks.md"
+    kept = kept_sections(out)
+    parts += [*kept, ""] if kept else []
     parts += ["## GPU", "", "With an NVIDIA GPU, `voxwire serve --device cuda` (or `make bench "
               "BENCH_ARGS='--device cuda'`) runs Whisper there in float16. No GPU figures have "
               "been measured yet; this page gets a row when one is.", ""]
-    out = docs / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out

@@ -5,8 +5,8 @@ and the model's own probability that the message ends there (its end-of-message 
 next) is the answer. It is the text-side half of semantic turn detection, beside the
 audio-side turn model: an unfinished phrase ("I would like to", "send a message to Anna
 saying", "and then") gets almost none (under 0.001 with SmolLM2-135M), a finished
-question most of it (0.3-0.7). It is weak where a request stops without a question
-("Set a timer for 10 minutes." 0.007), which is why it only holds a turn open for a
+question most of it (0.5-0.9). It is weak where a request stops without a question
+("Set a timer for 10 minutes." 0.015), which is why it only holds a turn open for a
 while (`Eagerness.unfinished_ms`) and never ends one on its own.
 
 A context of its own (the weights are mapped once per process, so about 10 MB more),

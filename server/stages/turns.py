@@ -70,7 +70,8 @@ class Eagerness:
 # turn (`unfinished_ms`) and never end one. Replayed offline on the fixtures' audio and
 # transcripts, the words took the cut-offs from 34 to 17 (high), 20 to 12 (medium, which
 # now needs only 0.5: the same cut-offs, finished questions' p95 1.6 s instead of 3.1 s)
-# and 9 to 3 (low); docs/benchmarks.md has the measured figures.
+# and 9 to 3 (low); measured on the live server, 33 to 23, 19 to 12 and 9 to 4
+# (docs/benchmarks.md, "Pauses inside a turn").
 EAGERNESS = {
     "low": Eagerness(1100, 0.5, 8000, unfinished_ms=2000),
     "medium": Eagerness(600, 0.5, 4000, unfinished_ms=1600),

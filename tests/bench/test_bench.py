@@ -1,5 +1,6 @@
 """The benchmark's own code stays working: one short question through the test server."""
 
+import shutil
 from pathlib import Path
 
 from bench.latency import ANSWERED, Fixture, make_fixtures, one_turn, speech_end, summarize
@@ -80,3 +81,22 @@ def test_a_short_latency_run_over_both_transports(tmp_path: Path) -> None:
     assert "the last run's figures" not in text
     assert text.startswith("# Title\n") and text.endswith("## Concurrent sessions\n\nkept\n")
     assert "| webrtc | 2/2 |" in text and "| idle |" in text and "| talking |" in text
+
+
+def test_the_page_keeps_its_hand_written_sections_and_peers_splice_only_theirs(
+        tmp_path: Path) -> None:
+    from bench import report
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = docs / "benchmarks.md"
+    page.write_text("# Voxwire benchmarks\n\n## Soak: old\n\nold soak\n\n"
+                    "## Pauses inside a turn\n\nmeasured by hand\n\n## GPU\n\nold\n")
+    text = report.write(tmp_path, docs).read_text()
+    assert "## Pauses inside a turn\n\nmeasured by hand\n" in text
+    assert "old soak" not in text  # a generated section is made again (no soak.json: none)
+    assert text.count("## GPU") == 1 and text.index("## Pauses") < text.index("## GPU")
+    # The Pipecat run splices its own section in and leaves the rest as it is.
+    shutil.copy(Path("bench/results/peers.json"), tmp_path / "peers.json")
+    spliced = report.splice_peers(tmp_path, docs).read_text()
+    assert spliced.count("## Beside Pipecat") == 1 and "measured by hand" in spliced
