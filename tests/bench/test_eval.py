@@ -134,3 +134,10 @@ def test_a_server_url_may_be_given_either_way() -> None:
     assert ev.http_url("ws://127.0.0.1:8765/v1/realtime") == "http://127.0.0.1:8765"
     assert ev.http_url("wss://kiosk.local/v1/realtime/") == "https://kiosk.local"
     assert ev.http_url("http://127.0.0.1:8765") == "http://127.0.0.1:8765"
+
+
+def test_the_report_renders_a_check_stored_in_an_earlier_format() -> None:
+    stored = {"machine": {"cpu": "test", "cores": 2}, "seconds": 1, "settings": {"asr": "tiny.en"},
+              "checks": {"asr_paths": {"clips": 3, "words": 9, "padded": 1.0, "short": 2.0}}}
+    md = ev.render(stored)
+    assert "Stored in an earlier format" in md
