@@ -269,9 +269,6 @@ class Response:
                 clock=self._ctx.clock,
                 first_token_timeout_s=self._ctx.settings.first_token_timeout_s)) as events:
             async for event in events:
-                # A stream that is already buffered (a fast backend, a long answer) would
-                # otherwise be read to its end in one step of the loop: others go first.
-                await asyncio.sleep(0)
                 if isinstance(event, TextDelta):
                     if event.text:
                         self._text += event.text
