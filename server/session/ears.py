@@ -542,8 +542,10 @@ class Ears:
 
     async def words(self, pause_ms: int, text: str | None) -> None:
         """The transcript of the turn up to the pause that began at ``pause_ms`` (None or
-        empty: none), from the speculation: the text turn model reads it, in the turn lane,
-        and the next window's judgement (`_judge_pause`) weighs it."""
+        empty: none), from the speculation: the text turn model reads it, in the turn lane.
+        Where the audio has already found the turn finished and the words agree, it ends
+        here (more audio may never come: a client that stops sending when its speech
+        ends); otherwise the next window's judgement (`_judge_pause`) weighs them."""
         reader = self.engines.turn_text
         if reader is None or self._detector.pause_start_ms != pause_ms:
             return
@@ -556,8 +558,13 @@ class Ears:
                 log.warning("the text turn model failed", exc_info=True)
             else:
                 log.debug("text turn model: %.3f for %r", probability, text)
-        if self._detector.pause_start_ms == pause_ms:
-            self._words = (pause_ms, probability)
+        if self._detector.pause_start_ms != pause_ms:
+            return
+        self._words = (pause_ms, probability)
+        done = self._sounds_done
+        if (done is not None and done[0] == pause_ms and self.speaking is not None
+                and self._words_agree(pause_ms, self._detector.position_ms)):
+            await self._judged_end(pause_ms, done[1])
 
     async def _judge_pause(self) -> None:
         """semantic_vad: once a pause has lasted the eagerness's minimum silence, and again

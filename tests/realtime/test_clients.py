@@ -50,6 +50,8 @@ class Served:
     url: str
     """http://127.0.0.1:PORT"""
     fake: FakeProvider
+    log: Path
+    """the server's output"""
 
     @property
     def ws(self) -> str:
@@ -66,7 +68,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
             proc = serve(port, fake.url, log)
             try:
                 await asyncio.to_thread(wait_healthy, port, proc)
-                yield Served(f"http://127.0.0.1:{port}", fake)
+                yield Served(f"http://127.0.0.1:{port}", fake, log_path)
             finally:
                 proc.terminate()
                 try:
@@ -295,7 +297,16 @@ def node_client(served: Served, scenario: str, pcm: bytes | None, tmp: Path) -> 
                          check=False)
     assert out.returncode == 0, out.stderr
     report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if report["errors"]:  # the client gave up: what the server was doing meanwhile
+        report["serverLog"] = served.log.read_text(errors="replace").splitlines()[-40:]
     return report
+
+
+def diagnosis(report: dict[str, Any]) -> str:
+    """What went wrong in the client, and the server's last words, for a failed assertion."""
+    told = [t for t in report["types"] if not t.endswith(".append")]
+    return json.dumps({"errors": report["errors"], "told": told,
+                       "serverLog": report.get("serverLog")}, indent=1)[-8000:]
 
 
 def assert_clean(report: dict[str, Any]) -> None:
@@ -308,6 +319,7 @@ async def test_agents_realtime_spoken_turn(
         served: Served, speak: Speak, tmp_path: Path) -> None:
     served.fake.script(Reply(text=ANSWER))
     report = await asyncio.to_thread(node_client, served, "spoken", question(speak), tmp_path)
+    assert report["userTranscripts"], diagnosis(report)
     assert_spoken_turn(report["userTranscripts"], report["assistantTranscripts"], served.fake)
     assert report["audioBytes"] > RATE  # more than half a second of answer
     assert_clean(report)
@@ -326,8 +338,9 @@ async def test_agents_realtime_barge_in_truncates(
     script_story(served.fake)
     report = await asyncio.to_thread(node_client, served, "barge-in", interruption(speak),
                                      tmp_path)
-    assert "conversation.item.truncate" in report["sent"]
+    assert "conversation.item.truncate" in report["sent"], diagnosis(report)
     cancelled = "response.cancel" in report["sent"] or report["types"].count("response.done") > 1
+    assert cancelled, diagnosis(report)
     assert_truncated(report["truncated"], cancelled)
     assert_clean(report)
 

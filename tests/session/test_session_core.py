@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
+import time
+
+import pytest
 
 from server.stages import ChatRequest
 from tests.support.harness import Harness, Keeper, harness, quiet, tone
@@ -345,3 +349,31 @@ async def test_a_new_input_format_starts_turn_detection_over() -> None:
         await h.audio(quiet(1000, rate=24000))
         assert "input_audio_buffer.speech_stopped" not in h.types()
         assert "input_audio_buffer.committed" not in h.types()
+
+
+
+async def tick(ticks: list[float]) -> None:
+    """Another task on the loop: notes each time it gets a turn."""
+    while True:
+        ticks.append(time.perf_counter())
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("modalities", [["text"], ["audio"]])
+async def test_an_answer_already_buffered_is_read_in_steps_that_leave_the_loop_turns(
+        modalities: list[str]) -> None:
+    """A fast backend's long answer can be all there before it is read: reading it must
+    still give the loop a turn now and then, or every other session waits."""
+    async with harness(replies=[LONG]) as h:
+        h.engines.responder.busy_ms = 5.0  # 40 words: 200 ms of reading
+        ticks: list[float] = []
+        ticker = asyncio.create_task(tick(ticks))
+        try:
+            await h.send({"type": "response.create",
+                          "response": {"output_modalities": modalities}})
+            await h.advance(30_000)
+        finally:
+            ticker.cancel()
+        assert h.one("response.done")["response"]["status"] == "completed"
+        longest = max(b - a for a, b in itertools.pairwise(ticks))
+        assert longest < 0.1, longest  # unbroken it would be 0.2 s

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import json
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -234,6 +235,8 @@ class FakeResponder:
     name: str = "fake-llm"
     can_see: bool = False
     can_use_tools: bool = False
+    busy_ms: float = 0.0  # if set, the reply is already there (a buffered stream): each
+    # word takes this much CPU on the loop to read, and none is waited for
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]:
         self.requests.append(request)
@@ -243,7 +246,12 @@ class FakeResponder:
         self.words_sent.append(0)
         try:
             for i, word in enumerate(words):
-                await self.clock.sleep((self.first_ms if i == 0 else self.token_ms) / 1000)
+                if self.busy_ms:
+                    until = time.perf_counter() + self.busy_ms / 1000
+                    while time.perf_counter() < until:  # parsing, on the loop
+                        pass
+                else:
+                    await self.clock.sleep((self.first_ms if i == 0 else self.token_ms) / 1000)
                 self.words_sent[-1] += 1
                 yield TextDelta(word if i == 0 else " " + word)
             yield Finished("stop", input_tokens=10, output_tokens=len(words))

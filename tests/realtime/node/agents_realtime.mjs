@@ -113,8 +113,10 @@ session.on('error', (event) => {
 
 function waitFor(predicate) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out; saw ${report.types}`)),
-      TIMEOUT_MS);
+    const timer = setTimeout(() => {
+      clearInterval(poll);
+      reject(new Error(`timed out; saw ${report.types.filter((t) => !t.endsWith('.append'))}`));
+    }, TIMEOUT_MS);
     const poll = setInterval(() => {
       if (predicate()) {
         clearTimeout(timer);
@@ -162,5 +164,6 @@ try {
 } finally {
   report.sent = sent;
   session.close();
-  process.stdout.write(`${JSON.stringify(report)}\n`);
+  // Exit even where the transport still holds a handle: the report is the whole answer.
+  process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0));
 }
