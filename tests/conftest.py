@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import re
@@ -79,6 +80,17 @@ def words(text: str) -> list[str]:
 @pytest_asyncio.fixture(scope="session")
 async def server_url(engines: Engines) -> AsyncIterator[str]:
     app = App(TEST_SETTINGS, engines=engines)
+    async with app.start_server() as server:
+        host, port = server.sockets[0].getsockname()[:2]
+        yield f"http://{host}:{port}"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def story_server_url(engines: Engines) -> AsyncIterator[str]:
+    """A server whose answers may run to 1024 tokens, for tests that interrupt a long story
+    while it is still being made: with the default 160, a fast machine has made all of it
+    (then only its playback is left to stop) before the interruption comes."""
+    app = App(dataclasses.replace(TEST_SETTINGS, max_output_tokens=1024), engines=engines)
     async with app.start_server() as server:
         host, port = server.sockets[0].getsockname()[:2]
         yield f"http://{host}:{port}"

@@ -592,6 +592,10 @@ class Call:
         self._overflow_told = 0.0
         self._truncate_after: dict[str, Playing] = {}  # by response: wait for its end
         self._done: deque[str] = deque(maxlen=16)  # responses whose response.done has gone
+        # What a barge-in silenced as soon as the session said so (`_emitted`), for the
+        # speech_started it came with to tell the client, in order, when that is sent.
+        self._silenced: Playing | None = None
+        self.session.outbox.observer = self._emitted
         self.sidebands: list[Sideband] = []
         self._handling = asyncio.Lock()  # the data channel's events and the sidebands' take
         # turns, as one WebSocket's do
@@ -693,10 +697,11 @@ class Call:
                 self.playback.put(Clip(event["response_id"], event["item_id"], samples,
                                        on_sent))
                 continue
-            if kind == "input_audio_buffer.speech_started":
-                td = self.session.cfg.turn_detection
-                if td is not None and td.interrupt_response:
-                    self.cut()  # barge-in: the track stops before the client hears of it
+            if kind == "input_audio_buffer.speech_started" and self._interrupts():
+                # Barge-in: the track went quiet when the session said so (`_emitted`);
+                # the client hears of it now, in order, and of what was cut.
+                was, self._silenced = self._silenced, None
+                self.cut(was=was)
             await self.send(event)
             if on_sent is not None:
                 on_sent()
@@ -745,10 +750,26 @@ class Call:
 
     # ------------------------------------------------------------------ cutting the answer
 
-    def cut(self, always: bool = False) -> None:
+    def _interrupts(self) -> bool:
+        td = self.session.cfg.turn_detection
+        return td is not None and td.interrupt_response
+
+    def _emitted(self, event: Json) -> None:
+        """Each server event as the session puts it in the outbox. A barge-in silences the
+        track there and then: seconds of the answer's audio may be waiting in the outbox
+        ahead of its speech_started (a fast machine makes the answer faster than it is
+        played), and the user must not hear them out."""
+        if event["type"] == "input_audio_buffer.speech_started" and self._interrupts():
+            silenced = self.playback.clear()
+            if self._silenced is None:
+                self._silenced = silenced
+
+    def cut(self, always: bool = False, was: Playing | None = None) -> None:
         """Stop the answer's audio at once (barge-in, `output_audio_buffer.clear`): tell the
-        client, and truncate the assistant item to what was played."""
-        was = self.playback.clear()
+        client, and truncate the assistant item to what was played (``was``: what a
+        barge-in already silenced)."""
+        cleared = self.playback.clear()
+        was = was or cleared
         if was is None:
             if always and self._done:
                 self.notify(se.output_audio_buffer_cleared(self._done[-1]))

@@ -25,11 +25,17 @@ class Outbox:
         self.bytes = 0
         self._events: deque[tuple[Json, OnSent | None, int]] = deque()
         self._changed = asyncio.Condition()
+        # Told of each event as it is put, before it waits for room or for its turn: a
+        # door that must act on one at once (a barge-in silencing a track that holds
+        # seconds of the answer) need not wait until the events before it are sent.
+        self.observer: Callable[[Json], None] | None = None
 
     def __len__(self) -> int:
         return len(self._events)
 
     async def put(self, event: Json, on_sent: OnSent | None = None) -> None:
+        if self.observer is not None:
+            self.observer(event)
         size = p.json_size(event)
 
         def room() -> bool:

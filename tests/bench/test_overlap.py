@@ -9,8 +9,8 @@ from server.runtime.config import Settings
 from server.session.overlap import is_backchannel, phrases
 
 
-async def test_a_backchannel_plays_on_and_words_interrupt(server_url: str) -> None:
-    url = server_url.replace("http://", "ws://") + "/v1/realtime"
+async def test_a_backchannel_plays_on_and_words_interrupt(story_server_url: str) -> None:
+    url = story_server_url.replace("http://", "ws://") + "/v1/realtime"
     question = trim(overlap.VOICES["piper"](overlap.QUESTION, overlap.RATE), overlap.RATE)
     back = await overlap.one_session(url, question, overlap.fixture(0, "Uh-huh."), True)
     assert not back["interrupted"] and back["first_answer"] != "cancelled", back

@@ -76,10 +76,10 @@ def interrupted_wav(speak: Speak, path: Path) -> Path:
 
 
 async def test_full_duplex_barge_in_stops_playback_and_truncates(
-        server_url: str, speak: Speak, tmp_path: Path) -> None:
+        story_server_url: str, speak: Speak, tmp_path: Path) -> None:
     audio = WavIO(interrupted_wav(speak, tmp_path / "barge.wav"), RATE)
     lines: list[str] = []
-    client = TalkClient(realtime_url(server_url), audio, duplex="full", out=lines.append,
+    client = TalkClient(realtime_url(story_server_url), audio, duplex="full", out=lines.append,
                         instructions="Tell very long, detailed stories.")
     assert await talk(client, 2, lines) == 0
     assert any(line.endswith("[cancelled]") for line in lines), "\n".join(lines)

@@ -162,12 +162,15 @@ async def test_barge_in_stops_the_track_and_truncates_to_what_was_played(
             truncated = await client.until(
                 lambda e: e["type"] == "conversation.item.truncated", 10, start)
             await asyncio.sleep(max(played, 0.5))
-            after = await client.until(lambda e: e["type"] == "response.done"
-                                       and e["response"]["status"] in ANSWERED, 60, start)
+            await client.until(lambda e: e["type"] == "response.done"
+                               and e["response"]["status"] in ANSWERED, 60, start)
         finally:
             await client.close()
-    cancelled = next(e for e in after if e["type"] == "response.done")
-    assert cancelled["response"]["status"] == "cancelled"
+    # The answer was cancelled if it was still being made when the speech came; a fast
+    # machine may have made all of it by then, and only its playback is left to cut.
+    cancelled = next(e for e in client.events if e["type"] == "response.done")
+    assert (cancelled["response"]["status"] == "cancelled"
+            or client.events.index(cancelled) < start + len(rest)), cancelled["response"]
     second = next((client.times[i] for i in range(start, len(client.events))
                    if client.events[i]["type"] == "output_audio_buffer.started"
                    and client.events[i]["response_id"] != cancelled["response"]["id"]),
