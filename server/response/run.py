@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -103,9 +102,6 @@ T = TypeVar("T")
 
 async def _at_once() -> None:
     return None
-
-
-STEP_S = 0.02  # the model's reader holds the loop no longer than this at a time
 
 
 @contextlib.asynccontextmanager
@@ -272,13 +268,7 @@ class Response:
                 self._ctx.engines.responder, self._request, self._notice, turn=self._turn,
                 clock=self._ctx.clock,
                 first_token_timeout_s=self._ctx.settings.first_token_timeout_s)) as events:
-            step = time.perf_counter()
             async for event in events:
-                if time.perf_counter() - step > STEP_S:
-                    # A stream already buffered (a fast backend, a long answer) would be
-                    # read to its end in one step of the loop.
-                    await asyncio.sleep(0)
-                    step = time.perf_counter()
                 if isinstance(event, TextDelta):
                     if event.text:
                         self._text += event.text

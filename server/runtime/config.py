@@ -92,6 +92,9 @@ class Settings:
     partial_interval_ms: int = 800
     speculate: bool = True  # transcribe at the first silence, before the turn is confirmed
     speculate_answer: bool = True  # and answer it (LLM, first clause TTS) behind a gate
+    # While the user speaks, each partial transcript's words go into the embedded model's
+    # prompt (KV cache), so that the answer computes only the words after them.
+    prepare_words: bool = True
     first_clause_words: int = 4
     # A first sentence with no comma is cut for TTS after at most this many words.
     first_max_words: int = 8

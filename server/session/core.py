@@ -101,7 +101,7 @@ class Session:
         self.transport_format = transport_format
         self.ears = Ears(self.id, engines, settings, clock, self.echo, self, transport_format)
         self._partials = Partials(self.id, engines, settings, self.emit,
-                                  lambda: self.ears.speaking)
+                                  lambda: self.ears.speaking, self._heard_so_far)
         self.worker = TurnWorker(self.id, engines, settings.max_buffer_s, clock, self.conv,
                                  self.emit, self)
         self.response: Response | None = None
@@ -386,6 +386,10 @@ class Session:
         if self._closed or item_id is None or not self.ears.hearing_speech:
             return
         self._partials.maybe(item_id, self.buffer.total_ms, self.ears.so_far)
+
+    def _heard_so_far(self, text: str) -> None:
+        if self.settings.prepare_words and self.ears.hearing_speech:
+            self._spec.prepare(text)
 
     # ------------------------------------------------------------------ turns transcribed
 

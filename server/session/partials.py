@@ -18,10 +18,12 @@ log = logging.getLogger(__name__)
 
 class Partials:
     def __init__(self, owner: str, engines: SessionEngines, settings: Settings, emit: Emit,
-                 speaking: Callable[[], str | None]) -> None:
-        """``speaking``: the item of the utterance being heard now, if any."""
+                 speaking: Callable[[], str | None],
+                 heard: Callable[[str], None] = lambda text: None) -> None:
+        """``speaking``: the item of the utterance being heard now, if any; ``heard``
+        takes each preview's words, while that utterance goes on."""
         self.owner, self.engines, self.settings, self.emit = owner, engines, settings, emit
-        self._speaking = speaking
+        self._speaking, self._heard = speaking, heard
         self.task: asyncio.Task[None] | None = None
         self._at_ms = 0
         self._words: list[str] = []
@@ -53,6 +55,8 @@ class Partials:
         except Exception:  # a failed preview costs nothing: the final transcript decides
             log.debug("partial transcription failed", exc_info=True)
             return
+        if item_id == self._speaking():
+            self._heard(result.text)
         words = result.text.split()
         # Local agreement: send only the words two consecutive hypotheses agree on.
         agreed = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +19,8 @@ from server.runtime.clock import Clock
 from server.runtime.engines import SessionEngines
 from server.runtime.metrics import TurnClock
 from server.stages import ChatRequest, Float32, Transcript
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -80,6 +83,32 @@ class Speculator:
         self.current: Speculation | None = None
         self._discarded = 0  # speculative starts dropped in the current turn
         self._early: set[EarlyAnswer] = set()  # live ones, to discard at close
+        self._preparing: asyncio.Task[None] | None = None
+
+    def prepare(self, text: str) -> None:
+        """The user's words so far (a partial transcript) while the turn goes on: the
+        model may compute them into its prompt now (`Responder.prepare`), so that the
+        answer, when the turn ends, computes only the words after them. One at a time:
+        the next preview brings more words anyway."""
+        if self._preparing is not None and not self._preparing.done():
+            return
+        if not text.strip() or self.host.closed or not self.host.may_answer_early():
+            return
+        try:
+            request, _, _ = self.host.prepare_early(text)
+        except VoxwireError:
+            return  # the turn's own answer will say so
+        self._preparing = asyncio.create_task(self._prepare(request),
+                                              name=f"{self.owner}-prepare")
+
+    async def _prepare(self, request: ChatRequest) -> None:
+        try:
+            computed = await self.engines.responder.prepare(request)
+        except Exception:  # optional work: the answer computes the words itself
+            log.warning("preparing the model's prompt failed", exc_info=True)
+        else:
+            log.debug("prepared %d prompt tokens of %r", computed,
+                      request.messages[-1].content)
 
     def start(self, item_id: str, start_ms: int, end_ms: int, audio: Float32,
               speech_end: float) -> None:
@@ -146,6 +175,8 @@ class Speculator:
 
     def close(self) -> None:
         self.drop()
+        if self._preparing is not None:
+            self._preparing.cancel()
         for answer in list(self._early):
             answer.discard()
 

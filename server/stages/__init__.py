@@ -246,6 +246,14 @@ class Responder(Protocol):
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]: ...
 
+    async def prepare(self, request: ChatRequest) -> int:
+        """Get ready for ``request``, whose last message is the user's words so far, in a
+        turn still being spoken: the embedded model computes them into its prompt, so that
+        the answer to the whole turn computes only the rest. Optional work, done only when
+        it costs nobody anything; returns the tokens computed (0 for a remote backend,
+        whose provider caches prompt prefixes itself). Never raises for that reason."""
+        ...
+
 
 class Synthesizer(Protocol):
     """A loaded TTS engine speaking one or more voices, all at one sample rate.

@@ -133,6 +133,9 @@ class OpenAIResponder:
         self.client = openai.AsyncOpenAI(api_key=api_key or "none", base_url=base_url,
                                          timeout=timeout, max_retries=retries)
 
+    async def prepare(self, request: ChatRequest) -> int:
+        return 0  # the provider caches prompt prefixes itself
+
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]:
         args: Json = {"temperature": request.temperature}
         # OpenAI's own reasoning models refuse max_tokens; compatible servers know only it.
@@ -246,6 +249,9 @@ class AnthropicResponder:
         self._key = api_key
         self.client = anthropic.AsyncAnthropic(api_key=api_key or "none", base_url=base_url,
                                                timeout=timeout, max_retries=retries)
+
+    async def prepare(self, request: ChatRequest) -> int:
+        return 0  # the provider caches prompt prefixes itself
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]:
         system, messages = anthropic_messages(request.messages, self.can_see)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -205,10 +206,7 @@ class LlamaContext:
             raise AssertionError("a second generation started on a llama.cpp context "
                                  "while another one was live")
         try:
-            if session != self.owner:
-                self._switch(session)  # and with a "session" scope, no prefix of another's
-            self.owner = session
-            self.system = messages[0].content if messages and messages[0].role == "system" else ""
+            self._take(session, messages)
             self.llm.generation = report
             chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(  # type: ignore[assignment]
                 messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
@@ -245,6 +243,51 @@ class LlamaContext:
                 self._free_sampler()
         finally:
             self._live.release()
+
+    def prepare(self, messages: Sequence[ChatMessage], longer: Sequence[ChatMessage], *,
+                session: str, stop: Callable[[], bool]) -> int:
+        """Compute ``messages``' prompt into the KV cache as far as its last message's
+        words reach: not the template's end after them, nor their last token, which more
+        words may spell otherwise (``longer`` is the same prompt with more words, to find
+        where they begin to differ). An answer to the whole message, which starts with
+        these words, then computes only the rest. Stops between chunks once ``stop()``;
+        returns how many tokens it computed."""
+        if not self._live.acquire(blocking=False):
+            return 0  # a generation is live here: it has the cache
+        try:
+            self._take(session, messages)
+            words, more = self._prompt(messages), self._prompt(longer)
+            shared = next((i for i, (a, b) in enumerate(zip(words, more, strict=False))
+                           if a != b), min(len(words), len(more)))
+            progress = self.llm.prefill(words[:shared], lambda: PREFILL_CHUNK)
+            cached = next(progress)
+            computed = 0
+            for _ in progress:  # one chunk computed each
+                computed = self.llm.n_tokens - cached
+                if stop():
+                    break
+            return computed
+        finally:
+            self._live.release()
+
+    def _take(self, session: str, messages: Sequence[ChatMessage]) -> None:
+        if session != self.owner:
+            self._switch(session)  # and with a "session" scope, no prefix of another's
+        self.owner = session
+        self.system = messages[0].content if messages and messages[0].role == "system" else ""
+
+    def _prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """``messages`` as the chat template makes them into a prompt, as tokens (nothing
+        is computed: the completion is closed before it starts)."""
+        chunks = self.llm.create_chat_completion(
+            messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
+            max_tokens=1, stream=True)
+        prompt = self.llm.prompt or []
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+        self._free_sampler()
+        return prompt
 
     def _free_sampler(self) -> None:
         """Free the completion's sampler chain now. llama-cpp-python keeps the last one
@@ -311,6 +354,19 @@ class ContextPool:
                 raise
         self._free.remove(mine)
         self._lent[mine] = lease
+        return mine
+
+    def lend_idle(self, session: str, lease: Lease) -> LlamaContext | None:
+        """A context for work that may as well not be done: ``session``'s own or one that
+        holds no one's history, if one is free and nobody waits for a context; else none."""
+        if self.waiting:
+            return None
+        mine = next((c for c in self._free if c.owner == session), None)
+        if mine is None and not self._returning(session):
+            mine = next((c for c in self._free if not c.owner), None)
+        if mine is not None:
+            self._free.remove(mine)
+            self._lent[mine] = lease
         return mine
 
     def _pick(self, session: str, lease: Lease) -> LlamaContext:
@@ -454,6 +510,14 @@ class LlamaModel:
             report=report, contended=contended)
 
 
+    def prepare(self, messages: Sequence[ChatMessage], longer: Sequence[ChatMessage], *,
+                max_tokens: int, session: str, context: LlamaContext,
+                stop: Callable[[], bool]) -> int:
+        """`LlamaContext.prepare` on the prompt `stream` would make of ``messages``."""
+        return context.prepare(self.fit(messages, max_tokens), self.fit(longer, max_tokens),
+                               session=session, stop=stop)
+
+
 _COUNT_CACHE = 4096
 
 
@@ -533,6 +597,53 @@ class LocalResponder:
             lease.closing = True
             stop.set()
             await deltas.aclose()
+
+
+    async def prepare(self, request: ChatRequest) -> int:
+        """Compute the prompt of ``request``, whose last message is the user's words so
+        far, into a context's KV cache (`LlamaContext.prepare`), when that costs nobody
+        anything: on the session's own context or an unused one, as background work in
+        the lane, stopping as soon as another session's work waits. Returns how many
+        tokens it computed (0: none, or it was not the moment)."""
+        said = request.messages[-1] if request.messages else None
+        if said is None or said.role != "user":
+            return 0
+        messages = [as_text(m) for m in request.messages]
+        longer = [*messages[:-1], as_text(replace(said, content=said.content + " and"))]
+        pool = self.model.pool
+        system = messages[0].content if messages[0].role == "system" else ""
+        context = pool.lend_idle(request.session, Lease(True, system))
+        if context is None:
+            return 0
+        loop = asyncio.get_running_loop()
+        token = threading.Event()
+        lock = threading.Lock()
+        state = {"started": False, "abandoned": False}
+
+        def work() -> int:  # in the lane; it gives the context back when it is done
+            with lock:
+                if state["abandoned"]:
+                    return 0
+                state["started"] = True
+            try:
+                return self.model.prepare(
+                    messages, longer, max_tokens=request.max_tokens, session=request.session,
+                    context=context,
+                    stop=lambda: token.is_set() or self.lane.contended() or pool.waiting)
+            finally:
+                with contextlib.suppress(RuntimeError):  # unless the loop is gone
+                    loop.call_soon_threadsafe(pool.release, context)
+
+        try:
+            return await self.lane.run(work, owner=request.session, token=token,
+                                       background=lambda: True)
+        except BaseException:
+            with lock:  # a job that never started gives nothing back: the context is here
+                never = not state["started"]
+                state["abandoned"] = True
+            if never:
+                pool.release(context)
+            raise
 
 
 def load(settings: Settings, lane: Lane, model: LanguageModel | None) -> LocalResponder:

@@ -116,6 +116,11 @@ class RecordingResponder:
         self.inner, self.name = inner, inner.name
         self.can_see, self.can_use_tools = inner.can_see, inner.can_use_tools
         self.prompts: list[list[ChatMessage]] = []
+        self.prepared: list[str] = []  # the words so far that each `prepare` was given
+
+    async def prepare(self, request: ChatRequest) -> int:
+        self.prepared.append(request.messages[-1].content)
+        return await self.inner.prepare(request)
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]:
         self.prompts.append(list(request.messages))

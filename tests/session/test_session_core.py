@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
-import time
-
-import pytest
 
 from server.stages import ChatRequest
 from tests.support.harness import Harness, Keeper, harness, quiet, tone
@@ -148,6 +144,40 @@ async def test_partial_transcripts_send_only_words_two_hypotheses_agree_on() -> 
             "conversation.item.input_audio_transcription.delta")]
         assert deltas == ["a cat sat", " on"]
         assert [partial for _, partial in h.engines.asr.calls] == [True] * 4
+
+
+async def test_each_partial_transcript_prepares_the_answer_while_the_user_speaks() -> None:
+    partials = ["tell me", "tell me about", "tell me about the moon"]
+    async with harness(finals=[MOON], partials=partials, replies=[ANSWER]) as h:
+        await h.speech(2500)
+        llm = h.engines.responder
+        assert [user_words(r) for r in llm.prepared] == [["tell me"], ["tell me about"],
+                                                         ["tell me about the moon"]]
+        assert llm.requests == []  # prepared, not asked
+        await h.silence(800)
+        # The answer's prompt is the prepared one with the final words: the same prefix.
+        assert [user_words(r) for r in llm.requests] == [[MOON]]
+        assert llm.requests[0].messages[:-1] == llm.prepared[-1].messages[:-1]
+        assert h.one("response.done")["response"]["status"] == "completed"
+
+
+async def test_nothing_is_prepared_while_an_answer_plays_or_when_turned_off() -> None:
+    async with harness(finals=[MOON], partials=["tell me about"] * 4, replies=[ANSWER],
+                       prepare_words=False) as h:
+        await h.speech(2500)
+        assert h.engines.responder.prepared == []
+    async with harness(finals=[MOON, MOON], partials=["tell me about"] * 8,
+                       replies=[" ".join(["long"] * 60)], token_ms=100,
+                       backchannel_words="") as h:
+        await h.send({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {
+                "type": "server_vad", "interrupt_response": False}}}}})
+        await h.speech(640)
+        await h.silence(800)
+        before = len(h.engines.responder.prepared)
+        await h.speech(2500)  # over the answer, still being made
+        assert "response.done" not in h.types()
+        assert len(h.engines.responder.prepared) == before
 
 
 async def test_a_full_turn_queue_drops_the_turn_with_turn_queue_full() -> None:
@@ -351,29 +381,3 @@ async def test_a_new_input_format_starts_turn_detection_over() -> None:
         assert "input_audio_buffer.committed" not in h.types()
 
 
-
-async def tick(ticks: list[float]) -> None:
-    """Another task on the loop: notes each time it gets a turn."""
-    while True:
-        ticks.append(time.perf_counter())
-        await asyncio.sleep(0)
-
-
-@pytest.mark.parametrize("modalities", [["text"], ["audio"]])
-async def test_an_answer_already_buffered_is_read_in_steps_that_leave_the_loop_turns(
-        modalities: list[str]) -> None:
-    """A fast backend's long answer can be all there before it is read: reading it must
-    still give the loop a turn now and then, or every other session waits."""
-    async with harness(replies=[LONG]) as h:
-        h.engines.responder.busy_ms = 5.0  # 40 words: 200 ms of reading
-        ticks: list[float] = []
-        ticker = asyncio.create_task(tick(ticks))
-        try:
-            await h.send({"type": "response.create",
-                          "response": {"output_modalities": modalities}})
-            await h.advance(30_000)
-        finally:
-            ticker.cancel()
-        assert h.one("response.done")["response"]["status"] == "completed"
-        longest = max(b - a for a, b in itertools.pairwise(ticks))
-        assert longest < 0.1, longest  # unbroken it would be 0.2 s

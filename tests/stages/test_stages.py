@@ -237,3 +237,47 @@ def test_llm_frees_each_answers_sampler_when_its_stream_ends(engines: Engines) -
         assert live() == before
     finally:
         gc.enable()
+
+
+def test_llm_prepares_the_users_words_so_far_and_the_answer_computes_only_the_rest(
+        engines: Engines) -> None:
+    """The words heard so far (a partial transcript) go into the KV cache while the user
+    still speaks; the answer to the whole question then finds them there. Words that turn
+    out otherwise cost only their own tokens, and the answer stays the one it would be."""
+    from server.stages.llm import Generation, LlamaModel
+
+    llm = engines.llm
+    assert isinstance(llm, LlamaModel)
+    context = llm.contexts[0]
+    system = ChatMessage("system", "Answer in one short sentence.")
+    final = [system, ChatMessage("user", "What is the capital of France?")]
+
+    def said(words: str) -> tuple[list[ChatMessage], list[ChatMessage]]:
+        return [system, ChatMessage("user", words)], [system, ChatMessage("user", words + " and")]
+
+    def prepare(words: str, stop: bool = False) -> int:
+        context.llm.reset()
+        return llm.prepare(*said(words), max_tokens=12, session="s", context=context,
+                           stop=lambda: stop)
+
+    def answer() -> tuple[str, Generation]:
+        report = Generation()
+        text = "".join(llm.stream(final, temperature=0.0, max_tokens=12,
+                                  stop=threading.Event(), session="s", context=context,
+                                  report=report))
+        return text, report
+
+    context.llm.reset()
+    cold_text, cold = answer()
+    assert cold.cached_tokens == 0
+    computed = prepare("What is the capital of")
+    assert computed > 10  # the template's start, the system prompt, and the words
+    warm_text, warm = answer()
+    assert warm.cached_tokens == computed
+    assert warm_text == cold_text and "paris" in warm_text.lower()
+    # Words the final transcript does not start with: only the shared part is found.
+    prepare("Where is the")
+    _, other = answer()
+    assert 0 < other.cached_tokens < warm.cached_tokens
+    # Asked to stop, it computes one chunk.
+    assert prepare("What is the capital of", stop=True) == 8

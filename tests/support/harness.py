@@ -17,7 +17,6 @@ import asyncio
 import base64
 import json
 import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -229,14 +228,17 @@ class FakeResponder:
     first_ms: float = 0.0
     token_ms: float = 0.0
     requests: list[ChatRequest] = field(default_factory=list)
+    prepared: list[ChatRequest] = field(default_factory=list)  # `prepare`d, the words so far
     asked_at: list[float] = field(default_factory=list)  # when each request came (clock)
     words_sent: list[int] = field(default_factory=list)  # words each stream yielded
     closed: int = 0
     name: str = "fake-llm"
     can_see: bool = False
     can_use_tools: bool = False
-    busy_ms: float = 0.0  # if set, the reply is already there (a buffered stream): each
-    # word takes this much CPU on the loop to read, and none is waited for
+
+    async def prepare(self, request: ChatRequest) -> int:
+        self.prepared.append(request)
+        return len(request.messages[-1].content.split())
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ResponderEvent, None]:
         self.requests.append(request)
@@ -246,12 +248,7 @@ class FakeResponder:
         self.words_sent.append(0)
         try:
             for i, word in enumerate(words):
-                if self.busy_ms:
-                    until = time.perf_counter() + self.busy_ms / 1000
-                    while time.perf_counter() < until:  # parsing, on the loop
-                        pass
-                else:
-                    await self.clock.sleep((self.first_ms if i == 0 else self.token_ms) / 1000)
+                await self.clock.sleep((self.first_ms if i == 0 else self.token_ms) / 1000)
                 self.words_sent[-1] += 1
                 yield TextDelta(word if i == 0 else " " + word)
             yield Finished("stop", input_tokens=10, output_tokens=len(words))
