@@ -81,7 +81,11 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the server's default --max-message-bytes
 LONG_ASK = "Tell me a long story about a lighthouse keeper and the sea."
 # A vanished WebRTC peer is found when six ICE consent checks, 4-6 s apart, went unanswered.
 VANISHED_FOUND_S = 60.0
-WARM_CALLS = 4  # WebRTC calls at once in the warm-up, for each caller
+# WebRTC calls at once in the warm-up, for each caller: enough for the default thread pool
+# that encodes the answer tracks to reach its most threads (min(32, cores + 4)), which it
+# keeps; with 4, a fast machine's soak held more calls at once than its warm-up had, and
+# ended a thread over the baseline.
+WARM_CALLS = min(32, (os.cpu_count() or 1) + 4)
 
 
 @dataclass

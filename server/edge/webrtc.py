@@ -835,6 +835,7 @@ class Call:
             return
         self.ended.set()
         self.channel_open.set()
+        self.session.outbox.observer = None  # the session may outlive the call
         for sideband in list(self.sidebands):
             self.detach(sideband)
         self.playback.clear()
