@@ -8,6 +8,7 @@ the test's loop serves the server alone and its blocked-loop checks watch server
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 from playwright.async_api import ConsoleMessage, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 T = TypeVar("T")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -121,10 +123,26 @@ class Browser:
         return events
 
     async def wait_for(self, condition: str, seconds: float) -> None:
-        """Wait until the JavaScript expression `condition` over `state` (the widget's) holds."""
-        await self.page.wait_for_function(
-            f"() => {{ const state = document.querySelector('{WIDGET}').state; "
-            f"return Boolean({condition}); }}", timeout=seconds * 1000, polling=100)
+        """Wait until the JavaScript expression `condition` over `state` (the widget's) holds.
+        On a timeout, the failure shows the widget's state and the events it saw."""
+        try:
+            await self.page.wait_for_function(
+                f"() => {{ const state = document.querySelector('{WIDGET}').state; "
+                f"return Boolean({condition}); }}", timeout=seconds * 1000, polling=100)
+        except PlaywrightTimeout:
+            raise AssertionError(f"{condition!r} not true after {seconds} s:\n"
+                                 f"{await self.diagnosis()}") from None
+
+    async def diagnosis(self) -> str:
+        """The widget's state and the types of the events it saw."""
+        state = await self.state()
+        events = await self.events() or []
+        deltas = sum(1 for e in events if str(e.get("type", "")).endswith(".delta"))
+        seen = [{k: v for k, v in e.items() if v is not None and k != "at"}
+                for e in events if not str(e.get("type", "")).endswith(".delta")]
+        return (f"state: {json.dumps(state, default=str)[:3000]}\n"
+                f"events ({deltas} deltas left out): {json.dumps(seen[-80:])}\n"
+                f"problems: {self.problems}")
 
     async def shadow_text(self, selector: str) -> str:
         return await self.page.locator(f"{WIDGET} {selector}").first.inner_text()
