@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import llama_cpp
 import numpy as np
@@ -209,7 +209,7 @@ class LlamaContext:
             self._take(session, messages)
             self.llm.generation = report
             chunks: Iterator[dict[str, Any]] = self.llm.create_chat_completion(  # type: ignore[assignment]
-                messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
+                messages=_chat(messages),
                 temperature=temperature, max_tokens=max_tokens, stream=True,
                 repeat_penalty=1.1,
             )  # nothing computed yet: the template made the prompt, kept as tokens
@@ -280,7 +280,7 @@ class LlamaContext:
         """``messages`` as the chat template makes them into a prompt, as tokens (nothing
         is computed: the completion is closed before it starts)."""
         chunks = self.llm.create_chat_completion(
-            messages=[cast(Any, {"role": m.role, "content": m.content}) for m in messages],
+            messages=_chat(messages),
             max_tokens=1, stream=True)
         prompt = self.llm.prompt or []
         close = getattr(chunks, "close", None)
@@ -509,7 +509,6 @@ class LlamaModel:
             kept, temperature=temperature, max_tokens=max_tokens, stop=stop, session=session,
             report=report, contended=contended)
 
-
     def prepare(self, messages: Sequence[ChatMessage], longer: Sequence[ChatMessage], *,
                 max_tokens: int, session: str, context: LlamaContext,
                 stop: Callable[[], bool]) -> int:
@@ -524,6 +523,11 @@ _COUNT_CACHE = 4096
 def _too_long(what: str, context: int, budget: int) -> BackendError:
     return BackendError(f"{what}; the context window ({context}) leaves {budget} after the "
                         "answer's budget", code="llm_context_exceeded")
+
+
+def _chat(messages: Sequence[ChatMessage]) -> list[Any]:
+    """``messages`` as llama-cpp-python's chat completion takes them."""
+    return [{"role": m.role, "content": m.content} for m in messages]
 
 
 def as_text(message: ChatMessage) -> ChatMessage:
@@ -597,7 +601,6 @@ class LocalResponder:
             lease.closing = True
             stop.set()
             await deltas.aclose()
-
 
     async def prepare(self, request: ChatRequest) -> int:
         """Compute the prompt of ``request``, whose last message is the user's words so

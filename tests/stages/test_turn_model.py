@@ -20,6 +20,7 @@ from server.runtime.config import Settings
 from server.runtime.engines import Engines, load_turn, load_turn_text
 from server.stages import TurnModel
 from server.stages.turn_smart import SAMPLES, last_window, log_mel
+from server.stages.turn_text import trails_off
 from server.stages.turns import EAGERNESS
 from tests.e2e.test_e2e import Speak
 
@@ -96,6 +97,29 @@ def test_the_text_turn_model_reads_unfinished_phrases_from_finished_questions(
     # Its cache of the template's start changes nothing: the same words, the same answer.
     assert reader.complete(FINISHED_WORDS[0]) == pytest.approx(finished[0], abs=1e-4)
     assert reader.complete("   ") == 0.0  # no words, no opinion that it is finished
+
+
+@pytest.mark.parametrize(("text", "unfinished"), [
+    ("I would like to.", True), ("Set an alarm for", True), ("What was the name of...", True),
+    ("I went to the shop and then.", True), ("So I was thinking, um.", True),
+    ("Tea or coffee and", True), ("Book a table for four.", False),
+    ("Where are you from?", False), ("What is it for?", False), ("See you then.", False),
+    ("I think so.", False), ("What is that?", False),
+    ("Set a timer for 10 minutes.", False), ("", False), ("...", False)])
+def test_a_phrase_that_stops_on_a_word_no_sentence_ends_on_trails_off(
+        text: str, unfinished: bool) -> None:
+    assert trails_off(text) is unfinished
+
+
+def test_the_text_turn_model_reads_a_trailing_phrase_as_unfinished_whatever_it_thinks(
+        engines: Engines) -> None:
+    reader = engines.turn_text
+    assert reader is not None, "the server loads the text turn model with the turn model"
+    # SmolLM2-135M alone puts "I would like to." above a finished request, and above the
+    # `high` eagerness's threshold; the rule holds it.
+    assert reader.complete("Set a timer for 10 minutes.") >= EAGERNESS["high"].text_threshold
+    assert reader.complete("I would like to.") == 0.0
+    assert reader.complete("Set an alarm for.") == 0.0
 
 
 def test_the_text_turn_model_setting() -> None:
