@@ -28,6 +28,7 @@
   const SCRIPT_URL = (document.currentScript && document.currentScript.src) || location.href;
   const WORKLET_URL = new URL("voxwire-worklet.js", SCRIPT_URL).href;
   const RATE = 24000; // pcm16 mono, both ways
+  const RTC_COUNT_MS = 250; // WebRTC: how often `state.playedSeconds` counts the playback
   const CHUNK_MS = 40;
   const START_MARGIN_S = 0.05;
   const RTC_OPEN_MS = 10000; // offer to open data channel, at most; then the WebSocket
@@ -265,7 +266,8 @@
       this.noWebrtc = false; // the server said it takes no WebRTC calls
       this.resumeId = null; // the session to go on with on the next connection
       this.resumeTries = 0; // WebSockets refused (for a reason a page cannot see) meanwhile
-      this.rtcPlaying = null; // WebRTC: since when the server has been playing an answer
+      this.rtcPlaying = null; // WebRTC: since when the server's playback was last counted
+      this.rtcTimer = 0;
       this.retryTimer = 0;
       this.frameTimer = 0;
       this.backoff = 500;
@@ -583,7 +585,10 @@
           this.send({ type: "conversation.item.retrieve", item_id: ev.item_id });
           break;
         case "output_audio_buffer.started": // WebRTC: the server plays the answer
-          if (this.rtcPlaying === null) this.rtcPlaying = performance.now();
+          if (this.rtcPlaying === null) {
+            this.rtcPlaying = performance.now();
+            this.rtcTimer = setInterval(() => this.rtcCount(), RTC_COUNT_MS);
+          }
           this.setPhase("speaking");
           break;
         case "output_audio_buffer.stopped":
@@ -730,11 +735,21 @@
       this.emit("interrupted", { itemId, audioEndMs });
     }
 
-    /** WebRTC: the server's playback stopped; count what it played. */
-    rtcStopped() {
+    /** WebRTC: count what the server has played since the last count, as it plays (an
+     * answer may play for a minute before its `output_audio_buffer.stopped`). */
+    rtcCount() {
       if (this.rtcPlaying === null) return;
-      this.state.playedSeconds += (performance.now() - this.rtcPlaying) / 1000;
+      const now = performance.now();
+      this.state.playedSeconds += (now - this.rtcPlaying) / 1000;
+      this.rtcPlaying = now;
+    }
+
+    /** WebRTC: the server's playback stopped; count the rest of what it played. */
+    rtcStopped() {
+      this.rtcCount();
       this.rtcPlaying = null;
+      clearInterval(this.rtcTimer);
+      this.rtcTimer = 0;
     }
 
     flushTruncate() {
