@@ -211,10 +211,12 @@ class WhisperTranscriber:
             if result is not None:
                 return result
             if partial:
+                log.debug("a partial's output looked degenerate; the preview is dropped")
                 return Transcript("", SHORT)
             if not hears_speech(audio):
                 log.info("short-mel output looked degenerate and the VAD hears no speech")
                 return Transcript("", SHORT)
+            log.info("short-mel output looked degenerate; using the padded path")
         budget.check()
         return self._padded(audio, budget)
 
@@ -243,7 +245,7 @@ class WhisperTranscriber:
                 or doubtful(result.no_speech_prob, avg_logprob)):
             return Transcript("", SHORT)
         if looks_degenerate(text, seconds) or runaway:
-            log.info("short-mel output looked degenerate (%r); using the padded path", text)
+            log.debug("short-mel output looked degenerate: %r", text)
             return None
         return Transcript(text, SHORT)
 
