@@ -86,6 +86,11 @@ VANISHED_FOUND_S = 60.0
 # keeps; with 4, a fast machine's soak held more calls at once than its warm-up had, and
 # ended a thread over the baseline.
 WARM_CALLS = min(32, (os.cpu_count() or 1) + 4)
+# A warm-up call may take this long; one that does not finish is hung up and the soak goes
+# on: it is there to make threads, not to be measured (on a slow machine with six calls at
+# once, one test client's data channel once went silent after an answer's audio, for more
+# than 120 s, while the other five finished).
+WARM_TURN_S = 60.0
 
 
 @dataclass
@@ -623,8 +628,13 @@ class Soak:
         # WebRTC calls at once, as many as the load holds at most (a caller's live call and
         # its vanished ones not found yet): the pool of threads that encodes the answer
         # tracks grows with them, and then stays.
-        await asyncio.gather(*(webrtc.turn(self.url, self.fixtures[n % len(self.fixtures)])
-                               for n in range(WARM_CALLS * plan.rtc_callers)))
+        warm = await asyncio.gather(
+            *(asyncio.wait_for(webrtc.turn(self.url, self.fixtures[n % len(self.fixtures)]),
+                               WARM_TURN_S) for n in range(WARM_CALLS * plan.rtc_callers)),
+            return_exceptions=True)
+        for failed in (w for w in warm if isinstance(w, BaseException)):
+            print(f"soak: a warm-up call did not finish: {type(failed).__name__}: "
+                  f"{str(failed)[:300]}")
         for kind, misdeed in self.misdeeds().items():
             if kind not in ("slow_reader", "half_open"):
                 await misdeed()

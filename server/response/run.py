@@ -52,6 +52,7 @@ WIRE_CANCEL_REASONS = ("turn_detected", "client_cancelled")
 APOLOGY = "Sorry, I couldn't get an answer just now."
 CANNOT_SEE = "I can't see images with the current model, so I'll answer from your words."
 SENT_WAIT_S = 2  # how long the turn's figures wait for its first output to leave
+READ_SLICE_S = 0.02  # the longest the answer's reader keeps the loop before it yields
 # A spoken answer whose client holds this much of it unplayed is not urgent: its next
 # words and clauses wait for other sessions' work (in the lanes) until it holds less.
 AHEAD_S = 3.0
@@ -268,7 +269,13 @@ class Response:
                 self._ctx.engines.responder, self._request, self._notice, turn=self._turn,
                 clock=self._ctx.clock,
                 first_token_timeout_s=self._ctx.settings.first_token_timeout_s)) as events:
+            turn_began = self._ctx.clock.monotonic()
             async for event in events:
+                # A stream whose text is all there already (a fast backend, a backlog) would
+                # be read in one step of the loop: give the other sessions a turn.
+                if self._ctx.clock.monotonic() - turn_began >= READ_SLICE_S:
+                    await asyncio.sleep(0)
+                    turn_began = self._ctx.clock.monotonic()
                 if isinstance(event, TextDelta):
                     if event.text:
                         self._text += event.text

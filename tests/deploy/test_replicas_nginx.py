@@ -85,13 +85,14 @@ def test_replicas_behind_nginx_lose_one_and_drain_one(
         assert first.restored >= 2 * first.answered_before, context
         assert first.first_answer_s is not None, context
     # The drained replica's client with an answer in flight got it whole, then 1012; a
-    # turn it started while the replica drained may have been cancelled (and asked again
-    # after resuming), never failed.
+    # turn it started while the replica drained may have been answered (a slow machine
+    # drains for longer) or cancelled (and asked again after resuming), never failed.
     for n in drained.in_flight:
         after = [what for at, what in by_n[n].timeline if at > drained.at]
         assert after[0] in ("done completed", "done incomplete"), (after, context)
         closed = after.index("closed 1012")
-        assert set(after[1:closed]) <= {"done cancelled"}, (after, context)
+        assert set(after[1:closed]) <= {"done cancelled", "done completed",
+                                        "done incomplete"}, (after, context)
     for n in drained.clients:
         resumed = [r for r in by_n[n].resumes if r.code == 1012]
         assert len(resumed) == 1 and resumed[0].missing == [], context
